@@ -1,0 +1,33 @@
+# altlens: two commands on a fresh machine -- `make demo` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.altlens-installed
+DEMO_WS ?= demo-workspace
+
+.PHONY: install demo test browser clean bench
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian's Chromium for the browser tests (Playwright never downloads a browser here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+demo: install
+	$(VENV)/bin/altlens demo --workspace $(DEMO_WS)
+
+test: install browser
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/index_throughput.py
+
+clean:
+	rm -rf $(DEMO_WS) .pytest_cache

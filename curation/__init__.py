@@ -1,0 +1,1 @@
+"""altlens curation package."""

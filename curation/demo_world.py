@@ -1,0 +1,334 @@
+"""The demo world: seeded scenes of coloured shapes with known truth, noisy alt-text and planted defaults.
+
+Everything here is plain Python + Pillow so that it can be used by the demo
+command, the demo-model trainer and the quality tests alike. A scene is a dict
+(``objects`` + ``background``); its canonical caption is what a perfect
+captioner would say; its alt-text is what a messy web page would say, with a
+known noise kind per sample.
+"""
+from __future__ import annotations
+
+import io
+import math
+import random
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageDraw, ImageEnhance
+
+SHAPES = ("circle", "square", "triangle", "star", "hexagon", "diamond", "cross")
+COLOURS = {
+    "red": (215, 38, 38),
+    "orange": (245, 135, 20),
+    "yellow": (245, 215, 25),
+    "green": (35, 165, 55),
+    "blue": (35, 85, 225),
+    "purple": (135, 55, 190),
+    "pink": (250, 135, 195),
+    "white": (248, 248, 248),
+}
+SIZES = {"small": 0.09, "medium": 0.14, "large": 0.2}
+POSITIONS = {
+    "left": (0.22, 0.5),
+    "right": (0.78, 0.5),
+    "top": (0.5, 0.22),
+    "bottom": (0.5, 0.78),
+    "centre": (0.5, 0.5),
+}
+POSITION_PHRASE = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "centre": "in the centre",
+}
+BACKGROUNDS = ("gray", "striped", "dotted", "checkered")
+NOISE_KINDS = ("correct", "partial", "swapped", "unrelated", "junk", "empty")
+
+# Knowledge a camera cannot see: alt-text carries it, fusion should keep it.
+BRANDS = ("Acme", "Globex", "Initech", "Hooli", "Vandelay", "Umbrella")
+PLACES = ("Lisbon market", "Kyoto craft fair", "Oaxaca bazaar", "Brooklyn flea", "Marrakesh souk")
+COLLECTIONS = ("Bauhaus collection", "Mira Okafor", "Spring catalog", "Tate archive")
+JUNK = (
+    "IMG_{n}.JPG",
+    "DSC{n}.jpg",
+    "click here for best price",
+    "buy cheap stickers online free shipping best deals",
+    "stickers, decals, wall art, kids room, cheap, sale, gift",
+    "untitled-{n}.png",
+    "image",
+    "Home | Shop | Contact",
+)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """How scenes are drawn. ``star_yellow`` and ``square_large`` plant the defaults."""
+
+    image_size: int = 96
+    star_yellow: float = 0.35
+    square_large: float = 0.4
+    max_objects: int = 3
+
+
+# The captioner's training distribution: stars are yellow and squares large far
+# more often than in the demo dataset, so a captioner trained on it inherits
+# these default behaviours.
+TRAIN_WORLD = WorldConfig(star_yellow=0.9, square_large=0.85)
+DEMO_WORLD = WorldConfig()
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Fractions of each alt-text noise kind (normalised) and of knowledge items."""
+
+    correct: float = 0.45
+    partial: float = 0.13
+    swapped: float = 0.14
+    unrelated: float = 0.12
+    junk: float = 0.1
+    empty: float = 0.06
+    knowledge: float = 0.7
+    exact_dups: float = 0.02
+    near_dups: float = 0.02
+
+    def weights(self) -> list[float]:
+        return [getattr(self, k) for k in NOISE_KINDS]
+
+
+def random_scene(rng: random.Random, world: WorldConfig = DEMO_WORLD) -> dict:
+    """Draw one scene: 1..max_objects objects at distinct positions, and a background."""
+    n = rng.randint(1, world.max_objects)
+    positions = rng.sample(list(POSITIONS), n)
+    objects = []
+    for pos in positions:
+        shape = rng.choice(SHAPES)
+        colour = _pick(rng, list(COLOURS), "yellow" if shape == "star" else None, world.star_yellow)
+        size = _pick(rng, list(SIZES), "large" if shape == "square" else None, world.square_large)
+        objects.append({"shape": shape, "colour": colour, "size": size, "position": pos})
+    objects.sort(key=lambda o: -SIZES[o["size"]])
+    return {"objects": objects, "background": rng.choice(BACKGROUNDS)}
+
+
+def _pick(rng: random.Random, values: list[str], favourite: str | None, p: float) -> str:
+    if favourite is not None and rng.random() < p:
+        return favourite
+    if favourite is not None:
+        return rng.choice([v for v in values if v != favourite])
+    return rng.choice(values)
+
+
+def object_phrase(obj: dict, with_position: bool = True, with_size: bool = True) -> str:
+    words = ([obj["size"]] if with_size else []) + [obj["colour"], obj["shape"]]
+    phrase = "a " + " ".join(words)
+    return f"{phrase} {POSITION_PHRASE[obj['position']]}" if with_position else phrase
+
+
+def canonical_caption(scene: dict) -> str:
+    """The clean caption a perfect captioner would write, largest object first."""
+    parts = [object_phrase(o) for o in scene["objects"]]
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"{listed}, on a {scene['background']} background"
+
+
+def largest_shape(scene: dict) -> str:
+    return scene["objects"][0]["shape"]
+
+
+# ---------------------------------------------------------------- drawing
+
+def render(scene: dict, size: int = 96, jitter_seed: int = 0) -> Image.Image:
+    """Draw a scene at ``size`` px (supersampled 2x for smooth edges)."""
+    rng = random.Random(jitter_seed)
+    big = size * 2
+    img = _background(scene["background"], big)
+    draw = ImageDraw.Draw(img)
+    for obj in scene["objects"]:
+        cx, cy = POSITIONS[obj["position"]]
+        cx += rng.uniform(-0.04, 0.04)
+        cy += rng.uniform(-0.04, 0.04)
+        r = SIZES[obj["size"]] * rng.uniform(0.92, 1.08)
+        angle = rng.uniform(-0.25, 0.25)
+        _draw_shape(draw, obj["shape"], cx * big, cy * big, r * big, angle, COLOURS[obj["colour"]])
+    return img.resize((size, size), Image.LANCZOS)
+
+
+def _background(kind: str, n: int) -> Image.Image:
+    img = Image.new("RGB", (n, n), (128, 128, 128))
+    draw = ImageDraw.Draw(img)
+    step = max(n // 8, 4)
+    if kind == "striped":
+        img.paste((150, 150, 175), (0, 0, n, n))
+        for y in range(0, n, step):
+            draw.rectangle((0, y, n, y + step // 2 - 1), fill=(85, 85, 110))
+    elif kind == "dotted":
+        img.paste((170, 160, 135), (0, 0, n, n))
+        for y in range(step // 2, n, step):
+            for x in range(step // 2, n, step):
+                draw.ellipse((x - step // 6, y - step // 6, x + step // 6, y + step // 6), fill=(95, 85, 70))
+    elif kind == "checkered":
+        img.paste((60, 60, 60), (0, 0, n, n))
+        for y in range(0, n, step):
+            for x in range(0, n, step):
+                if (x // step + y // step) % 2 == 0:
+                    draw.rectangle((x, y, x + step - 1, y + step - 1), fill=(105, 105, 105))
+    return img
+
+
+def _polygon(cx: float, cy: float, r: float, k: int, angle: float, inner: float | None = None):
+    points = []
+    steps = 2 * k if inner else k
+    for i in range(steps):
+        radius = r * (inner if inner and i % 2 else 1.0)
+        a = angle - math.pi / 2 + 2 * math.pi * i / steps
+        points.append((cx + radius * math.cos(a), cy + radius * math.sin(a)))
+    return points
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx, cy, r, angle, fill) -> None:
+    outline = (20, 20, 20)
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=outline, width=2)
+        return
+    if shape == "cross":
+        w = r * 0.38
+        for dx, dy in ((r, w), (w, r)):
+            draw.rectangle((cx - dx, cy - dy, cx + dx, cy + dy), fill=fill)
+        return
+    sides = {"square": (4, math.pi / 4), "triangle": (3, 0.0), "hexagon": (6, 0.0), "diamond": (4, 0.0)}
+    if shape == "star":
+        pts = _polygon(cx, cy, r * 1.1, 5, angle, inner=0.45)
+    else:
+        k, base = sides[shape]
+        scale = 1.15 if shape == "square" else 1.1
+        pts = _polygon(cx, cy, r * scale, k, base + angle)
+        if shape == "diamond":
+            pts = [(cx + (x - cx) * 0.7, y) for x, y in pts]
+    draw.polygon(pts, fill=fill, outline=outline, width=2)
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 92) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- alt-text
+
+def alt_text(scene: dict, kind: str, rng: random.Random, other: dict, knowledge: list[str]) -> str:
+    """Render a web-style alt-text of ``kind`` for ``scene`` (``other`` feeds 'unrelated')."""
+    if kind == "empty":
+        return ""
+    if kind == "junk":
+        return rng.choice(JUNK).format(n=rng.randint(1000, 9999))
+    objects = [dict(o) for o in scene["objects"]]
+    if kind == "unrelated":
+        objects = [dict(o) for o in other["objects"]]
+    elif kind == "partial":
+        keep = rng.randint(1, len(objects) - 1)
+        objects = rng.sample(objects, keep)
+    elif kind == "swapped":
+        _swap_one_attribute(objects, rng)
+    return _web_style(objects, scene if kind != "unrelated" else other, rng, knowledge)
+
+
+def _swap_one_attribute(objects: list[dict], rng: random.Random) -> None:
+    obj = rng.choice(objects)
+    if rng.random() < 0.5:
+        obj["colour"] = rng.choice([c for c in COLOURS if c != obj["colour"]])
+    else:
+        obj["shape"] = rng.choice([s for s in SHAPES if s != obj["shape"]])
+
+
+def swap_caption(scene: dict, rng: random.Random) -> str:
+    """The canonical caption of the scene with exactly one colour or shape changed."""
+    objects = [dict(o) for o in scene["objects"]]
+    _swap_one_attribute(objects, rng)
+    return canonical_caption({"objects": objects, "background": scene["background"]})
+
+
+def _web_style(objects: list[dict], scene: dict, rng: random.Random, knowledge: list[str]) -> str:
+    things = [f"{o['colour']} {o['shape']}" for o in objects]
+    if rng.random() < 0.5 and len(objects) == 1:
+        things = [f"{objects[0]['size']} {things[0]}"]
+    listed = " and ".join(things) if len(things) < 3 else ", ".join(things[:-1]) + " and " + things[-1]
+    brand = next((k for k in knowledge if k in BRANDS), None)
+    rest = [k for k in knowledge if k not in BRANDS]
+    head = f"{brand} {listed} sticker" if brand else rng.choice((listed, f"{listed} sticker", f"{listed} print"))
+    if rng.random() < 0.4:
+        head += f" on {scene['background']} paper"
+    for k in rest:
+        head += f", from the {k}" if k in PLACES else f", {k}"
+    return head
+
+
+def knowledge_items(rng: random.Random, p: float) -> list[str]:
+    """0-2 facts a camera cannot see (a brand, a place, a collection or artist)."""
+    if rng.random() >= p:
+        return []
+    pools = [BRANDS, PLACES, COLLECTIONS]
+    picked = rng.sample(pools, rng.choice((1, 1, 2)))
+    return [rng.choice(pool) for pool in picked]
+
+
+# ---------------------------------------------------------------- datasets
+
+@dataclass
+class DemoSample:
+    """One generated sample with everything the world knows about it."""
+
+    key: str
+    scene: dict
+    caption: str
+    alt: str
+    noise: str
+    knowledge: list[str] = field(default_factory=list)
+    dup_of: str | None = None
+    dup_kind: str | None = None
+    jitter: int = 0
+
+
+def generate_samples(n: int, seed: int, world: WorldConfig = DEMO_WORLD,
+                     noise: NoiseConfig = NoiseConfig()) -> list[DemoSample]:
+    """``n`` samples with seeded scenes, alt-text noise and planted duplicates."""
+    rng = random.Random(seed)
+    samples: list[DemoSample] = []
+    for i in range(n):
+        key = f"{i:08d}"
+        dup = _maybe_duplicate(rng, samples, noise)
+        if dup is not None:
+            src, kind = dup
+            know = list(src.knowledge)
+            samples.append(DemoSample(key, src.scene, src.caption, src.alt, src.noise, know,
+                                      dup_of=src.key, dup_kind=kind, jitter=src.jitter))
+            continue
+        scene = random_scene(rng, world)
+        kind = rng.choices(NOISE_KINDS, weights=noise.weights())[0]
+        if kind == "partial" and len(scene["objects"]) < 2:
+            kind = "correct"
+        know = knowledge_items(rng, noise.knowledge) if kind in ("correct", "partial", "swapped") else []
+        other = random_scene(rng, world)
+        alt = alt_text(scene, kind, rng, other, know)
+        samples.append(DemoSample(key, scene, canonical_caption(scene), alt, kind, know,
+                                  jitter=rng.randrange(1 << 30)))
+    return samples
+
+
+def _maybe_duplicate(rng: random.Random, samples: list[DemoSample], noise: NoiseConfig):
+    originals = [s for s in samples[-500:] if s.dup_of is None]
+    if not originals:
+        return None
+    roll = rng.random()
+    if roll < noise.exact_dups:
+        return rng.choice(originals), "exact"
+    if roll < noise.exact_dups + noise.near_dups:
+        return rng.choice(originals), "near"
+    return None
+
+
+def sample_image(sample: DemoSample, size: int = 96) -> bytes:
+    """JPEG bytes of a sample; a near-duplicate is the same picture brightened and re-encoded."""
+    img = render(sample.scene, size, jitter_seed=sample.jitter)
+    if sample.dup_kind == "near":
+        img = ImageEnhance.Brightness(img).enhance(1.08)
+        return jpeg_bytes(img, 75)
+    return jpeg_bytes(img, 92)

@@ -1,0 +1,36 @@
+"""Workspace statistics: samples by status, by source, and caption health."""
+from __future__ import annotations
+
+from indexer.store import Workspace
+
+
+def workspace_stats(ws: Workspace) -> dict:
+    """Counts that always add up: per source ``seen == ok + failed``."""
+    sources = ws.source_stats()
+    for src in sources:
+        src["failures"] = dict(ws.rows(
+            "SELECT status, count(*) FROM samples WHERE source = ? AND status <> 'ok' GROUP BY status ORDER BY status",
+            [src["source"]]))
+    return {
+        "workspace": str(ws.root),
+        "samples": int(ws.scalar("SELECT count(*) FROM samples")),
+        "by_status": ws.status_counts(),
+        "by_source": sources,
+        "captions": dict(ws.rows("SELECT source_kind, count(*) FROM captions GROUP BY 1 ORDER BY 1")),
+        "caption_status": dict(ws.rows(
+            "SELECT caption_status, count(*) FROM samples GROUP BY 1 ORDER BY 1")),
+        "shard_errors": ws.dicts("SELECT path, error FROM ingest_files WHERE error IS NOT NULL ORDER BY path"),
+        "model": ws.get_meta("model"),
+        "index": ws.get_meta("faiss_index"),
+    }
+
+
+def format_stats(stats: dict) -> str:
+    lines = [f"workspace {stats['workspace']}: {stats['samples']} samples"]
+    lines += [f"  {status:<20} {n}" for status, n in stats["by_status"].items()]
+    lines.append("by source (seen = ok + failed):")
+    for src in stats["by_source"]:
+        lines.append(f"  {src['source']}: seen {src['seen']}, ok {src['ok']}, failed {src['failed']}")
+        lines += [f"      {reason}: {n}" for reason, n in src["failures"].items()]
+    lines.append("captions: " + ", ".join(f"{k} {v}" for k, v in stats["captions"].items()))
+    return "\n".join(lines)

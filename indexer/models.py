@@ -1,0 +1,304 @@
+"""The one module that owns torch and open_clip at inference: load a model, embed images and texts, caption.
+
+A model is named by an open_clip config name plus a pretrained tag, by a local
+checkpoint file (``--checkpoint``; the config comes from ``--model`` or a JSON
+config beside the file), or by ``local-dir:DIR``. Nothing is downloaded unless
+``ALTLENS_ALLOW_DOWNLOAD=1`` is set: these machines are offline, and a curation
+tool should never fetch weights behind the user's back.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from contextlib import contextmanager
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+if os.environ.get("ALTLENS_ALLOW_DOWNLOAD") != "1":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import open_clip  # noqa: E402
+import torch  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "MobileCLIP2-S0"
+DEFAULT_PRETRAINED = "dfndr2b"
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "curation" / "demo_model"
+DEMO_CHECKPOINT = DEMO_MODEL_DIR / "altlens-demo-coca.safetensors"
+
+
+class ModelError(ValueError):
+    """A model could not be resolved or loaded; the message names the bad value."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load. ``pretrained='none'`` asks for random weights (tests, mechanics only)."""
+
+    name: str | None = None
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ModelError(f"unknown precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
+        if self.device not in DEVICES:
+            raise ModelError(f"unknown device {self.device!r}; allowed: {', '.join(DEVICES)}")
+        if self.checkpoint and self.pretrained not in (None, "none"):
+            raise ModelError("give either --pretrained or --checkpoint, not both")
+
+    def as_record(self) -> dict:
+        """The spec as stored in a workspace (device and precision are per run, not per model)."""
+        return {"name": self.name, "pretrained": self.pretrained, "checkpoint": self.checkpoint}
+
+    def normalized(self) -> "ModelSpec":
+        """Explicit weights: the default model and tag when nothing is named; a named config needs weights."""
+        if self.name is None and self.checkpoint is None:
+            return replace(self, name=DEFAULT_MODEL, pretrained=self.pretrained or DEFAULT_PRETRAINED)
+        if self.checkpoint is None and self.pretrained is None and not (self.name or "").startswith("local-dir:"):
+            raise ModelError(f"--model {self.name} needs weights: --pretrained TAG, --checkpoint PATH, "
+                             "or --pretrained none for random weights (tests only)")
+        return self
+
+
+def register_config(path: str | Path) -> str:
+    """Register an open_clip JSON model config and return the model name (the file stem)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model config {str(path)!r} does not exist")
+    try:
+        json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"model config {str(path)!r} is not valid JSON: {exc}") from exc
+    open_clip.add_model_config(path)
+    return path.stem
+
+
+def _config_beside(checkpoint: Path) -> Path | None:
+    for candidate in (checkpoint.with_suffix(".json"), checkpoint.parent / "open_clip_config.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_name(spec: ModelSpec) -> str:
+    """The open_clip model name to build, registering JSON configs as needed."""
+    name = spec.name
+    if name and name.endswith(".json"):
+        return register_config(name)
+    if name and name.startswith("local-dir:"):
+        return name
+    if spec.checkpoint and not name:
+        config = _config_beside(Path(spec.checkpoint))
+        if config is None:
+            raise ModelError(f"checkpoint {spec.checkpoint!r} has no config beside it; pass --model NAME or a config .json")
+        name = register_config(config) if config.name != "open_clip_config.json" else _register_hf_style(config)
+    name = name or DEFAULT_MODEL
+    if name not in open_clip.list_models():
+        known = ", ".join(sorted(open_clip.list_models())[:12])
+        raise ModelError(f"unknown model {name!r}; use an open_clip name ({known}, ...), a config .json or local-dir:DIR")
+    return name
+
+
+def _register_hf_style(config: Path) -> str:
+    """Register the ``model_cfg`` of an ``open_clip_config.json`` under its folder's name."""
+    try:
+        model_cfg = json.loads(config.read_text())["model_cfg"]
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise ModelError(f"{config} is not an open_clip_config.json with a model_cfg: {exc}") from exc
+    name = config.parent.name
+    open_clip.factory._MODEL_CONFIGS[name] = model_cfg  # what add_model_config does per file
+    return name
+
+
+def file_sha256(path: str | Path, limit: int | None = None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:limit] if limit else digest.hexdigest()
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return device
+
+
+def load_state_dict(path: str | Path) -> dict:
+    """Weights from a safetensors file or a torch state dict (never unpickled beyond tensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+@contextmanager
+def _quiet_open_clip():
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+class EmbeddingModel:
+    """A loaded open_clip model: L2-normalised image/text embeddings and, for CoCa, captions."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec = spec.normalized()
+        self.name = resolve_name(spec)
+        self.device = pick_device(spec.device)
+        self.model, self.preprocess = self._build()
+        self.model.eval().to(self.device)
+        self.tokenizer = open_clip.get_tokenizer(self.name)
+        self.dim = int(self.encode_texts(["a"]).shape[1])
+        self.model_id = self._model_id()
+
+    def _build(self):
+        spec = self.spec
+        pretrained = None if spec.pretrained in (None, "none") or spec.checkpoint else spec.pretrained
+        try:
+            with _quiet_open_clip():  # it warns "no pretrained weights" even when a checkpoint follows
+                model, _, preprocess = open_clip.create_model_and_transforms(self.name, pretrained=pretrained)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise ModelError(
+                f"could not load {self.name!r} with pretrained={pretrained!r}: {exc}. Weights are never "
+                "downloaded here: put them in the local cache, or pass --checkpoint PATH") from exc
+        if spec.checkpoint:
+            missing, unexpected = model.load_state_dict(load_state_dict(spec.checkpoint), strict=False)
+            if missing or unexpected:
+                raise ModelError(f"checkpoint {spec.checkpoint!r} does not fit {self.name!r}: "
+                                 f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        if self.name.startswith("MobileCLIP"):
+            from timm.utils import reparameterize_model
+            model = reparameterize_model(model)
+        return model, preprocess
+
+    def _model_id(self) -> str:
+        if self.spec.checkpoint:
+            return f"{self.name}@sha256:{file_sha256(self.spec.checkpoint, 12)}"
+        tag = self.spec.pretrained
+        return f"{self.name}@{'random' if tag in (None, 'none') else tag}"
+
+    def _autocast(self):
+        enabled = self.spec.precision == "bf16"
+        return torch.autocast(self.device if self.device != "cuda" else "cuda", dtype=torch.bfloat16, enabled=enabled)
+
+    @property
+    def can_caption(self) -> bool:
+        return hasattr(self.model, "generate") and hasattr(self.model, "text_decoder")
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        """[B, 3, H, W] preprocessed pixels -> [B, D] float32, L2-normalised."""
+        with self._autocast():
+            feats = self.model.encode_image(pixels.to(self.device), normalize=True)
+        return feats.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str], max_chars: int = 2000) -> np.ndarray:
+        """Texts -> [B, D] float32, L2-normalised. Very long texts are cut before tokenising."""
+        tokens = self.tokenizer([t[:max_chars] for t in texts])
+        with self._autocast():
+            feats = self.model.encode_text(tokens.to(self.device), normalize=True)
+        return feats.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def generate(self, pixels: torch.Tensor, sampling: str = "top_p", seq_len: int | None = None,
+                 top_p: float = 0.9, seed: int | None = None) -> list[str]:
+        """One caption per image (CoCa only); text kept up to the first period (DataCompDR)."""
+        if not self.can_caption:
+            raise ModelError(f"model {self.name!r} cannot caption (not a CoCa model)")
+        if seed is not None:
+            torch.manual_seed(seed)
+        seq_len = seq_len or getattr(self.model, "context_length", 30)
+        kwargs = {"generation_type": "top_p", "top_p": top_p, "fixed_output_length": True}
+        if sampling == "beam":
+            kwargs = {"generation_type": "beam_search", "num_beams": 3, "num_beam_groups": 1}
+        elif sampling == "diverse_beam":
+            kwargs = {"generation_type": "beam_search", "num_beams": 6, "num_beam_groups": 3}
+        with self._autocast():
+            out = self.model.generate(pixels.to(self.device), seq_len=seq_len, **kwargs)
+        return [clean_generated(open_clip.decode(row)) for row in out.cpu()]
+
+
+def clean_generated(text: str) -> str:
+    """Strip CoCa's special tokens and keep the text before the first period."""
+    text = text.replace("<start_of_text>", "").split("<end_of_text>")[0]
+    return text.split(".")[0].strip()
+
+
+def load_model(spec: ModelSpec) -> EmbeddingModel:
+    return EmbeddingModel(spec)
+
+
+def open_workspace_model(ws, spec: ModelSpec | None) -> EmbeddingModel:
+    """The model a workspace was indexed with, bound on first use; a different model is refused.
+
+    A workspace holds one embedding space: every vector in it must come from the
+    same model, so later commands (search, caption scores) reload it from here.
+    """
+    record = ws.get_meta("model")
+    run = spec or ModelSpec()
+    if record is None:
+        model = load_model(run)
+        ws.set_meta("model", _record(ws, model))
+        return model
+    stored = ModelSpec(name=record["name"], pretrained=record["pretrained"], checkpoint=record["checkpoint"],
+                       device=run.device, precision=run.precision)
+    _register_stored_config(ws, record)
+    asked = spec is not None and any(v is not None for v in spec.as_record().values())
+    if asked and _canonical(spec.normalized()) != _canonical(stored):
+        raise ModelError(f"workspace {ws.root} was indexed with {record['model_id']}; index with the same "
+                         "model (or leave out --model/--pretrained/--checkpoint) or use a new workspace")
+    model = load_model(stored)
+    if model.model_id != record["model_id"]:
+        raise ModelError(f"checkpoint {record['checkpoint']} changed since this workspace was indexed "
+                         f"(now {model.model_id}, was {record['model_id']})")
+    return model
+
+
+def _canonical(spec: ModelSpec) -> tuple:
+    name = Path(spec.name).stem if spec.name and spec.name.endswith(".json") else spec.name
+    checkpoint = str(Path(spec.checkpoint).resolve()) if spec.checkpoint else None
+    if checkpoint and name is None:
+        config = _config_beside(Path(checkpoint))
+        name = config.stem if config is not None and config.name != "open_clip_config.json" else name
+    return name, None if checkpoint else spec.pretrained, checkpoint
+
+
+def _record(ws, model: EmbeddingModel) -> dict:
+    """What a workspace keeps about its model, with a copy of a custom config so it reloads anywhere."""
+    config = open_clip.get_model_config(model.name)
+    ws.model_dir.mkdir(parents=True, exist_ok=True)
+    (ws.model_dir / f"{model.name}.json").write_text(json.dumps(config, indent=2))
+    checkpoint = str(Path(model.spec.checkpoint).resolve()) if model.spec.checkpoint else None
+    return {"name": model.name, "pretrained": None if checkpoint else model.spec.pretrained,
+            "checkpoint": checkpoint, "model_id": model.model_id, "dim": model.dim}
+
+
+def _register_stored_config(ws, record: dict) -> None:
+    config = ws.model_dir / f"{record['name']}.json"
+    if record["name"] not in open_clip.list_models() and config.is_file():
+        open_clip.add_model_config(config)

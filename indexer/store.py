@@ -1,0 +1,185 @@
+"""The one data-access module: a workspace directory and its DuckDB file (schema, versions, cursors).
+
+Layout of a workspace::
+
+    WS/altlens.duckdb       samples, captions, sources, embedding chunks, runs, meta
+    WS/embeddings/image/    float16 .npy chunks, row i = samples.id i
+    WS/embeddings/text/     float16 .npy chunks, row i = captions.id i
+    WS/index/image.faiss    FAISS index over ok samples' image embeddings (ids = samples.id)
+    WS/thumbs/ab/UID.webp   re-encoded thumbnails, the only files the UI serves
+    WS/model/               the embedding model's config, so later commands reload the same model
+
+DuckDB allows one read-write process or many read-only ones. Each thread gets
+its own cursor. SQL takes ``?`` parameters only.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+SCHEMA_VERSION = 1
+DB_NAME = "altlens.duckdb"
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
+    """CREATE TABLE IF NOT EXISTS sources (
+        source VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, location VARCHAR NOT NULL, added_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS samples (
+        id BIGINT PRIMARY KEY, uid VARCHAR NOT NULL UNIQUE, source VARCHAR NOT NULL, key VARCHAR NOT NULL,
+        status VARCHAR NOT NULL, reason VARCHAR,
+        path VARCHAR, member_offset BIGINT, member_size BIGINT,
+        width INTEGER, height INTEGER, format VARCHAR, sha256 VARCHAR,
+        url VARCHAR, meta_json VARCHAR, caption_status VARCHAR, thumb VARCHAR, ingested_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS captions (
+        id BIGINT PRIMARY KEY, sample_id BIGINT NOT NULL, uid VARCHAR NOT NULL,
+        source_kind VARCHAR NOT NULL, producer VARCHAR NOT NULL, params VARCHAR, idx INTEGER NOT NULL,
+        text VARCHAR NOT NULL, status VARCHAR NOT NULL DEFAULT 'ok', created_at TIMESTAMP)""",
+    "CREATE INDEX IF NOT EXISTS captions_sample ON captions (sample_id)",
+    """CREATE TABLE IF NOT EXISTS emb_chunks (
+        kind VARCHAR NOT NULL, start_id BIGINT NOT NULL, n BIGINT NOT NULL, file VARCHAR NOT NULL,
+        PRIMARY KEY (kind, start_id))""",
+    """CREATE TABLE IF NOT EXISTS ingest_files (
+        path VARCHAR PRIMARY KEY, source VARCHAR NOT NULL, size BIGINT, mtime DOUBLE,
+        n_samples BIGINT, error VARCHAR, done_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS runs (
+        id BIGINT PRIMARY KEY, command VARCHAR, args VARCHAR, started_at TIMESTAMP,
+        finished_at TIMESTAMP, counts VARCHAR)""",
+]
+
+
+class WorkspaceError(RuntimeError):
+    """The workspace is missing, locked, or of a schema this altlens does not know."""
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Workspace:
+    """A workspace directory; ``create=True`` makes it if missing."""
+
+    def __init__(self, root: str | Path, read_only: bool = False, create: bool = False):
+        self.root = Path(root).resolve()
+        self.read_only = read_only
+        if not (self.root / DB_NAME).exists():
+            if not create:
+                raise WorkspaceError(f"no altlens workspace at {str(self.root)!r} (missing {DB_NAME}); "
+                                     "create one with 'altlens index SOURCE --workspace DIR'")
+            if read_only:
+                raise WorkspaceError("cannot create a workspace read-only")
+            self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(str(self.root / DB_NAME), read_only=read_only)
+        except duckdb.IOException as exc:
+            raise WorkspaceError(f"cannot open {self.root / DB_NAME}: {exc} "
+                                 "(another altlens process may be writing to it)") from exc
+        self._local = threading.local()
+        if not read_only:
+            self._migrate()
+        self._check_version()
+
+    # ------------------------------------------------------------ paths
+    @property
+    def thumbs_dir(self) -> Path:
+        return self.root / "thumbs"
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index" / "image.faiss"
+
+    def emb_dir(self, kind: str) -> Path:
+        return self.root / "embeddings" / kind
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    # ------------------------------------------------------------ connections
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor (DuckDB connections are not shared across threads)."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._con.cursor()
+            self._local.cursor = cur
+        return cur
+
+    def execute(self, sql: str, params: list | tuple | None = None):
+        return self.cursor().execute(sql, params or [])
+
+    def rows(self, sql: str, params: list | tuple | None = None) -> list[tuple]:
+        return self.execute(sql, params).fetchall()
+
+    def scalar(self, sql: str, params: list | tuple | None = None):
+        row = self.execute(sql, params).fetchone()
+        return row[0] if row else None
+
+    def dicts(self, sql: str, params: list | tuple | None = None) -> list[dict]:
+        cur = self.execute(sql, params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    @contextmanager
+    def transaction(self):
+        cur = self.cursor()
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------ schema
+    def _migrate(self) -> None:
+        with self.transaction() as cur:
+            for statement in SCHEMA:
+                cur.execute(statement)
+            cur.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING", [str(SCHEMA_VERSION)])
+            cur.execute("INSERT INTO meta VALUES ('created_at', ?) ON CONFLICT DO NOTHING", [now().isoformat()])
+
+    def _check_version(self) -> None:
+        try:
+            found = int(self.scalar("SELECT value FROM meta WHERE key = 'schema_version'"))
+        except (duckdb.CatalogException, TypeError, ValueError) as exc:
+            raise WorkspaceError(f"{self.root} is not an altlens workspace (no schema version)") from exc
+        if found > SCHEMA_VERSION:
+            raise WorkspaceError(f"workspace {self.root} has schema version {found}, newer than this altlens "
+                                 f"understands ({SCHEMA_VERSION}); upgrade altlens to open it")
+
+    def get_meta(self, key: str, default=None):
+        value = self.scalar("SELECT value FROM meta WHERE key = ?", [key])
+        return json.loads(value) if value is not None else default
+
+    def set_meta(self, key: str, value, cur=None) -> None:
+        (cur or self.cursor()).execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [key, json.dumps(value)])
+
+    # ------------------------------------------------------------ common queries
+    def next_id(self, table: str) -> int:
+        if table not in ("samples", "captions", "runs"):
+            raise ValueError(f"no id sequence for table {table!r}")
+        return int(self.scalar(f"SELECT coalesce(max(id) + 1, 0) FROM {table}"))
+
+    def source_stats(self) -> list[dict]:
+        """Per source: seen, ok, failed and failures by reason (seen == ok + failed by construction)."""
+        return self.dicts("""
+            SELECT source, count(*) AS seen, count_if(status = 'ok') AS ok, count_if(status <> 'ok') AS failed
+            FROM samples GROUP BY source ORDER BY source""")
+
+    def status_counts(self) -> dict[str, int]:
+        return dict(self.rows("SELECT status, count(*) FROM samples GROUP BY status ORDER BY status"))

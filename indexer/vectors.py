@@ -1,0 +1,162 @@
+"""The one module that owns FAISS and the embedding files: atomic chunk writes, compaction, index build and search.
+
+Embeddings are float16 ``.npy`` chunks, each covering a contiguous id range
+that DuckDB's ``emb_chunks`` table records in the same transaction as the rows
+they belong to. A chunk file without a row (a run killed between the two) is an
+orphan and is deleted on the next write; DuckDB is the source of truth, so the
+FAISS index can always be rebuilt from it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from indexer.store import Workspace
+
+log = logging.getLogger(__name__)
+
+INDEX_KINDS = ("auto", "flat", "hnsw", "ivf")
+FLAT_MAX = 100_000
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file_object)`` on a temp file beside ``path``, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class EmbeddingStore:
+    """Row-aligned float16 embeddings of one kind (``image``: samples.id, ``text``: captions.id)."""
+
+    def __init__(self, ws: Workspace, kind: str):
+        self.ws, self.kind = ws, kind
+        self.dir = ws.emb_dir(kind)
+
+    def chunks(self) -> list[tuple[int, int, str]]:
+        return self.ws.rows("SELECT start_id, n, file FROM emb_chunks WHERE kind = ? ORDER BY start_id", [self.kind])
+
+    def write_chunk(self, start: int, vectors: np.ndarray) -> str:
+        """Write rows [start, start + len) atomically; return the file name to record in DuckDB."""
+        name = f"{start:012d}-{start + len(vectors):012d}.npy"
+        atomic_write(self.dir / name, lambda fh: np.save(fh, vectors.astype(np.float16)))
+        return name
+
+    def record_chunk(self, cur, start: int, n: int, name: str) -> None:
+        cur.execute("INSERT INTO emb_chunks VALUES (?, ?, ?, ?)", [self.kind, start, n, name])
+
+    def count(self) -> int:
+        return int(self.ws.scalar("SELECT coalesce(sum(n), 0) FROM emb_chunks WHERE kind = ?", [self.kind]))
+
+    def load(self, mmap: bool = True) -> np.ndarray:
+        """All rows as one float16 array [N, D] (memory-mapped when there is a single chunk)."""
+        parts = []
+        expected = 0
+        for start, n, name in self.chunks():
+            if start != expected:
+                raise RuntimeError(f"{self.kind} embeddings have a gap at id {expected} (next chunk starts {start})")
+            arr = np.load(self.dir / name, mmap_mode="r" if mmap else None)
+            if len(arr) != n:
+                raise RuntimeError(f"{self.dir / name} holds {len(arr)} rows, DuckDB says {n}")
+            parts.append(arr)
+            expected = start + n
+        if not parts:
+            return np.zeros((0, 0), dtype=np.float16)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def remove_orphans(self) -> int:
+        """Delete chunk files DuckDB does not reference and leftover temp files; return how many."""
+        if not self.dir.exists():
+            return 0
+        known = {name for _, _, name in self.chunks()}
+        removed = 0
+        for path in self.dir.iterdir():
+            if path.name not in known:
+                path.unlink()
+                removed += 1
+        return removed
+
+    def compact(self) -> None:
+        """Merge all chunks into one file: write it, swap the rows in one transaction, delete the old files."""
+        chunks = self.chunks()
+        if len(chunks) <= 1:
+            return
+        merged = np.asarray(self.load(mmap=False))
+        name = self.write_chunk(0, merged)
+        with self.ws.transaction() as cur:
+            cur.execute("DELETE FROM emb_chunks WHERE kind = ?", [self.kind])
+            self.record_chunk(cur, 0, len(merged), name)
+        self.remove_orphans()
+
+
+# ---------------------------------------------------------------- FAISS
+
+def choose_index_kind(n: int, requested: str = "auto") -> str:
+    if requested not in INDEX_KINDS:
+        raise ValueError(f"unknown index type {requested!r}; allowed: {', '.join(INDEX_KINDS)}")
+    if requested != "auto":
+        return requested
+    return "flat" if n <= FLAT_MAX else "hnsw"
+
+
+def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str = "auto") -> faiss.Index:
+    """Inner-product index over L2-normalised ``vectors`` keyed by ``ids`` (exact up to 100k rows)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    dim = vectors.shape[1]
+    kind = choose_index_kind(len(vectors), kind)
+    if kind == "ivf":
+        nlist = max(1, min(4096, int(4 * np.sqrt(len(vectors)))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors[np.random.default_rng(0).permutation(len(vectors))[: nlist * 64]])
+        index.nprobe = min(nlist, 16)
+        index.add_with_ids(vectors, ids)
+        return index
+    inner = faiss.IndexFlatIP(dim) if kind == "flat" else faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    if kind == "hnsw":
+        inner.hnsw.efSearch = 64
+    index = faiss.IndexIDMap2(inner)
+    index.add_with_ids(vectors, ids)
+    return index
+
+
+def write_index(index: faiss.Index, path: Path) -> None:
+    data = faiss.serialize_index(index)
+    atomic_write(path, lambda fh: fh.write(data.tobytes()))
+
+
+def read_index(path: Path) -> faiss.Index:
+    if not path.exists():
+        raise FileNotFoundError(f"no FAISS index at {path}; run 'altlens index' on the workspace first")
+    return faiss.read_index(str(path))
+
+
+def index_ids(index: faiss.Index) -> np.ndarray:
+    """The ids stored in an index built by ``build_index``."""
+    if isinstance(index, faiss.IndexIDMap2) or hasattr(index, "id_map"):
+        return faiss.vector_to_array(faiss.downcast_index(index).id_map)
+    invlists = faiss.extract_index_ivf(index).invlists
+    return np.concatenate([faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+                           for i in range(invlists.nlist)] or [np.zeros(0, np.int64)])
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, ids) per query row; missing neighbours have id -1."""
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)

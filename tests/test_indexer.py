@@ -1,0 +1,247 @@
+"""Indexer: every ingest format, every bad-input kind, resume, counts that add up, atomic files."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY_ARGS, run_cli, tiny_spec, write_folder, write_shards, write_table
+from indexer.decode import caption_fields
+from indexer.runner import IndexConfig, run_index
+from indexer.sources import read_member
+from indexer.store import Workspace, WorkspaceError
+from indexer.vectors import EmbeddingStore, index_ids, read_index
+from indexer.writer import rebuild_index_if_stale
+
+
+def index(sources, ws, **kw):
+    return run_index(IndexConfig(sources=tuple(str(s) for s in sources), workspace=str(ws), model=tiny_spec(),
+                                 progress=False, **kw))
+
+
+def check_invariants(ws_path: Path) -> dict:
+    """What must hold for any workspace: stats add up, one vector per ok sample, rows aligned."""
+    with Workspace(ws_path, read_only=True) as ws:
+        stats = ws.source_stats()
+        for src in stats:
+            assert src["seen"] == src["ok"] + src["failed"]
+        n = ws.scalar("SELECT count(*) FROM samples")
+        assert ws.scalar("SELECT count(DISTINCT uid) FROM samples") == n
+        assert ws.scalar("SELECT max(id) + 1 FROM samples") == n, "sample ids are dense"
+        ok_ids = np.array([r[0] for r in ws.rows("SELECT id FROM samples WHERE status = 'ok' ORDER BY id")])
+        ids = np.sort(index_ids(read_index(ws.index_path)))
+        np.testing.assert_array_equal(ids, ok_ids)
+        assert EmbeddingStore(ws, "image").load().shape[0] == n
+        alt = ws.scalar("SELECT count(*) FROM captions WHERE source_kind = 'alt'")
+        assert alt == n == EmbeddingStore(ws, "text").load().shape[0]
+        for row in ws.dicts("SELECT thumb FROM samples WHERE status = 'ok'"):
+            assert (ws.thumbs_dir / row["thumb"]).is_file()
+        return {"n": n, "ok": len(ok_ids), "status": ws.status_counts()}
+
+
+def expected_counts(expect: dict) -> dict:
+    return {"ok": expect["ok"], **expect["failed"]}
+
+
+def test_folder_with_bad_inputs(tmp_path):
+    expect = write_folder(tmp_path / "src")
+    index([tmp_path / "src"], tmp_path / "ws")
+    got = check_invariants(tmp_path / "ws")
+    assert got["status"] == expected_counts(expect)
+    with Workspace(tmp_path / "ws", read_only=True) as ws:
+        status = dict(ws.rows("""SELECT s.key, s.caption_status FROM samples s"""))
+        assert status["nocaption"] == "missing"
+        assert status["badutf8"] == "repaired"
+        assert status["long"] == "long"
+        long_text = ws.scalar("SELECT c.text FROM captions c JOIN samples s ON s.id = c.sample_id WHERE s.key = 'long'")
+        assert len(long_text) == 5 * 220_000, "long captions are stored verbatim"
+        url = ws.scalar("SELECT url FROM samples WHERE key = 'a/00000001'")
+        assert url == "https://example.com/00000001.jpg"
+        reasons = dict(ws.rows("SELECT status, reason FROM samples WHERE status <> 'ok'"))
+        assert "exceeds" in reasons["decompression_bomb"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_tables(tmp_path, fmt):
+    path, expect = write_table(tmp_path / "src", fmt)
+    index([path], tmp_path / "ws")
+    got = check_invariants(tmp_path / "ws")
+    assert got["status"] == expected_counts(expect)
+    with Workspace(tmp_path / "ws", read_only=True) as ws:
+        texts = {r[0] for r in ws.rows("SELECT text FROM captions")}
+        assert "spam" in texts
+        if fmt == "jsonl":
+            assert any("\ufffd" in t and "surrogate" in t for t in texts), "lone surrogate replaced, row kept"
+
+
+def test_tar_shards_stream_and_seek_back(tmp_path):
+    shards, expect = write_shards(tmp_path / "src")
+    index([str(tmp_path / "src" / "{00000..00001}.tar")], tmp_path / "ws")
+    got = check_invariants(tmp_path / "ws")
+    assert got["status"] == expected_counts(expect)
+    with Workspace(tmp_path / "ws", read_only=True) as ws:
+        rows = ws.dicts("SELECT path, member_offset, member_size, sha256 FROM samples WHERE status = 'ok'")
+        import hashlib
+        for row in rows:
+            data = read_member(row["path"], row["member_offset"], row["member_size"])
+            assert hashlib.sha256(data).hexdigest() == row["sha256"], "image bytes read back by seek"
+        done = ws.rows("SELECT path FROM ingest_files WHERE done_at IS NOT NULL")
+        assert len(done) == 2
+    assert not list((tmp_path / "src").glob("*.jpg")), "nothing extracted"
+
+
+def test_damaged_tar_is_data_not_a_crash(tmp_path):
+    shards, _ = write_shards(tmp_path / "src", n_shards=1, per_shard=10, bad=False)
+    data = shards[0].read_bytes()
+    shards[0].write_bytes(data[: len(data) // 2])
+    report = index(shards, tmp_path / "ws")
+    assert report["samples"] >= 1
+    with Workspace(tmp_path / "ws", read_only=True) as ws:
+        errors = ws.rows("SELECT error FROM ingest_files WHERE error IS NOT NULL")
+        assert errors, "the damaged shard is recorded with its error"
+    check_invariants(tmp_path / "ws")
+
+
+def test_mixed_sources_and_resume_processes_only_new(tmp_path):
+    write_folder(tmp_path / "folder", n_good=6, bad=False)
+    shards, _ = write_shards(tmp_path / "tars", n_shards=1, per_shard=5, bad=False)
+    first = index([tmp_path / "folder", shards[0]], tmp_path / "ws")
+    assert first["samples"] == 11
+    again = index([tmp_path / "folder", shards[0]], tmp_path / "ws")
+    assert again["samples"] == 0, "nothing new, nothing processed"
+    (tmp_path / "folder" / "extra.jpg").write_bytes((tmp_path / "folder" / "b" / "00000000.jpg").read_bytes())
+    more = index([tmp_path / "folder", shards[0]], tmp_path / "ws")
+    assert more["samples"] == 1
+    assert check_invariants(tmp_path / "ws")["n"] == 12
+
+
+def test_caption_repair_rules():
+    assert caption_fields(None) == {"caption": "", "caption_status": "missing"}
+    assert caption_fields(b"   ")["caption_status"] == "empty"
+    assert caption_fields(b"ok \xc3\xa9")["caption"] == "ok \u00e9"
+    bad = caption_fields("a\ud800b\x00c")
+    assert bad == {"caption": "a\ufffdb\ufffdc", "caption_status": "repaired"}
+
+
+def test_newer_schema_is_refused(tmp_path):
+    write_folder(tmp_path / "src", n_good=2, bad=False)
+    index([tmp_path / "src"], tmp_path / "ws")
+    with Workspace(tmp_path / "ws") as ws:
+        ws.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(WorkspaceError, match="schema version 99"):
+        Workspace(tmp_path / "ws", read_only=True)
+
+
+def test_other_model_is_refused(tmp_path):
+    write_folder(tmp_path / "src", n_good=2, bad=False)
+    index([tmp_path / "src"], tmp_path / "ws")
+    from indexer.models import ModelError, ModelSpec
+    with pytest.raises(ModelError, match="was indexed with"):
+        run_index(IndexConfig(sources=(str(tmp_path / "src"),), workspace=str(tmp_path / "ws"),
+                              model=ModelSpec(name="ViT-B-32", pretrained="none"), progress=False))
+
+
+def test_index_files_atomic_and_rebuildable(tmp_path, monkeypatch):
+    write_folder(tmp_path / "src", n_good=8, bad=False)
+    index([tmp_path / "src"], tmp_path / "ws")
+    ws_path = tmp_path / "ws"
+    before = (ws_path / "index" / "image.faiss").read_bytes()
+    import indexer.vectors as vectors
+
+    def crash(*_):
+        raise OSError("disk vanished mid-rename")
+    with Workspace(ws_path) as ws:
+        monkeypatch.setattr(vectors.os, "replace", crash)
+        with pytest.raises(OSError):
+            rebuild_index_if_stale(ws, force=True)
+        monkeypatch.undo()
+        assert (ws_path / "index" / "image.faiss").read_bytes() == before, "old index untouched"
+        (ws_path / "index" / "image.faiss").unlink()
+        assert rebuild_index_if_stale(ws), "rebuilt from DuckDB + embedding files"
+        # an orphan chunk (written, never committed) is removed by the next writer
+        orphan = ws.emb_dir("image") / "000000000099-000000000100.npy"
+        np.save(orphan, np.zeros((1, 32), np.float16))
+    index([tmp_path / "src"], ws_path)
+    assert not orphan.exists()
+    check_invariants(ws_path)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_index_kinds_find_exact_neighbours(kind):
+    from indexer.vectors import build_index, search
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(3000, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = np.arange(3000) * 7 + 3
+    index_ = build_index(vecs, ids, kind)
+    _, found = search(index_, vecs[:50], 1)
+    assert (found[:, 0] == ids[:50]).mean() >= 0.9
+    assert sorted(index_ids(index_)) == sorted(ids)
+
+
+def test_cli_stats_json_and_search(tmp_path):
+    write_folder(tmp_path / "src", n_good=6)
+    run_cli("index", str(tmp_path / "src"), "--workspace", str(tmp_path / "ws"), *TINY_ARGS, "--batch-size", "4")
+    stats = json.loads(run_cli("stats", "--workspace", str(tmp_path / "ws"), "--json").stdout)
+    src = stats["by_source"][0]
+    assert src["seen"] == src["ok"] + src["failed"] == stats["samples"] == 6 + 4 + 3
+    assert sum(src["failures"].values()) == src["failed"] == 4
+    hits = json.loads(run_cli("search", "-w", str(tmp_path / "ws"), "--text", "a red star", "-k", "3", "--json").stdout)
+    assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["index", "/no/such/folder", "-w", "{ws}"], "/no/such/folder"),
+    (["index", "{src}", "-w", "{ws}", "--model", "NoSuchModel-9", "--pretrained", "none"], "NoSuchModel-9"),
+    (["index", "{table}", "-w", "{ws}", "--caption-column", "nope", *TINY_ARGS], "'nope'"),
+    (["index", "{src}", "-w", "{ws}", "--precision", "fp8", *TINY_ARGS], "fp8"),
+    (["stats", "-w", "{ws}/missing"], "no altlens workspace"),
+])
+def test_cli_errors_are_one_clear_line(tmp_path, args, needle):
+    write_folder(tmp_path / "src", n_good=1, bad=False)
+    table, _ = write_table(tmp_path / "t", "csv", n_good=1)
+    subs = {"{ws}": str(tmp_path / "ws"), "{src}": str(tmp_path / "src"), "{table}": str(table)}
+    args = [subs.get(a, a.replace("{ws}", str(tmp_path / "ws"))) for a in args]
+    proc = run_cli(*args, check=False)
+    assert proc.returncode == 2
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_kill9_during_index_then_rerun_is_exact(tmp_path):
+    """Kill the real CLI at several moments mid-run; the final workspace is exact."""
+    shards, expect = write_shards(tmp_path / "src", n_shards=3, per_shard=60)
+    write_folder(tmp_path / "folder", n_good=40)
+    ws = tmp_path / "ws"
+    exe = str(Path(sys.executable).parent / "altlens")
+    cmd = [exe, "index", str(tmp_path / "src" / "*.tar"), str(tmp_path / "folder"), "-w", str(ws), *TINY_ARGS,
+           "--batch-size", "4", "--commit-every", "8", "--workers", "1"]
+    kills = 0
+    for delay in (0.3, 1.1, 0.7):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and not _has_committed(ws):
+            time.sleep(0.05)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2, "the run was actually interrupted"
+    run_cli(*cmd[1:])
+    got = check_invariants(ws)
+    n_inputs = 3 * 60 + len(expect["failed"]) + 40 + 4 + 3
+    assert got["n"] == n_inputs
+    assert got["ok"] == 3 * 60 + 40 + 3
+
+
+def _has_committed(ws: Path) -> bool:
+    chunks = ws / "embeddings" / "image"
+    return chunks.exists() and any(p.suffix == ".npy" and not p.name.startswith(".") for p in chunks.iterdir())
