@@ -125,6 +125,9 @@ def train(cfg: TrainConfig = TrainConfig()) -> dict:
     torch.set_num_threads(cfg.threads)
     open_clip.add_model_config(MODEL_DIR / f"{MODEL_NAME}.json")
     model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME)
+    # open_clip 3.3.0 leaves CoCa's caption projection uninitialised (torch.empty); the shipped model
+    # started from zeros there (its first caption loss was exactly 2 * ln(49408)), so make that explicit
+    torch.nn.init.zeros_(model.text_decoder.text_projection)
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     pixels, scenes = build_training_set(cfg, preprocess)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]

@@ -185,6 +185,12 @@ class EmbeddingModel:
             raise ModelError(
                 f"could not load {self.name!r} with pretrained={pretrained!r}: {exc}. Weights are never "
                 "downloaded here: put them in the local cache, or pass --checkpoint PATH") from exc
+        decoder = getattr(model, "text_decoder", None)
+        if pretrained is None and decoder is not None:
+            # open_clip 3.3.0 creates CoCa's caption projection with torch.empty and never initialises it:
+            # random-weight models would caption from uninitialised memory (NaNs, seen in tests); its own
+            # init_parameters() is broken too, so use the std it intends
+            torch.nn.init.normal_(decoder.text_projection, std=decoder.width ** -0.5)
         if spec.checkpoint:
             missing, unexpected = model.load_state_dict(load_state_dict(spec.checkpoint), strict=False)
             if missing or unexpected:
@@ -241,6 +247,60 @@ class EmbeddingModel:
         with self._autocast():
             out = self.model.generate(pixels.to(self.device), seq_len=seq_len, **kwargs)
         return [clean_generated(open_clip.decode(row)) for row in out.cpu()]
+
+    @torch.inference_mode()
+    def generate_diverse(self, pixels: torch.Tensor, num: int, beams_per_group: int = 2,
+                         penalty: float = 1.0, seq_len: int | None = None) -> list[list[str]]:
+        """``num`` captions per image by diverse beam search (Vijayakumar et al.): ``num`` beam groups,
+        each group penalised for tokens that earlier groups chose at the same step, best beam of each kept."""
+        if not self.can_caption:
+            raise ModelError(f"model {self.name!r} cannot caption (not a CoCa model)")
+        model, sot, eot, pad = self.model, 49406, 49407, getattr(self.model, "pad_id", 0)
+        seq_len = seq_len or getattr(model, "context_length", 30)
+        b, g, w = len(pixels), num, beams_per_group
+        with self._autocast():
+            latent, embs = model._encode_image(pixels.to(self.device))
+        latent, embs = latent.repeat_interleave(g * w, 0), embs.repeat_interleave(g * w, 0)
+        tokens = torch.full((b * g * w, 1), sot, dtype=torch.long, device=self.device)
+        scores = torch.zeros(b, g, w, device=self.device)
+        scores[:, :, 1:] = float("-inf")  # all beams of a group start equal: keep one
+        for step in range(seq_len - 1):
+            with self._autocast():
+                logits = model(None, tokens, image_latent=latent, image_embs=embs, output_labels=False)["logits"]
+            logp = _beam_logprobs(logits[:, -1].float(), tokens[:, -1], eot, pad, step).view(b, g, w, -1)
+            chosen = torch.zeros(b, logp.shape[-1], device=self.device)
+            rows, new = [], []
+            for group in range(g):
+                cand = logp[:, group] + scores[:, group, :, None] - penalty * chosen[:, None, :]
+                top = cand.view(b, -1).topk(w, dim=1)
+                beam, token = top.indices // logp.shape[-1], top.indices % logp.shape[-1]
+                scores[:, group] = (top.values + penalty * chosen.gather(1, token))
+                chosen.scatter_add_(1, token, (token != pad).float())
+                base = (torch.arange(b, device=self.device)[:, None] * g + group) * w
+                rows.append(base + beam)
+                new.append(token)
+            order = torch.stack(rows, 1).reshape(-1)
+            tokens = torch.cat([tokens[order], torch.stack(new, 1).reshape(-1, 1)], dim=1)
+            if bool(((tokens[:, -1] == eot) | (tokens[:, -1] == pad)).all()):
+                break
+        lengths = ((tokens != pad) & (tokens != sot)).sum(1).clamp(min=1).view(b, g, w).float()
+        best = (scores / lengths).argmax(-1)
+        picked = (torch.arange(b * g, device=self.device) * w + best.reshape(-1))
+        texts = [clean_generated(open_clip.decode(row)) for row in tokens[picked].cpu()]
+        return [texts[i * g:(i + 1) * g] for i in range(b)]
+
+
+def _beam_logprobs(logits: torch.Tensor, last: torch.Tensor, eot: int, pad: int, step: int,
+                   min_len: int = 3) -> torch.Tensor:
+    """Log-probabilities for beam search: finished beams may only emit pad (at no cost); no early end."""
+    logp = torch.log_softmax(logits, dim=-1)
+    logp[:, pad] = float("-inf")
+    if step < min_len:
+        logp[:, eot] = float("-inf")
+    done = (last == eot) | (last == pad)
+    logp[done] = float("-inf")
+    logp[done, pad] = 0.0
+    return logp
 
 
 def clean_generated(text: str) -> str:

@@ -52,6 +52,11 @@ SCHEMA = [
 ]
 
 
+# Tables the workspace may hold (curation modules add theirs with CREATE TABLE IF NOT EXISTS).
+TABLES = {"meta", "sources", "samples", "captions", "emb_chunks", "ingest_files", "runs", "caption_scores",
+          "sample_scores", "reward_versions", "rewards", "demo_truth", "producer_failures"}
+
+
 class WorkspaceError(RuntimeError):
     """The workspace is missing, locked, or of a schema this altlens does not know."""
 
@@ -133,6 +138,19 @@ class Workspace:
             cur.execute("ROLLBACK")
             raise
         cur.execute("COMMIT")
+
+    def insert_arrow(self, table: str, arrow, replace: bool = False, cur=None) -> None:
+        """Bulk insert an Arrow table whose columns name ``table``'s (values travel as data, not SQL)."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        cur = cur or self.cursor()
+        columns = ", ".join(arrow.column_names)
+        cur.register("_altlens_rows", arrow)
+        try:
+            verb = "INSERT OR REPLACE" if replace else "INSERT"
+            cur.execute(f"{verb} INTO {table} ({columns}) SELECT {columns} FROM _altlens_rows")
+        finally:
+            cur.unregister("_altlens_rows")
 
     def close(self) -> None:
         self._con.close()

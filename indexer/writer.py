@@ -29,16 +29,10 @@ CAPTION_COLUMNS = ("id", "sample_id", "uid", "source_kind", "producer", "params"
 ALT_PRODUCER = "alt-text"
 
 
-def insert_rows(cur, table: str, columns: tuple[str, ...], rows: list[dict]) -> None:
-    """Bulk insert through Arrow (values travel as data, never as SQL text)."""
-    if not rows:
-        return
-    arrow = pa.table({c: [r.get(c) for r in rows] for c in columns})
-    cur.register("_altlens_rows", arrow)
-    try:
-        cur.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _altlens_rows")
-    finally:
-        cur.unregister("_altlens_rows")
+def insert_rows(ws: Workspace, cur, table: str, columns: tuple[str, ...], rows: list[dict]) -> None:
+    """Bulk insert dict rows through Arrow."""
+    if rows:
+        ws.insert_arrow(table, pa.table({c: [r.get(c) for r in rows] for c in columns}), cur=cur)
 
 
 def insert_captions(ws: Workspace, rows: list[dict], vectors: np.ndarray) -> None:
@@ -51,7 +45,7 @@ def insert_captions(ws: Workspace, rows: list[dict], vectors: np.ndarray) -> Non
         row.setdefault("status", "ok")
     name = store.write_chunk(start, vectors)
     with ws.transaction() as cur:
-        insert_rows(cur, "captions", CAPTION_COLUMNS, rows)
+        insert_rows(ws, cur, "captions", CAPTION_COLUMNS, rows)
         store.record_chunk(cur, start, len(rows), name)
 
 
@@ -107,8 +101,8 @@ class SampleWriter:
             files["image"] = self.images.write_chunk(start_s, np.concatenate(self._image_vecs))
             files["text"] = self.texts.write_chunk(start_c, np.concatenate(self._text_vecs))
         with self.ws.transaction() as cur:
-            insert_rows(cur, "samples", SAMPLE_COLUMNS, sample_rows)
-            insert_rows(cur, "captions", CAPTION_COLUMNS, caption_rows)
+            insert_rows(self.ws, cur, "samples", SAMPLE_COLUMNS, sample_rows)
+            insert_rows(self.ws, cur, "captions", CAPTION_COLUMNS, caption_rows)
             if n:
                 self.images.record_chunk(cur, start_s, n, files["image"])
                 self.texts.record_chunk(cur, start_c, n, files["text"])

@@ -147,3 +147,21 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.size = len(data)
     info.mtime = 1_700_000_000
     tar.addfile(info, io.BytesIO(data))
+
+
+TINY_COCA = ROOT / "tests" / "data" / "altlens-tiny-coca.json"
+
+
+def tiny_coca_spec():
+    from indexer.models import ModelSpec
+    return ModelSpec(name=str(TINY_COCA), pretrained="none")
+
+
+@pytest.fixture(scope="session")
+def demo_ws(tmp_path_factory):
+    """A held-out demo workspace (seed unlike the demo's and the model's), built with the shipped checkpoint
+    through the same path as ``altlens demo``: shards -> index -> caption -> fuse -> score."""
+    from curation.demo import DemoConfig, build_demo
+    root = tmp_path_factory.mktemp("demo") / "ws"
+    summary = build_demo(DemoConfig(workspace=str(root), n=400, seed=4242, shard_size=150))
+    return root, summary

@@ -1,0 +1,69 @@
+"""Indexer throughput: end-to-end img/s vs model-only img/s on the same images, from one run.
+
+    python bench/index_throughput.py [--n 512] [--model ViT-B-32] [--batch-size 64] [--precision fp32|bf16]
+
+Writes N demo-world JPEGs (256 px, so decoding costs something) as a tar shard,
+indexes them with ``altlens index``'s code path, then times the image tower
+alone on the same preprocessed batches. A ratio near 1 means decoding,
+thumbnails and writes are hidden behind the model. Prints; never fails on time.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from PIL import Image  # noqa: E402
+
+from curation.demo_world import generate_samples, sample_image  # noqa: E402
+from indexer.models import ModelSpec, load_model  # noqa: E402
+from indexer.runner import IndexConfig, model_only_rate, run_index  # noqa: E402
+
+
+def write_shard(path: Path, n: int) -> list[bytes]:
+    images = []
+    with tarfile.open(path, "w") as tar:
+        for s in generate_samples(n, seed=11):
+            data = sample_image(s, 256)
+            images.append(data)
+            for name, payload in ((f"{s.key}.jpg", data), (f"{s.key}.txt", s.alt.encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    return images
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--pretrained", default="none")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    spec = ModelSpec(name=args.model, pretrained=args.pretrained, precision=args.precision)
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = Path(tmp) / "00000.tar"
+        images = write_shard(shard, args.n)
+        report = run_index(IndexConfig(sources=(str(shard),), workspace=str(Path(tmp) / "ws"), model=spec,
+                                       batch_size=args.batch_size, workers=args.workers))
+        model = load_model(spec)
+        pixels = [model.preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in images]
+        model.encode_images(pixels[0].unsqueeze(0))  # warm-up
+        model_rate = model_only_rate(model, pixels, args.batch_size)
+    e2e = report["samples_per_s"]
+    print(json.dumps({"model": args.model, "precision": args.precision, "n": args.n, "batch_size": args.batch_size,
+                      "end_to_end_img_s": e2e, "model_only_img_s": round(model_rate, 2),
+                      "ratio": round(e2e / model_rate, 3), "stages": report}))
+    print(f"end-to-end {e2e:.1f} img/s, model-only {model_rate:.1f} img/s, ratio {e2e / model_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

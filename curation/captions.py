@@ -1,0 +1,220 @@
+"""Synthetic captions: images of a workspace -> N captions each from a captioner, stored with provenance.
+
+Captioners register by prefix and share one interface (``producer``, ``params``,
+``preprocess``, ``caption(pixels, num, seed)``):
+
+- ``openclip:MODEL[:TAG]`` / ``checkpoint:PATH`` / omitted (the workspace's own model, if it is a CoCa):
+  open_clip CoCa, DataCompDR recipe (top-p 0.9, text up to the first period);
+- ``hf:PATH_OR_ID``: a Hugging Face image-to-text model (BLIP, GIT, ...) from a local path or cache.
+
+Every caption is embedded with the workspace's embedding model (the image
+embeddings' space) and inserted with its text embedding in one atomic commit
+per batch. Samples that already have ``num`` captions from the producer are
+skipped; a batch the captioner fails on is recorded with its reason and the run goes on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from tqdm import tqdm
+
+from indexer.decode import open_image
+from indexer.models import ModelError, ModelSpec, load_model, open_workspace_model
+from indexer.sources import read_member
+from indexer.store import Workspace, now
+from indexer.writer import insert_captions
+
+log = logging.getLogger(__name__)
+
+SAMPLINGS = ("top_p", "beam", "diverse_beam")
+FAILURES_SCHEMA = """CREATE TABLE IF NOT EXISTS producer_failures (
+    sample_id BIGINT NOT NULL, producer VARCHAR NOT NULL, reason VARCHAR NOT NULL, created_at TIMESTAMP)"""
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    """``altlens caption`` settings."""
+
+    workspace: str
+    captioner: str | None = None
+    num: int = 5
+    sampling: str = "top_p"
+    top_p: float = 0.9
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    workers: int = 2
+    limit: int | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"unknown sampling {self.sampling!r}; allowed: {', '.join(SAMPLINGS)}")
+        if not 1 <= self.num <= 64:
+            raise ValueError(f"--num must be between 1 and 64, got {self.num}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+class Captioner(Protocol):
+    producer: str
+    params: dict
+
+    def preprocess(self, image): ...
+
+    def caption(self, pixels: torch.Tensor, num: int, seed: int) -> list[list[str]]: ...
+
+
+class OpenClipCaptioner:
+    """An open_clip CoCa: ``num`` captions per image by top-p sampling, beam or diverse beam search."""
+
+    def __init__(self, model, cfg: CaptionConfig):
+        if not model.can_caption:
+            raise ModelError(f"{model.name} is not a CoCa model and cannot caption; pass --captioner")
+        self.model, self.cfg = model, cfg
+        tag = f"top_p{cfg.top_p}" if cfg.sampling == "top_p" else cfg.sampling
+        self.producer = f"{model.model_id}/{tag}"
+        self.params = {"sampling": cfg.sampling, "top_p": cfg.top_p if cfg.sampling == "top_p" else None,
+                       "seq_len": getattr(model.model, "context_length", None), "seed": cfg.seed,
+                       "postprocess": "text before the first period"}
+        self.preprocess = model.preprocess
+
+    def caption(self, pixels: torch.Tensor, num: int, seed: int) -> list[list[str]]:
+        if self.cfg.sampling == "diverse_beam":
+            return self.model.generate_diverse(pixels, num)
+        if self.cfg.sampling == "beam":
+            best = self.model.generate(pixels, sampling="beam")
+            return [[text] * num for text in best] if num == 1 else self._beam_then_sample(pixels, best, num, seed)
+        flat = self.model.generate(pixels.repeat_interleave(num, dim=0), top_p=self.cfg.top_p, seed=seed)
+        return [flat[i * num:(i + 1) * num] for i in range(len(pixels))]
+
+    def _beam_then_sample(self, pixels, best, num, seed):
+        """Beam search yields one caption per image; fill the other slots by top-p so none repeat it."""
+        extra = self.model.generate(pixels.repeat_interleave(num - 1, dim=0), top_p=self.cfg.top_p, seed=seed)
+        return [[best[i]] + extra[i * (num - 1):(i + 1) * (num - 1)] for i in range(len(pixels))]
+
+
+def _openclip_factory(arg: str | None, ws_model, cfg: CaptionConfig) -> Captioner:
+    if arg is None:
+        return OpenClipCaptioner(ws_model, cfg)
+    kind, _, rest = arg.partition(":")
+    if kind == "checkpoint":
+        spec = ModelSpec(checkpoint=rest, device=cfg.device, precision=cfg.precision)
+    else:
+        name, _, tag = rest.partition(":")
+        spec = ModelSpec(name=name, pretrained=tag or None, device=cfg.device, precision=cfg.precision)
+    return OpenClipCaptioner(load_model(spec), cfg)
+
+
+def _hf_factory(arg: str, ws_model, cfg: CaptionConfig) -> Captioner:
+    from curation.hf_models import HFCaptioner
+    return HFCaptioner(arg.partition(":")[2], cfg)
+
+
+CAPTIONERS: dict[str, Callable] = {"openclip": _openclip_factory, "checkpoint": _openclip_factory,
+                                   "hf": _hf_factory}
+
+
+def make_captioner(arg: str | None, ws_model, cfg: CaptionConfig) -> Captioner:
+    if arg is None:
+        return _openclip_factory(None, ws_model, cfg)
+    prefix = arg.partition(":")[0]
+    if prefix not in CAPTIONERS or ":" not in arg:
+        raise ModelError(f"unknown captioner {arg!r}; use one of: " +
+                         ", ".join(f"{p}:..." for p in CAPTIONERS) + " (or leave it out for the workspace's CoCa)")
+    return CAPTIONERS[prefix](arg, ws_model, cfg)
+
+
+def load_sample_image(row: dict):
+    """The sample's image, read back from its file or tar member (None if it no longer decodes)."""
+    try:
+        data = read_member(row["path"], row["member_offset"], row["member_size"])
+    except OSError:
+        return None
+    image, problem = open_image(data, 1 << 31)
+    return None if problem else image.convert("RGB")
+
+
+def pending_samples(ws: Workspace, producer: str, num: int, limit: int | None) -> list[dict]:
+    """Ok samples with fewer than ``num`` captions from ``producer``, in id order."""
+    sql = """SELECT s.id, s.uid, s.path, s.member_offset, s.member_size, count(c.id) AS have
+             FROM samples s LEFT JOIN captions c ON c.sample_id = s.id AND c.producer = ?
+             WHERE s.status = 'ok' GROUP BY ALL HAVING count(c.id) < ? ORDER BY s.id"""
+    rows = ws.dicts(sql + (" LIMIT ?" if limit else ""), [producer, num] + ([limit] if limit else []))
+    return rows
+
+
+def run_captioning(cfg: CaptionConfig) -> dict:
+    """Caption every pending sample; return counts."""
+    with Workspace(cfg.workspace) as ws:
+        ws.execute(FAILURES_SCHEMA)
+        embedder = open_workspace_model(ws, ModelSpec(device=cfg.device, precision=cfg.precision)
+                                        if (cfg.device, cfg.precision) != ("auto", "fp32") else None)
+        captioner = make_captioner(cfg.captioner, embedder, cfg)
+        todo = pending_samples(ws, captioner.producer, cfg.num, cfg.limit)
+        done = failed = 0
+        bar = tqdm(total=len(todo), desc=f"caption ({captioner.producer})", unit="img", disable=not cfg.progress)
+        for rows, pixels in _decoded(todo, captioner, cfg):
+            try:
+                texts = captioner.caption(pixels, cfg.num, seed=cfg.seed + rows[0]["id"]) if rows else []
+            except Exception as exc:  # a failing captioner batch is recorded, the run goes on
+                _record_failure(ws, rows, captioner.producer, f"{type(exc).__name__}: {exc}")
+                failed += len(rows)
+                bar.update(len(rows))
+                continue
+            _store(ws, rows, texts, captioner, embedder, cfg)
+            done += len(rows)
+            bar.update(len(rows))
+        bar.close()
+        return {"producer": captioner.producer, "captioned": done, "failed": failed,
+                "skipped_already_done": int(ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok'")) - len(todo)}
+
+
+def _decoded(todo: list[dict], captioner: Captioner, cfg: CaptionConfig):
+    """(rows, pixels) batches, decoded a few batches ahead in a thread pool; undecodable images dropped."""
+    def decode(batch: list[dict]):
+        kept, pixels = [], []
+        for row in batch:
+            image = load_sample_image(row)
+            if image is not None:
+                kept.append(row)
+                pixels.append(captioner.preprocess(image))
+        return kept, torch.stack(pixels) if pixels else torch.zeros(0)
+
+    batches = [todo[i:i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
+    with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+        pending = deque(pool.submit(decode, b) for b in batches[:3])
+        for nxt in batches[3:] + [None] * 3:
+            if not pending:
+                break
+            kept, pixels = pending.popleft().result()
+            if nxt is not None:
+                pending.append(pool.submit(decode, nxt))
+            if kept:
+                yield kept, pixels
+
+
+def _store(ws: Workspace, rows: list[dict], texts: list[list[str]], captioner, embedder, cfg) -> None:
+    records, flat = [], []
+    params = json.dumps(captioner.params)
+    for row, captions in zip(rows, texts):
+        for idx in range(row["have"], cfg.num):
+            text = captions[idx] if idx < len(captions) else ""
+            records.append({"sample_id": row["id"], "uid": row["uid"], "source_kind": "syn",
+                            "producer": captioner.producer, "params": params, "idx": idx, "text": text})
+            flat.append(text)
+    if records:
+        insert_captions(ws, records, embedder.encode_texts(flat))
+
+
+def _record_failure(ws: Workspace, rows: list[dict], producer: str, reason: str) -> None:
+    log.warning("captioner %s failed on %d samples: %s", producer, len(rows), reason, exc_info=True)
+    ws.cursor().executemany("INSERT INTO producer_failures VALUES (?, ?, ?, ?)",
+                            [(r["id"], producer, reason[:2000], now()) for r in rows])

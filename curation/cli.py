@@ -1,0 +1,99 @@
+"""``altlens`` commands for curation and the demo, registered on the indexer's Typer app."""
+from __future__ import annotations
+
+import json
+
+import typer
+
+from indexer.cli import app
+
+
+@app.command()
+def demo(
+    workspace: str = typer.Option("demo-workspace", "--workspace", "-w"),
+    n: int = typer.Option(3000, min=1, help="Samples in the demo dataset."),
+    seed: int = typer.Option(0),
+    precision: str = typer.Option("fp32"),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Build the workspace, do not start the UI."),
+):
+    """Build the demo world offline: shards -> index with the shipped model -> curation -> UI."""
+    from curation.demo import DemoConfig, build_demo
+
+    summary = build_demo(DemoConfig(workspace=workspace, n=n, seed=seed, precision=precision))
+    typer.echo(json.dumps(summary["index"]))
+    typer.echo(f"demo workspace ready: {summary['workspace']}")
+    if not no_serve:
+        serve_or_explain(summary["workspace"])
+
+
+def serve_or_explain(workspace: str) -> None:
+    try:
+        from app.server import serve
+    except ModuleNotFoundError:
+        typer.echo(f"explore it with: altlens stats -w {workspace}; altlens search -w {workspace} --text 'a yellow star'")
+        return
+    serve(workspace)
+
+
+@app.command("demo-train")
+def demo_train(
+    out_dir: str = typer.Option(None, help="Where to write the checkpoint (default: the shipped location)."),
+    steps: int = typer.Option(900, min=1),
+    n_train: int = typer.Option(40000, min=100),
+    seed: int = typer.Option(20261128),
+):
+    """Train the demo CoCa from scratch on CPU (about 40 minutes on 2 cores) and write its model card."""
+    from curation.demo_train import MODEL_DIR, TrainConfig, train
+
+    cfg = TrainConfig(out_dir=out_dir or str(MODEL_DIR), steps=steps, n_train=n_train, seed=seed)
+    numbers = train(cfg)
+    typer.echo(json.dumps({k: v for k, v in numbers.items() if k != "caption_examples"}))
+
+
+@app.command()
+def caption(
+    workspace: str = typer.Option(..., "--workspace", "-w"),
+    captioner: str = typer.Option(None, help="openclip:MODEL[:TAG], checkpoint:PATH or hf:PATH_OR_ID "
+                                             "(default: the workspace's own CoCa)."),
+    num: int = typer.Option(5, min=1, max=64, help="Captions per image (DataCompDR stores 5)."),
+    sampling: str = typer.Option("top_p", help="top_p (p=0.9), beam or diverse_beam."),
+    batch_size: int = typer.Option(32, min=1),
+    seed: int = typer.Option(0),
+    precision: str = typer.Option("fp32"),
+    device: str = typer.Option("auto"),
+    limit: int = typer.Option(None, min=1, help="Caption at most this many pending images."),
+):
+    """Add synthetic captions (incremental: images that already have NUM from this captioner are skipped)."""
+    from curation.captions import CaptionConfig, run_captioning
+
+    typer.echo(json.dumps(run_captioning(CaptionConfig(
+        workspace=workspace, captioner=captioner, num=num, sampling=sampling, batch_size=batch_size,
+        seed=seed, precision=precision, device=device, limit=limit))))
+
+
+@app.command()
+def fuse(
+    workspace: str = typer.Option(..., "--workspace", "-w"),
+    fuser: str = typer.Option("rules", help="rules (offline default) or llm:PATH_OR_ID (a local causal LM)."),
+    syn: str = typer.Option(None, help="Synthetic producer to fuse from (default: the most used)."),
+    batch_size: int = typer.Option(256, min=1),
+    limit: int = typer.Option(None, min=1),
+):
+    """Fuse alt-text knowledge with synthetic captions into one caption per image."""
+    from curation.fuse import FuseConfig, run_fusion
+
+    typer.echo(json.dumps(run_fusion(FuseConfig(workspace=workspace, fuser=fuser, syn=syn,
+                                                batch_size=batch_size, limit=limit))))
+
+
+@app.command()
+def score(
+    workspace: str = typer.Option(..., "--workspace", "-w"),
+    recompute: bool = typer.Option(False, help="Recompute every score, not only missing ones."),
+):
+    """clip_score and cycle for every caption, alt/synthetic agreement, and the default per-sample reward."""
+    from curation.scores import score_workspace
+    from indexer.store import Workspace
+
+    with Workspace(workspace) as ws:
+        typer.echo(json.dumps(score_workspace(ws, recompute=recompute)))

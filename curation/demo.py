@@ -1,0 +1,122 @@
+"""The demo: generate the demo world as WebDataset shards, index it with the shipped model, run every curation step.
+
+The world's truth (scene, noise kind, knowledge, duplicates) goes into the
+demo-only table ``demo_truth``, never into the tables a real dataset has, so
+quality can be measured against it.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from curation.demo_world import DemoSample, NoiseConfig, generate_samples, sample_image
+from indexer.models import DEMO_CHECKPOINT, ModelSpec
+from indexer.runner import IndexConfig, run_index
+from indexer.sources import make_uid
+from indexer.store import Workspace
+
+log = logging.getLogger(__name__)
+
+TRUTH_SCHEMA = """CREATE TABLE IF NOT EXISTS demo_truth (
+    uid VARCHAR PRIMARY KEY, key VARCHAR NOT NULL, scene_json VARCHAR NOT NULL, canonical VARCHAR NOT NULL,
+    alt VARCHAR NOT NULL, noise VARCHAR NOT NULL, knowledge_json VARCHAR NOT NULL,
+    dup_of VARCHAR, dup_kind VARCHAR)"""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What ``altlens demo`` builds."""
+
+    workspace: str = "demo-workspace"
+    n: int = 3000
+    seed: int = 0
+    shard_size: int = 1000
+    batch_size: int = 64
+    precision: str = "fp32"
+    noise: NoiseConfig = NoiseConfig()
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"--n must be >= 1, got {self.n}")
+
+
+def demo_model_spec(precision: str = "fp32") -> ModelSpec:
+    """The shipped demo CoCa, loaded exactly as a user's ``--checkpoint`` would be."""
+    if not DEMO_CHECKPOINT.is_file():
+        raise FileNotFoundError(f"the demo checkpoint {DEMO_CHECKPOINT} is missing; run 'altlens demo-train'")
+    return ModelSpec(checkpoint=str(DEMO_CHECKPOINT), precision=precision)
+
+
+def write_demo_shards(samples: list[DemoSample], out: Path, shard_size: int) -> list[Path]:
+    """img2dataset layout: ``key.jpg``, ``key.txt`` (alt-text), ``key.json`` (url and size)."""
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for start in tqdm(range(0, len(samples), shard_size), desc="write demo shards", unit="shard"):
+        path = out / f"{start // shard_size:05d}.tar"
+        if not path.exists():
+            tmp = path.with_suffix(".tar.tmp")
+            with tarfile.open(tmp, "w") as tar:
+                for s in samples[start:start + shard_size]:
+                    meta = {"url": f"https://shapes.example/{s.key}.jpg", "key": s.key}
+                    for name, data in ((f"{s.key}.jpg", sample_image(s)), (f"{s.key}.txt", s.alt.encode()),
+                                       (f"{s.key}.json", json.dumps(meta).encode())):
+                        info = tarfile.TarInfo(name)
+                        info.size, info.mtime = len(data), 1_700_000_000
+                        tar.addfile(info, io.BytesIO(data))
+            tmp.replace(path)
+        shards.append(path)
+    return shards
+
+
+def store_truth(ws: Workspace, samples: list[DemoSample], source: str, shard_size: int) -> None:
+    """Write the demo-only truth table, keyed by the uid the indexer gives each sample."""
+    def uid(s: DemoSample) -> str:
+        return make_uid(source, f"{int(s.key) // shard_size:05d}/{s.key}")
+    by_key = {s.key: s for s in samples}
+    rows = [(uid(s), s.key, json.dumps(s.scene), s.caption, s.alt, s.noise, json.dumps(s.knowledge),
+             uid(by_key[s.dup_of]) if s.dup_of else None, s.dup_kind) for s in samples]
+    with ws.transaction() as cur:
+        cur.execute(TRUTH_SCHEMA)
+        cur.executemany("INSERT INTO demo_truth VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
+
+
+def build_demo(cfg: DemoConfig) -> dict:
+    """Generate, index and curate the demo workspace; return a summary."""
+    root = Path(cfg.workspace).resolve()
+    samples = generate_samples(cfg.n, cfg.seed, noise=cfg.noise)
+    shard_dir = root / "source"
+    shards = write_demo_shards(samples, shard_dir, cfg.shard_size)
+    report = run_index(IndexConfig(sources=tuple(str(p) for p in shards), workspace=str(root),
+                                   model=demo_model_spec(cfg.precision), batch_size=cfg.batch_size))
+    with Workspace(root) as ws:
+        store_truth(ws, samples, str(shard_dir), cfg.shard_size)
+        ws.set_meta("demo", asdict(cfg) | {"noise": asdict(cfg.noise)})
+    steps = {name: step(str(root), cfg) for name, step in curation_steps()}
+    return {"workspace": str(root), "shards": [str(p) for p in shards], "index": report, **steps}
+
+
+def _caption(root: str, cfg: DemoConfig) -> dict:
+    from curation.captions import CaptionConfig, run_captioning
+    return run_captioning(CaptionConfig(workspace=root, num=5, sampling="top_p", precision=cfg.precision))
+
+
+def _fuse(root: str, cfg: DemoConfig) -> dict:
+    from curation.fuse import FuseConfig, run_fusion
+    return run_fusion(FuseConfig(workspace=root, precision=cfg.precision))
+
+
+def _score(root: str, cfg: DemoConfig) -> dict:
+    from curation.scores import score_workspace
+    with Workspace(root) as ws:
+        return score_workspace(ws)
+
+
+def curation_steps() -> list:
+    """Every curation step that exists, in order: (name, step(workspace, cfg) -> report)."""
+    return [("caption", _caption), ("fuse", _fuse), ("score", _score)]

@@ -1,0 +1,136 @@
+"""``altlens fuse``: for each sample, alt-text + synthetic captions -> one fused caption, stored with provenance.
+
+Fusers: ``rules`` (offline default, :mod:`curation.fusion`) and ``llm:PATH_OR_ID``
+(a local causal LM with the CapsFusion instruction, :mod:`curation.hf_models`).
+Incremental: samples that already have a fused caption from the same fuser over
+the same synthetic producer are skipped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from curation.fusion import RULES_VERSION, compose, plan_fusion
+from indexer.models import ModelError, ModelSpec, open_workspace_model
+from indexer.store import Workspace
+from indexer.vectors import EmbeddingStore
+from indexer.writer import insert_captions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FuseConfig:
+    """``altlens fuse`` settings."""
+
+    workspace: str
+    fuser: str = "rules"
+    syn: str | None = None
+    batch_size: int = 256
+    device: str = "auto"
+    precision: str = "fp32"
+    limit: int | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.fuser != "rules" and not self.fuser.startswith("llm:"):
+            raise ValueError(f"unknown fuser {self.fuser!r}; allowed: rules, llm:PATH_OR_ID")
+
+
+def syn_producer(ws: Workspace, requested: str | None) -> str:
+    """The synthetic-caption producer to fuse from: the one asked for, else the most used one."""
+    producers = [r[0] for r in ws.rows("""SELECT producer FROM captions WHERE source_kind = 'syn'
+                                           GROUP BY producer ORDER BY count(*) DESC, producer""")]
+    if not producers:
+        raise ValueError("the workspace has no synthetic captions yet; run 'altlens caption' first")
+    if requested is None:
+        return producers[0]
+    if requested not in producers:
+        raise ValueError(f"unknown synthetic producer {requested!r}; the workspace has: {', '.join(producers)}")
+    return requested
+
+
+def pending(ws: Workspace, syn: str, producer: str, limit: int | None) -> list[dict]:
+    sql = """SELECT s.id, s.uid, a.text AS alt, list(y.id ORDER BY y.idx) AS syn_ids,
+                    list(y.text ORDER BY y.idx) AS syn_texts
+             FROM samples s JOIN captions a ON a.sample_id = s.id AND a.source_kind = 'alt'
+             JOIN captions y ON y.sample_id = s.id AND y.producer = ?
+             WHERE s.status = 'ok' AND s.id NOT IN (SELECT sample_id FROM captions WHERE producer = ?)
+             GROUP BY s.id, s.uid, a.text ORDER BY s.id"""
+    return ws.dicts(sql + (" LIMIT ?" if limit else ""), [syn, producer] + ([limit] if limit else []))
+
+
+def run_fusion(cfg: FuseConfig) -> dict:
+    with Workspace(cfg.workspace) as ws:
+        syn = syn_producer(ws, cfg.syn)
+        embedder = open_workspace_model(ws, ModelSpec(device=cfg.device, precision=cfg.precision)
+                                        if (cfg.device, cfg.precision) != ("auto", "fp32") else None)
+        fuser = RulesFuser(embedder) if cfg.fuser == "rules" else _llm_fuser(cfg.fuser)
+        producer = f"{fuser.version}({syn})"
+        todo = pending(ws, syn, producer, cfg.limit)
+        images = EmbeddingStore(ws, "image").load()
+        texts = EmbeddingStore(ws, "text").load()
+        bar = tqdm(total=len(todo), desc=f"fuse ({fuser.version})", unit="img", disable=not cfg.progress)
+        failed = 0
+        for start in range(0, len(todo), cfg.batch_size):
+            batch = todo[start:start + cfg.batch_size]
+            try:
+                plans = fuser.fuse(batch, images, texts)
+            except (RuntimeError, ValueError, OSError) as exc:  # a failing batch is recorded, the run goes on
+                log.warning("fuser %s failed on %d samples: %s", fuser.version, len(batch), exc)
+                failed += len(batch)
+                bar.update(len(batch))
+                continue
+            rows = [{"sample_id": r["id"], "uid": r["uid"], "source_kind": "fused", "producer": producer,
+                     "params": json.dumps(plan), "idx": 0, "text": plan["text"]} for r, plan in zip(batch, plans)]
+            insert_captions(ws, rows, embedder.encode_texts([p["text"] for p in plans]))
+            bar.update(len(batch))
+        bar.close()
+        return {"producer": producer, "fused": len(todo) - failed, "failed": failed}
+
+
+class RulesFuser:
+    """:mod:`curation.fusion` rules; the image decides visual conflicts through the embedding model."""
+
+    version = RULES_VERSION
+
+    def __init__(self, embedder):
+        self.embedder = embedder
+
+    def fuse(self, batch: list[dict], images, texts) -> list[dict]:
+        plans, candidates, owners = [], [], []
+        for i, row in enumerate(batch):
+            image = np.asarray(images[row["id"]], dtype=np.float32)
+            syn_vecs = np.asarray(texts[row["syn_ids"]], dtype=np.float32)
+            base_idx = int(np.argmax(syn_vecs @ image))
+            options, know, junk = plan_fusion(row["alt"], row["syn_texts"][base_idx])
+            plans.append({"base_idx": base_idx, "junk": junk, "knowledge": know, "options": options})
+            candidates += options
+            owners += [i] * len(options)
+        scores = self._image_scores(batch, candidates, owners, images)
+        out = []
+        for i, plan in enumerate(plans):
+            mine = [j for j, o in enumerate(owners) if o == i]
+            best = max(mine, key=lambda j: scores[j])
+            visual = candidates[best]
+            out.append({"text": compose(visual, plan["knowledge"]), "base_idx": plan["base_idx"],
+                        "junk_alt": plan["junk"], "knowledge": plan["knowledge"].items(),
+                        "corrected": visual != plan["options"][0], "rules": RULES_VERSION})
+        return out
+
+    def _image_scores(self, batch, candidates, owners, images) -> np.ndarray:
+        vecs = self.embedder.encode_texts(candidates)
+        sample_ids = np.array([batch[o]["id"] for o in owners])
+        return (vecs * np.asarray(images[sample_ids], dtype=np.float32)).sum(1)
+
+
+def _llm_fuser(arg: str):
+    try:
+        from curation.hf_models import LLMFuser
+    except ImportError as exc:
+        raise ModelError(f"the llm fuser needs transformers: {exc}") from exc
+    return LLMFuser(arg.partition(":")[2])

@@ -1,0 +1,197 @@
+"""Caption sources and scores: mechanics with tiny random models, quality with the shipped demo checkpoint."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import tiny_coca_spec, tiny_spec, write_folder
+from curation.captions import CaptionConfig, OpenClipCaptioner, run_captioning
+from curation.fuse import FuseConfig, run_fusion
+from curation.fusion import (compose, conflict_alternatives, extract_knowledge, junk_reason, plan_fusion,
+                             visual_pairs)
+from curation.scores import score_workspace
+from indexer.models import ModelError
+from indexer.runner import IndexConfig, run_index
+from indexer.store import Workspace
+from indexer.vectors import EmbeddingStore
+
+
+@pytest.fixture()
+def coca_ws(tmp_path):
+    write_folder(tmp_path / "src", n_good=10, bad=True)
+    run_index(IndexConfig(sources=(str(tmp_path / "src"),), workspace=str(tmp_path / "ws"), model=tiny_coca_spec(),
+                          progress=False))
+    return tmp_path / "ws"
+
+
+def caption(ws, **kw):
+    return run_captioning(CaptionConfig(workspace=str(ws), progress=False, batch_size=4, **kw))
+
+
+def test_captions_are_incremental_with_provenance(coca_ws):
+    first = caption(coca_ws, num=3)
+    assert first["captioned"] == 13 and first["failed"] == 0  # 10 good + 3 ok oddities (no caption, bad utf-8, long)
+    assert caption(coca_ws, num=3)["captioned"] == 0
+    assert caption(coca_ws, num=4)["captioned"] == 13
+    with Workspace(coca_ws, read_only=True) as ws:
+        rows = ws.dicts("SELECT sample_id, idx, producer, params, text FROM captions WHERE source_kind = 'syn'")
+        assert len(rows) == 13 * 4
+        per_sample = {}
+        for r in rows:
+            per_sample.setdefault(r["sample_id"], []).append(r["idx"])
+        assert all(sorted(v) == [0, 1, 2, 3] for v in per_sample.values())
+        params = json.loads(rows[0]["params"])
+        assert params["sampling"] == "top_p" and params["top_p"] == 0.9
+        assert rows[0]["producer"].startswith("altlens-tiny-coca@random/top_p0.9")
+        assert ws.scalar("SELECT count(*) FROM captions WHERE source_kind = 'alt'") == 17, "alt-text untouched"
+        assert EmbeddingStore(ws, "text").load().shape[0] == ws.scalar("SELECT count(*) FROM captions")
+
+
+def test_diverse_beam_gives_distinct_captions(coca_ws):
+    caption(coca_ws, num=3, sampling="diverse_beam", limit=5)
+    with Workspace(coca_ws, read_only=True) as ws:
+        groups = ws.rows("""SELECT list(text) FROM captions WHERE producer LIKE '%/diverse_beam'
+                            GROUP BY sample_id""")
+    assert len(groups) == 5
+    assert all(len(set(texts)) == 3 for (texts,) in groups), groups
+
+
+def test_failing_captioner_batch_is_recorded_and_run_goes_on(coca_ws, monkeypatch):
+    real = OpenClipCaptioner.caption
+    calls = {"n": 0}
+
+    def flaky(self, pixels, num, seed):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("captioner ran out of memory")
+        return real(self, pixels, num, seed)
+    monkeypatch.setattr(OpenClipCaptioner, "caption", flaky)
+    report = caption(coca_ws, num=1)
+    assert report["failed"] == 4 and report["captioned"] == 9
+    with Workspace(coca_ws, read_only=True) as ws:
+        reasons = ws.rows("SELECT reason FROM producer_failures")
+    assert len(reasons) == 4 and "out of memory" in reasons[0][0]
+    monkeypatch.undo()
+    assert caption(coca_ws, num=1)["captioned"] == 4, "failed samples are retried next run"
+
+
+def test_unknown_captioner_and_missing_local_model_are_clear(coca_ws, tmp_path):
+    with pytest.raises(ModelError, match="unknown captioner 'blip2'"):
+        caption(coca_ws, captioner="blip2")
+    with pytest.raises(ModelError, match="nothing is downloaded"):
+        caption(coca_ws, captioner=f"hf:{tmp_path / 'no-such-model'}")
+    with pytest.raises(ValueError, match="unknown sampling"):
+        CaptionConfig(workspace="x", sampling="greedy")
+
+
+def test_clip_model_without_decoder_refuses_to_caption(tmp_path):
+    write_folder(tmp_path / "src", n_good=2, bad=False)
+    run_index(IndexConfig(sources=(str(tmp_path / "src"),), workspace=str(tmp_path / "ws"), model=tiny_spec(),
+                          progress=False))
+    with pytest.raises(ModelError, match="cannot caption"):
+        caption(tmp_path / "ws")
+
+
+def test_hf_captioner_mechanics(coca_ws, tmp_path):
+    from hf_tiny import tiny_image_captioner
+    path = tiny_image_captioner(tmp_path / "tiny-vit-gpt2")
+    report = caption(coca_ws, captioner=f"hf:{path}", num=2)
+    assert report["captioned"] == 13 and report["producer"].startswith("hf:tiny-vit-gpt2@")
+    with Workspace(coca_ws, read_only=True) as ws:
+        assert ws.scalar("SELECT count(*) FROM captions WHERE producer = ?", [report["producer"]]) == 26
+
+
+def test_llm_fuser_mechanics_and_prompt_cut(coca_ws, tmp_path):
+    from curation.hf_models import LLMFuser
+    from hf_tiny import tiny_causal_lm
+    path = tiny_causal_lm(tmp_path / "tiny-lm")
+    fuser = LLMFuser(str(path))
+    prompt = fuser.prompt("red star " * 500, "a blue star on the left")
+    assert len(fuser.tokenizer(prompt)["input_ids"]) <= 256
+    assert "Sentence 2: a blue star on the left" in prompt, "the alt-text is cut first"
+    caption(coca_ws, num=2)
+    report = run_fusion(FuseConfig(workspace=str(coca_ws), fuser=f"llm:{path}", progress=False))
+    assert report["fused"] == 13 and report["producer"].startswith("llm:tiny-lm@")
+
+
+def test_rules_fusion_pieces():
+    assert junk_reason("IMG_2041.JPG") == "file name"
+    assert junk_reason("click here for best price") == "spam"
+    assert junk_reason("stickers, decals, wall art, kids room, cheap, sale") is not None
+    assert junk_reason("Home | Shop | Contact") == "navigation"
+    assert junk_reason("") == "empty"
+    assert junk_reason("Acme red star sticker, from the Lisbon market") is None
+    know = extract_knowledge("Acme red star sticker on gray paper, Mira Okafor, from the Lisbon market")
+    assert know.brand == "Acme" and know.medium == "sticker"
+    assert "from the Lisbon market" in know.phrases and "Mira Okafor" in know.phrases
+    assert extract_knowledge("IMG_2041.JPG").items() == []
+    assert visual_pairs("a large Yellow star and a small red circle") == [("yellow", "star"), ("red", "circle")]
+    assert conflict_alternatives("a large yellow star on the left", "purple star") == ["a large purple star on the left"]
+    fused = compose("a large purple star on the left", know)
+    assert fused.startswith("Acme sticker of a large purple star") and fused.endswith("from the Lisbon market")
+    options, _, junk = plan_fusion("DSC00123.jpg", "a red circle")
+    assert options == ["a red circle"] and junk == "file name"
+
+
+def test_untrusted_captions_stored_verbatim_and_scored(tmp_path):
+    nasty = ["<img src=x onerror=alert(1)>", "<script>alert('x')</script>", "Ω≈ç√ 日本語のキャプション مرحبا",
+             "x" * 1_000_000, "", "IMG_0001.JPG"]
+    src = tmp_path / "src"
+    write_folder(src, n_good=len(nasty), bad=False)
+    for i, text in enumerate(nasty):
+        sub = "a" if i % 2 else "b"
+        (src / sub / f"{i:08d}.txt").write_text(text)
+    run_index(IndexConfig(sources=(str(src),), workspace=str(tmp_path / "ws"), model=tiny_coca_spec(), progress=False))
+    caption(tmp_path / "ws", num=1)
+    with Workspace(tmp_path / "ws") as ws:
+        score_workspace(ws)
+        stored = dict(ws.rows("""SELECT c.text, cs.clip_score FROM captions c JOIN caption_scores cs
+                                 ON cs.caption_id = c.id WHERE c.source_kind = 'alt'"""))
+    for text in nasty:
+        assert text in stored and stored[text] is not None and stored[text] >= 0
+
+
+def test_scores_match_their_definitions(coca_ws):
+    caption(coca_ws, num=3)
+    run_fusion(FuseConfig(workspace=str(coca_ws), progress=False))
+    with Workspace(coca_ws) as ws:
+        first = score_workspace(ws)
+        assert first["captions_scored"] == 13 * 5
+        assert score_workspace(ws) == {"captions_scored": 0, "samples_with_agreement": 0, "rewards_written": 0}
+        images = EmbeddingStore(ws, "image").load().astype(np.float32)
+        texts = EmbeddingStore(ws, "text").load().astype(np.float32)
+        rows = ws.rows("""SELECT c.id, c.sample_id, cs.clip_score, cs.cycle FROM captions c
+                          JOIN caption_scores cs ON cs.caption_id = c.id""")
+        for cid, sid, clip, cycle in rows:
+            assert clip == pytest.approx(2.5 * max(float(images[sid] @ texts[cid]), 0.0), abs=1e-4)
+            assert cycle in (0.0, 0.5, 1.0)
+        sid, agreement = ws.rows("SELECT sample_id, agreement FROM sample_scores LIMIT 1")[0]
+        alt = ws.scalar("SELECT id FROM captions WHERE sample_id = ? AND source_kind = 'alt'", [sid])
+        syn = [r[0] for r in ws.rows("SELECT id FROM captions WHERE sample_id = ? AND source_kind = 'syn'", [sid])]
+        mean = texts[syn].mean(0)
+        assert agreement == pytest.approx(float(texts[alt] @ mean / np.linalg.norm(mean)), abs=1e-4)
+        version = ws.get_meta("active_reward")
+        assert ws.scalar("SELECT kind FROM reward_versions WHERE version = ?", [version]) == "clip_score:alt"
+        reward = ws.scalar("SELECT value FROM rewards WHERE sample_id = ? AND version = ?", [sid, version])
+        assert reward == ws.scalar("SELECT clip_score FROM caption_scores WHERE caption_id = ?", [alt])
+
+
+# ---------------------------------------------------------------- quality on the demo world
+
+
+def test_demo_caption_quality(demo_ws):
+    """The issue's thresholds, on a held-out demo world built with the shipped checkpoint."""
+    from curation.demo_quality import caption_quality
+    root, summary = demo_ws
+    assert summary["caption"]["captioned"] > 0 and summary["fuse"]["fused"] > 0
+    with Workspace(root, read_only=True) as ws:
+        q = caption_quality(ws)
+    print(json.dumps(q, indent=1))
+    assert q["auroc_misaligned_vs_correct"] >= 0.98
+    assert q["auroc_swapped_vs_correct"] >= 0.80
+    recall = q["fact_recall"]
+    assert recall["fused"] > recall["alt"] and recall["fused"] > recall["syn"]
+    default = q["planted_default"]
+    assert default["captions_say_share"] > default["images_have_share"] + 0.1, "captioner inherits the default"
