@@ -97,3 +97,57 @@ def score(
 
     with Workspace(workspace) as ws:
         typer.echo(json.dumps(score_workspace(ws, recompute=recompute)))
+
+
+@app.command("map")
+def map_(
+    workspace: str = typer.Option(..., "--workspace", "-w"),
+    clusters: int = typer.Option(None, min=2, help="K for k-means (default: about sqrt(N/4))."),
+    fit_max: int = typer.Option(50_000, min=100, help="UMAP is fitted on at most this many samples."),
+    dup_threshold: float = typer.Option(0.95, help="Cosine above which two images may be near-duplicates."),
+):
+    """Clusters, 2-D map, cluster summaries, near-duplicate groups and the map pictures."""
+    from curation.structure import build_structure
+    from indexer.store import Workspace
+
+    with Workspace(workspace) as ws:
+        typer.echo(json.dumps(build_structure(ws, clusters=clusters, fit_max=fit_max, dup_threshold=dup_threshold)))
+
+
+@app.command()
+def defaults(
+    workspace: str = typer.Option(..., "--workspace", "-w"),
+    concept: str = typer.Option(None, help="What to check, e.g. star (omit with --suggest)."),
+    axis: str = typer.Option(None, help="NAME=VALUE1,VALUE2,... e.g. colour=yellow,red,blue"),
+    source: str = typer.Option("syn", help="Caption source to read: alt, syn or fused."),
+    images: str = typer.Option("captions", help="Pick the concept's images by captions or retrieval."),
+    suggest_pairs: bool = typer.Option(False, "--suggest", help="Propose concept/axis pairs worth checking."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Caption default behaviours: what captions say about a concept vs what the images show."""
+    from curation.defaults import DefaultsQuery, find_default, parse_axis, suggest
+    from indexer.models import open_workspace_model
+    from indexer.store import Workspace
+
+    with Workspace(workspace, read_only=True) as ws:
+        model = open_workspace_model(ws, None)
+        if suggest_pairs:
+            result = suggest(ws, model, source=source)
+        else:
+            if not concept or not axis:
+                raise ValueError("give --concept and --axis NAME=V1,V2,... (or --suggest)")
+            name, values = parse_axis(axis)
+            result = find_default(ws, DefaultsQuery(concept, name, values, source=source, images=images), model)
+    if as_json:
+        typer.echo(json.dumps(result))
+    elif suggest_pairs:
+        for row in result:
+            typer.echo(f"{row['concept']:>12} / {row['axis']:<8} captions H={row['caption_entropy']:.2f} "
+                       f"images H={row['image_entropy']:.2f} drop {row['entropy_drop']:+.2f}"
+                       f"{'  DEFAULT' if row['flag'] else ''}")
+    else:
+        typer.echo(result["finding"])
+        for side in ("captions", "images"):
+            d = result[side]
+            typer.echo(f"  {side:<8} n={d['n']:<5} H={d['entropy']} default={d['default']} " +
+                       ", ".join(f"{v} {s:.0%}" for v, s in d["shares"].items()))

@@ -117,6 +117,12 @@ def _score(root: str, cfg: DemoConfig) -> dict:
         return score_workspace(ws)
 
 
+def _map(root: str, cfg: DemoConfig) -> dict:
+    from curation.structure import build_structure
+    with Workspace(root) as ws:
+        return build_structure(ws)
+
+
 def curation_steps() -> list:
     """Every curation step that exists, in order: (name, step(workspace, cfg) -> report)."""
-    return [("caption", _caption), ("fuse", _fuse), ("score", _score)]
+    return [("caption", _caption), ("fuse", _fuse), ("score", _score), ("map", _map)]

@@ -1,0 +1,148 @@
+"""Clusters, map, near-duplicates, default behaviours and diversity: mechanics and demo-world quality."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from conftest import tiny_spec, write_folder
+from curation.clusters import MapConfig, default_k, run_map
+from curation.defaults import DefaultsQuery, distribution, parse_axis
+from curation.diversity import phrases, vendi
+from curation.duplicates import find_duplicates
+from curation.mapview import map_frame, render_map, sample_points
+from curation.structure import build_structure
+from curation.summaries import cluster_table, distinctive_terms
+from indexer.runner import IndexConfig, run_index
+from indexer.store import Workspace
+
+
+@pytest.fixture()
+def tiny_ws(tmp_path):
+    src = tmp_path / "src"
+    write_folder(src, n_good=40, bad=False)
+    original = src / "b" / "00000000.jpg"
+    (src / "copy.jpg").write_bytes(original.read_bytes())
+    (src / "copy.txt").write_text("the same bytes again")
+    brighter = ImageEnhance.Brightness(Image.open(original)).enhance(1.08)
+    brighter.save(src / "brighter.jpg", quality=75)
+    run_index(IndexConfig(sources=(str(src),), workspace=str(tmp_path / "ws"), model=tiny_spec(), progress=False))
+    return tmp_path / "ws"
+
+
+def test_vendi_score_bounds_and_dual_form():
+    rng = np.random.default_rng(0)
+    assert vendi(np.ones((10, 8))) == pytest.approx(1.0)
+    assert vendi(np.eye(6)) == pytest.approx(6.0)
+    x = rng.normal(size=(50, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    kernel = np.linalg.eigvalsh(x @ x.T / 50)
+    kernel = kernel[kernel > 1e-12]
+    assert vendi(x) == pytest.approx(float(np.exp(-(kernel * np.log(kernel)).sum())), rel=1e-6)
+
+
+def test_map_mechanics_every_sample_placed(tiny_ws):
+    with Workspace(tiny_ws) as ws:
+        report = run_map(ws, MapConfig(clusters=4, fit_max=20))
+        assert report["clusters"] == 4 and report["samples"] == 42
+        n = ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok'")
+        assert ws.scalar("SELECT count(*) FROM map_coords") == n == ws.scalar("SELECT count(*) FROM clusters")
+        fitted = np.array(ws.rows("SELECT x, y FROM map_coords"))
+        assert np.isfinite(fitted).all()
+        frame = map_frame(ws)
+        image = render_map(frame, "cluster", 320, 240)
+        assert image.size == (320, 240) and np.asarray(image).std() > 0
+        assert len(sample_points(frame, n=10)) == 10
+        with pytest.raises(ValueError, match="unknown colouring"):
+            render_map(frame, "rainbow")
+    assert default_k(3000) == 27 and default_k(1_000_000) == 500
+
+
+def test_placed_points_sit_among_their_fitted_neighbours():
+    from curation.clusters import place_from_neighbours
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 16))
+    labels = rng.integers(0, 3, 300)
+    x = centres[labels] + 0.05 * rng.normal(size=(300, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    fit = np.arange(0, 300, 3)
+    fitted = np.array([[10.0 * c, -5.0 * c] for c in labels[fit]], dtype=np.float32)
+    rest = np.setdiff1d(np.arange(300), fit)
+    placed = place_from_neighbours(x, fit, fitted, rest, MapConfig(pca_dim=8))
+    expected = np.array([[10.0 * c, -5.0 * c] for c in labels[rest]])
+    assert np.abs(placed - expected).max() < 1.0, "each point lands on its own cluster's fitted spot"
+
+
+def test_duplicates_find_copies_not_lookalikes(tiny_ws):
+    with Workspace(tiny_ws) as ws:
+        report = find_duplicates(ws)
+        groups = {}
+        for gid, key, rep in ws.rows("""SELECT d.group_id, s.key, d.representative FROM dup_groups d
+                                        JOIN samples s ON s.id = d.sample_id"""):
+            groups.setdefault(gid, []).append((key, rep))
+    members = [sorted(k for k, _ in g) for g in groups.values()]
+    assert ["b/00000000", "brighter", "copy"] in members
+    assert all(sum(rep for _, rep in g) == 1 for g in groups.values()), "one representative per group"
+    assert report["duplicates_to_drop"] == sum(len(g) - 1 for g in groups.values())
+
+
+def test_structure_summaries_and_terms(tiny_ws):
+    with Workspace(tiny_ws) as ws:
+        report = build_structure(ws, clusters=3)
+        table = cluster_table(ws)
+    assert report["summaries"] == 3 and sum(r["size"] for r in table) == 42
+    assert all(r["diversity"]["image"] >= 1.0 for r in table)
+    assert (tiny_ws / "maps" / "map_cluster.png").is_file() and (tiny_ws / "maps" / "map_reward.png").is_file()
+    terms = distinctive_terms({0: ["red star red star"], 1: ["blue square blue square"]})
+    assert terms[0][0] == "red" and terms[1][0] == "blue"
+    assert "yellow star" in phrases(["a yellow star on the left", "the yellow star"])
+
+
+def test_defaults_inputs_are_validated():
+    assert parse_axis("colour=yellow, Red ,blue") == ("colour", ("yellow", "red", "blue"))
+    for bad in ("colour", "colour=yellow", "=a,b"):
+        with pytest.raises(ValueError, match="--axis"):
+            parse_axis(bad)
+    with pytest.raises(ValueError, match="concept"):
+        DefaultsQuery("star'; DROP TABLE samples; --", "colour", ("a", "b"))
+    with pytest.raises(ValueError, match="source"):
+        DefaultsQuery("star", "colour", ("a", "b"), source="web")
+    d = distribution(__import__("collections").Counter({"yellow": 9, "red": 1}), ("yellow", "red", "blue"))
+    assert d["default"] and d["top"] == "yellow" and 0 < d["entropy"] < 1
+
+
+# ---------------------------------------------------------------- quality on the demo world
+
+
+def test_demo_clusters_duplicates_and_default(demo_ws):
+    from curation.map_quality import map_quality
+    root, summary = demo_ws
+    assert summary["map"]["clusters"] >= 2
+    with Workspace(root, read_only=True) as ws:
+        q = map_quality(ws)
+    print(json.dumps(q, indent=1, default=str))
+    assert q["nmi"]["shape_and_background"] >= 0.5
+    assert q["duplicates"]["precision"] >= 0.95 and q["duplicates"]["recall"] >= 0.95
+    assert q["default"]["caption_side"]["default"] and not q["default"]["image_side"]["default"]
+    assert q["default"]["caption_default_only"]
+    assert q["default"]["suggestion_rank"] is not None and q["default"]["suggestion_rank"] < 3
+
+
+def test_demo_set_difference_names_what_differs(demo_ws):
+    from curation.diversity import set_difference
+    from indexer.models import open_workspace_model
+    from indexer.vectors import EmbeddingStore
+    root, _ = demo_ws
+    with Workspace(root, read_only=True) as ws:
+        rows = ws.rows("""SELECT s.id, t.scene_json, c.text FROM samples s JOIN demo_truth t ON t.uid = s.uid
+                          JOIN captions c ON c.sample_id = s.id AND c.source_kind = 'fused'""")
+        striped = [(i, text) for i, scene, text in rows if json.loads(scene)["background"] == "striped"]
+        other = [(i, text) for i, scene, text in rows if json.loads(scene)["background"] != "striped"]
+        images = EmbeddingStore(ws, "image").load()
+        model = open_workspace_model(ws, None)
+        top = set_difference(model, images[[i for i, _ in striped]], images[[i for i, _ in other]],
+                             [t for _, t in striped], [t for _, t in other], top=3)
+    assert any("striped" in t["phrase"] for t in top), top
+    assert top[0]["gap"] > 0
