@@ -65,11 +65,33 @@ def render_map(frame: dict, color_by: str = "cluster", width: int = 720, height:
         lo, hi = np.percentile(reward, [2, 98]) if len(reward) else (0, 1)
         t = np.clip((mean - lo) / ((hi - lo) or 1.0), 0, 1)[:, None]
         rgb = (1 - t) * np.array([220, 60, 50]) + t * np.array([40, 180, 90])
+    counts, rgb = _splat(counts, rgb, width, height, radius=2 if len(flat) < 20_000 else 1 if len(flat) < 200_000 else 0)
     alpha = np.log1p(counts) / np.log1p(counts.max() or 1)
-    alpha = np.where(counts > 0, 0.25 + 0.75 * alpha, 0.0)[:, None]
+    alpha = np.where(counts > 0, 0.45 + 0.55 * alpha, 0.0)[:, None]
     background = np.array([250, 250, 248], dtype=np.float64)
     pixels = background * (1 - alpha) + rgb * alpha
     return Image.fromarray(pixels.reshape(height, width, 3).astype(np.uint8), "RGB")
+
+
+def _splat(counts: np.ndarray, rgb: np.ndarray, width: int, height: int, radius: int):
+    """Spread each bin over a (2r+1)^2 square so sparse maps stay visible; colour follows the densest bin."""
+    if radius <= 0:
+        return counts, rgb
+    grid = counts.reshape(height, width)
+    colours = rgb.reshape(height, width, 3)
+    out_counts = np.zeros_like(grid)
+    best = np.zeros_like(grid)
+    out_rgb = np.zeros_like(colours)
+    padded_c = np.pad(grid, radius)
+    padded_rgb = np.pad(colours, ((radius, radius), (radius, radius), (0, 0)))
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            shifted = padded_c[dy:dy + height, dx:dx + width]
+            out_counts += shifted
+            take = shifted > best
+            best = np.where(take, shifted, best)
+            out_rgb[take] = padded_rgb[dy:dy + height, dx:dx + width][take]
+    return out_counts.reshape(-1), out_rgb.reshape(-1, 3)
 
 
 def sample_points(frame: dict, n: int = 2000, seed: int = 0, width: int = 720, height: int = 540) -> list[dict]:

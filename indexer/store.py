@@ -55,7 +55,7 @@ SCHEMA = [
 # Tables the workspace may hold (curation modules add theirs with CREATE TABLE IF NOT EXISTS).
 TABLES = {"meta", "sources", "samples", "captions", "emb_chunks", "ingest_files", "runs", "caption_scores",
           "sample_scores", "reward_versions", "rewards", "demo_truth", "producer_failures", "clusters",
-          "map_coords", "dup_groups", "cluster_summaries"}
+          "map_coords", "dup_groups", "cluster_summaries", "sample_source_scores"}
 
 
 class WorkspaceError(RuntimeError):
@@ -178,6 +178,9 @@ class Workspace:
         if found > SCHEMA_VERSION:
             raise WorkspaceError(f"workspace {self.root} has schema version {found}, newer than this altlens "
                                  f"understands ({SCHEMA_VERSION}); upgrade altlens to open it")
+
+    def has_table(self, name: str) -> bool:
+        return bool(self.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]))
 
     def get_meta(self, key: str, default=None):
         value = self.scalar("SELECT value FROM meta WHERE key = ?", [key])

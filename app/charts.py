@@ -1,0 +1,55 @@
+"""Pictures for the UI, rendered on the server with matplotlib (Agg): histograms and bar charts as PIL images."""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+SOURCE_COLOURS = {"alt": "#d9822b", "syn": "#2b7bd9", "fused": "#2ba05a", "reward": "#7a4fbf"}
+
+
+def _to_image(fig) -> Image.Image:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def histograms(values: dict[str, np.ndarray], threshold: float | None = None, title: str = "",
+               size: tuple[float, float] = (6.4, 3.0)) -> Image.Image:
+    """Overlaid score histograms, one per source, with an optional threshold line."""
+    fig, ax = plt.subplots(figsize=size)
+    finite = [v for v in values.values() if len(v)]
+    lo = min((float(v.min()) for v in finite), default=0.0)
+    hi = max((float(v.max()) for v in finite), default=1.0)
+    bins = np.linspace(lo, hi if hi > lo else lo + 1, 41)
+    for name, v in values.items():
+        if len(v):
+            ax.hist(v, bins=bins, alpha=0.55, label=f"{name} (n={len(v)})", color=SOURCE_COLOURS.get(name))
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("clip_score")
+    ax.set_ylabel("samples")
+    ax.set_title(title, fontsize=10)
+    if finite:
+        ax.legend(fontsize=8)
+    return _to_image(fig)
+
+
+def bars(shares: dict[str, float], title: str, colour: str = "#2b7bd9", size=(4.2, 2.8)) -> Image.Image:
+    """One bar per value, labelled with its share."""
+    fig, ax = plt.subplots(figsize=size)
+    names, vals = list(shares), [shares[k] for k in shares]
+    ax.bar(names, vals, color=colour)
+    for i, v in enumerate(vals):
+        ax.text(i, v + 0.01, f"{v:.0%}", ha="center", fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+    return _to_image(fig)

@@ -1,0 +1,218 @@
+"""UI handlers: validated inputs -> plain outputs (rows, file paths, PIL images). No layout, no heavy imports.
+
+Every handler checks its inputs on the server (a client can send anything) and
+raises :class:`UserError` with a clear message. The app turns that into a
+notice; no stack trace reaches the browser.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from app import charts
+from curation.defaults import DefaultsQuery, find_default, parse_axis, suggest
+from curation.mapview import COLOR_BY, map_frame, render_map
+from curation.search import Searcher
+from curation.views import (COMPARE_SORTS, PER_PAGE, SCORE_SOURCES, Scope, ViewError, compare_rows,
+                            filter_effect, gallery_page, overview, sample_detail, score_values)
+from indexer.models import open_workspace_model
+from indexer.store import Workspace
+
+CAPTION_COLUMNS = ["source", "producer", "#", "caption", "clip_score", "cycle"]
+MAX_QUERY = 500
+
+
+class UserError(ValueError):
+    """A bad value from the browser; its message is shown to the user."""
+
+
+def as_int(value, name: str, lo: int = 0, hi: int = 10**12) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a whole number, got {value!r}") from None
+    if not lo <= number <= hi:
+        raise UserError(f"{name} must be between {lo} and {hi}, got {number}")
+    return number
+
+
+def as_float(value, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise UserError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def one_of(value, allowed, name: str) -> str:
+    if value not in allowed:
+        raise UserError(f"unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
+    return value
+
+
+@dataclass
+class Handlers:
+    """Read-only resources of one served workspace (module-level state holds nothing else)."""
+
+    ws: Workspace
+
+    def __post_init__(self):
+        self._searcher: Searcher | None = None
+        self._model = None
+        self.thumbs = self.ws.thumbs_dir
+
+    # ------------------------------------------------------------ helpers
+    def thumb(self, rel: str | None) -> str | None:
+        """Absolute path of a thumbnail inside the workspace thumbnail folder (nothing else is served)."""
+        if not rel:
+            return None
+        path = (self.thumbs / rel).resolve()
+        return str(path) if path.is_relative_to(self.thumbs.resolve()) and path.is_file() else None
+
+    def tiles(self, items: list[dict], label: str = "score") -> list[tuple[str, str]]:
+        return [(self.thumb(i["thumb"]), f"#{i['id']} · {label} {i[label]:.3f}" if i.get(label) is not None
+                 else f"#{i['id']}") for i in items if self.thumb(i["thumb"])]
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = open_workspace_model(self.ws, None)
+        return self._model
+
+    @property
+    def searcher(self) -> Searcher:
+        if self._searcher is None:
+            self._searcher = Searcher(self.ws, model=self.model)
+        return self._searcher
+
+    def clusters(self) -> list[int]:
+        if not self.ws.has_table("clusters"):
+            return []
+        return [r[0] for r in self.ws.rows("SELECT DISTINCT cluster FROM clusters ORDER BY cluster")]
+
+    # ------------------------------------------------------------ overview
+    def overview(self, color_by: str = "cluster"):
+        one_of(color_by, COLOR_BY, "map colouring")
+        data = overview(self.ws)
+        stats = data["stats"]
+        counts = [[f"status: {k}", v] for k, v in stats["by_status"].items()]
+        counts += [[f"source: {s['source']}", f"{s['seen']} seen, {s['ok']} ok, {s['failed']} failed"]
+                   for s in stats["by_source"]]
+        counts += [[f"captions: {k}", v] for k, v in stats["captions"].items()]
+        table = [[c["cluster"], c["size"], " ".join(c["terms"]), _fmt(c["reward"].get("alt", {}).get("mean")),
+                  _fmt(c["reward"].get("syn", {}).get("mean")), _fmt(c["reward"].get("fused", {}).get("mean")),
+                  _fmt(c["flagged_share"]), _fmt(c["diversity"].get("image")), _fmt(c["syn_vs_alt_diversity"])]
+                 for c in data["clusters"]]
+        hist = charts.histograms({s: score_values(self.ws, s) for s in ("alt", "syn", "fused")},
+                                 title="clip_score per caption source (best caption per sample)")
+        return counts, hist, self.map_picture(color_by), table
+
+    def map_picture(self, color_by: str = "cluster"):
+        one_of(color_by, COLOR_BY, "map colouring")
+        if not self.ws.has_table("map_coords"):
+            return None
+        return render_map(map_frame(self.ws), color_by)
+
+    # ------------------------------------------------------------ browser
+    def browse(self, cluster, page, source: str = "reward", min_score=None, order: str = "default",
+               ids: list[int] | None = None):
+        """A page of tiles; returns (tiles, tile ids, page text, page number)."""
+        one_of(source, SCORE_SOURCES, "score")
+        cluster_id = None if cluster in (None, "", "all") else as_int(cluster, "cluster")
+        if cluster_id is not None and cluster_id not in self.clusters():
+            raise UserError(f"no cluster {cluster_id}; clusters are {self.clusters()[:20]}...")
+        page = as_int(page or 0, "page", 0, 10**9)
+        low = None if min_score in (None, "") else as_float(min_score, "minimum score")
+        scope = Scope(cluster=cluster_id, ids=tuple(ids) if ids is not None else None, source=source,
+                      min_score=low, order=one_of(order, ("default", "score_asc", "score_desc"), "order"))
+        result = gallery_page(self.ws, scope, page, PER_PAGE)
+        page = min(page, result["pages"] - 1)
+        text = f"{result['total']} samples · page {page + 1} of {result['pages']}"
+        return self.tiles(result["items"]), [i["id"] for i in result["items"] if self.thumb(i["thumb"])], text, page
+
+    def sample(self, sample_id):
+        """The sample panel: big image, captions table, facts table, duplicate tiles."""
+        try:
+            detail = sample_detail(self.ws, as_int(sample_id, "sample id"))
+        except ViewError as exc:
+            raise UserError(str(exc)) from None
+        captions = [[c["source_kind"], c["producer"], c["idx"], c["text"], _fmt(c["clip_score"]), _fmt(c["cycle"])]
+                    for c in detail["captions"]]
+        facts = [[k, _fmt(detail[k])] for k in
+                 ("id", "uid", "source", "key", "width", "height", "url", "cluster", "reward", "agreement",
+                  "caption_status")]
+        dups = [(self.thumb(d["thumb"]), f"#{d['id']}" + (" (kept)" if d["representative"] else ""))
+                for d in detail["duplicates"] if self.thumb(d["thumb"])]
+        return self.thumb(detail["thumb"]), captions, facts, dups
+
+    # ------------------------------------------------------------ compare, filter
+    def compare(self, sort: str, page=0):
+        one_of(sort, tuple(COMPARE_SORTS), "sort")
+        rows = compare_rows(self.ws, sort, limit=50, offset=50 * as_int(page or 0, "page", 0, 10**7))
+        return [[r["id"], r["alt_text"], _fmt(r["alt"]), r["syn_text"], _fmt(r["syn"]), r["fused_text"],
+                 _fmt(r["fused"]), _fmt(r["syn_minus_alt"]), _fmt(r["fused_minus_alt"])] for r in rows]
+
+    def filter(self, source: str, threshold):
+        one_of(source, SCORE_SOURCES, "score")
+        t = as_float(threshold, "threshold")
+        effect = filter_effect(self.ws, source, t)
+        hist = charts.histograms({source: score_values(self.ws, source)}, threshold=t,
+                                 title=f"{source}: keep >= {t:.3f}")
+        total = effect["kept"] + effect["dropped"]
+        counts = (f"kept {effect['kept']} · dropped {effect['dropped']} "
+                  f"({effect['dropped'] / total:.1%} of {total})" if total else "no scored samples yet")
+        per_cluster = [[c["cluster"], c["size"], c["dropped"], _fmt(c["dropped_share"])] for c in effect["per_cluster"]]
+        return hist, counts, per_cluster, self.tiles(effect["dropped_lowest_first"]), self.tiles(effect["just_above"])
+
+    # ------------------------------------------------------------ defaults, search
+    def defaults(self, concept: str, axis: str, source: str):
+        try:
+            name, values = parse_axis(axis or "")
+            query = DefaultsQuery((concept or "").strip().lower(), name, values, source=source)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        result = find_default(self.ws, query, self.model)
+        say = charts.bars(result["captions"]["shares"], f"captions say (H={result['captions']['entropy']})")
+        show = charts.bars(result["images"]["shares"], f"images show (H={result['images']['entropy']})", "#2ba05a")
+        flag = "DEFAULT BEHAVIOUR: captions default, images do not" if result["caption_default_only"] else "no caption-only default"
+        summary = f"{result['finding']}. {flag}."
+        cap_examples = self._example_tiles(result["caption_examples"])
+        img_examples = self._example_tiles(result["image_examples"])
+        return say, show, summary, cap_examples, img_examples
+
+    def _example_tiles(self, examples: dict[str, list[int]]) -> list[tuple[str, str]]:
+        ids = [(v, i) for v, items in examples.items() for i in items[:3]]
+        thumbs = dict(self.ws.rows("SELECT id, thumb FROM samples WHERE list_contains(?, id)", [[i for _, i in ids]]))
+        return [(self.thumb(thumbs.get(i)), f"{v} · #{i}") for v, i in ids if self.thumb(thumbs.get(i))]
+
+    def suggestions(self, source: str):
+        one_of(source, ("alt", "syn", "fused"), "source")
+        return [[s["concept"], s["axis"], s["caption_top"], _fmt(s["caption_top_share"]),
+                 _fmt(s["image_top_share_of_it"]), _fmt(s["entropy_drop"]), "yes" if s["flag"] else ""]
+                for s in suggest(self.ws, self.model, source=source, top=8)]
+
+    def search_text(self, text: str, k=48):
+        text = (text or "").strip()
+        if not text:
+            raise UserError("type something to search for")
+        if len(text) > MAX_QUERY:
+            raise UserError(f"the search text is longer than {MAX_QUERY} characters")
+        hits = self.searcher.text(text, as_int(k, "k", 1, 500))
+        return self.tiles(hits), [h["id"] for h in hits if self.thumb(h["thumb"])]
+
+    def search_similar(self, sample_id, k=48):
+        try:
+            hits = self.searcher.similar(as_int(sample_id, "sample id"), as_int(k, "k", 1, 500))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        return self.tiles(hits), [h["id"] for h in hits if self.thumb(h["thumb"])]
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)

@@ -1,0 +1,184 @@
+"""``build_app(workspace) -> gr.Blocks``: lays out the six views and wires them to :mod:`app.handlers`.
+
+No logic lives here. Per-user state (the ids of the tiles on screen, the page)
+sits in ``gr.State``. Captions reach the browser only as table cells and text
+boxes, never interpolated into HTML.
+"""
+from __future__ import annotations
+
+import functools
+
+import gradio as gr
+
+from app.handlers import CAPTION_COLUMNS, Handlers, UserError
+from curation.views import COMPARE_SORTS
+from indexer.store import Workspace
+
+SOURCES = ["reward", "alt", "syn", "fused"]
+CSS = """.tile-gallery img, .big-sample img { image-rendering: pixelated; }
+.big-sample img { width: 100% !important; height: 100% !important; object-fit: contain; }"""
+
+
+def friendly(fn):
+    """Turn expected problems into a visible message; never a stack trace."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, ValueError, LookupError) as exc:
+            raise gr.Error(str(exc)[:500]) from None
+    return wrapper
+
+
+def build_app(workspace: str) -> gr.Blocks:
+    ws = Workspace(workspace, read_only=True)
+    h = Handlers(ws)
+    clusters = ["all"] + [str(c) for c in h.clusters()]
+    with gr.Blocks(title="altlens", analytics_enabled=False) as app:
+        gr.Markdown("## altlens · curating image–caption pairs")
+        tile_ids = gr.State([])
+        with gr.Tabs() as tabs:
+            with gr.Tab("Overview", id="overview"):
+                overview = _overview_tab(h)
+            with gr.Tab("Browser", id="browser"):
+                browser = _browser_tab(h, clusters, tile_ids)
+            with gr.Tab("Compare captions", id="compare"):
+                _compare_tab(h)
+            with gr.Tab("Filter", id="filter"):
+                _filter_tab(h)
+            with gr.Tab("Defaults", id="defaults"):
+                _defaults_tab(h)
+            with gr.Tab("Search", id="search"):
+                _search_tab(h, browser)
+        app.load(friendly(h.overview), [overview["color_by"]],
+                 [overview["counts"], overview["hist"], overview["map"], overview["clusters"]])
+
+        def open_cluster(evt: gr.SelectData, table):
+            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            cluster = str(table.iloc[row, 0]) if hasattr(table, "iloc") else str(table[row][0])
+            tiles, ids, text, page = friendly(h.browse)(cluster, 0)
+            return gr.Tabs(selected="browser"), cluster, tiles, ids, text, page
+        overview["clusters"].select(open_cluster, [overview["clusters"]],
+                                    [tabs, browser["cluster"], browser["gallery"], tile_ids, browser["info"],
+                                     browser["page"]])
+    app.altlens_workspace = ws
+    return app
+
+
+def _overview_tab(h: Handlers) -> dict:
+    with gr.Row():
+        counts = gr.Dataframe(headers=["what", "count"], label="Samples", interactive=False, wrap=True)
+        hist = gr.Image(label="Reward histogram per caption source", type="pil", interactive=False)
+    with gr.Row():
+        with gr.Column(scale=3):
+            color_by = gr.Radio(["cluster", "reward"], value="cluster", label="Colour the map by")
+            picture = gr.Image(label="Map (density of every sample)", type="pil", interactive=False)
+        with gr.Column(scale=4):
+            clusters = gr.Dataframe(headers=["cluster", "size", "top terms", "alt", "syn", "fused", "flagged",
+                                             "image diversity", "syn/alt diversity"],
+                                    label="Clusters (click a row to browse it)", interactive=False, wrap=True)
+    color_by.change(friendly(h.map_picture), [color_by], [picture])
+    return {"counts": counts, "hist": hist, "map": picture, "clusters": clusters, "color_by": color_by}
+
+
+def _browser_tab(h: Handlers, clusters: list[str], tile_ids: gr.State) -> dict:
+    with gr.Row():
+        cluster = gr.Dropdown(clusters, value="all", label="Cluster")
+        source = gr.Dropdown(SOURCES, value="reward", label="Score shown")
+        order = gr.Dropdown(["default", "score_asc", "score_desc"], value="default", label="Order")
+        page = gr.Number(value=0, precision=0, label="Page (from 0)", minimum=0)
+    with gr.Row():
+        prev_btn, next_btn, show_btn = gr.Button("◀ previous"), gr.Button("next ▶"), gr.Button("Show", variant="primary")
+    info = gr.Textbox(label="In view", interactive=False)
+    gallery = gr.Gallery(label="Samples", columns=8, height=560, allow_preview=False, object_fit="contain",
+                         elem_classes=["tile-gallery"])
+    with gr.Row():
+        big = gr.Image(label="Sample", type="filepath", interactive=False, height=320, elem_classes=["big-sample"])
+        facts = gr.Dataframe(headers=["field", "value"], label="Sample facts", interactive=False, wrap=True)
+    captions = gr.Dataframe(headers=CAPTION_COLUMNS, label="Captions (every source)", interactive=False, wrap=True)
+    dups = gr.Gallery(label="Near-duplicates", columns=8, height=140, allow_preview=False)
+    outputs = [gallery, tile_ids, info, page]
+
+    def show(c, p, s, o):
+        return friendly(h.browse)(c, p, s, None, o)
+    show_btn.click(show, [cluster, page, source, order], outputs)
+    cluster.change(lambda c, s, o: show(c, 0, s, o), [cluster, source, order], outputs)
+    prev_btn.click(lambda c, p, s, o: show(c, max(0, int(p or 0) - 1), s, o), [cluster, page, source, order], outputs)
+    next_btn.click(lambda c, p, s, o: show(c, int(p or 0) + 1, s, o), [cluster, page, source, order], outputs)
+
+    def open_tile(evt: gr.SelectData, ids):
+        if not ids or evt.index is None or not 0 <= int(evt.index) < len(ids):
+            raise gr.Error("that tile is no longer on the page")
+        return friendly(h.sample)(ids[int(evt.index)])
+    gallery.select(open_tile, [tile_ids], [big, captions, facts, dups])
+    return {"cluster": cluster, "gallery": gallery, "info": info, "page": page, "big": big, "captions": captions,
+            "facts": facts, "dups": dups, "open_tile": open_tile}
+
+
+def _compare_tab(h: Handlers) -> None:
+    with gr.Row():
+        sort = gr.Dropdown(list(COMPARE_SORTS), value="syn_minus_alt", label="Sort by gap")
+        page = gr.Number(value=0, precision=0, label="Page", minimum=0)
+        go = gr.Button("Compare", variant="primary")
+    table = gr.Dataframe(headers=["id", "alt-text", "alt", "best synthetic", "syn", "fused", "fused score",
+                                  "syn − alt", "fused − alt"], label="Alt vs synthetic vs fused", interactive=False,
+                         wrap=True)
+    go.click(friendly(h.compare), [sort, page], [table])
+    sort.change(friendly(h.compare), [sort, page], [table])
+
+
+def _filter_tab(h: Handlers) -> None:
+    with gr.Row():
+        source = gr.Dropdown(SOURCES, value="reward", label="Filter by")
+        threshold = gr.Slider(0.0, 2.5, value=0.625, step=0.005, label="Keep pairs scoring at least")
+    counts = gr.Textbox(label="Kept / dropped", interactive=False, elem_id="filter-counts")
+    with gr.Row():
+        hist = gr.Image(label="Histogram", type="pil", interactive=False)
+        per_cluster = gr.Dataframe(headers=["cluster", "size", "dropped", "dropped share"],
+                                   label="Effect per cluster", interactive=False)
+    below = gr.Gallery(label="Dropped, lowest first", columns=12, height=170, allow_preview=False)
+    above = gr.Gallery(label="Just above the line", columns=12, height=170, allow_preview=False)
+    outputs = [hist, counts, per_cluster, below, above]
+    threshold.release(friendly(h.filter), [source, threshold], outputs)
+    source.change(friendly(h.filter), [source, threshold], outputs)
+    threshold.change(friendly(h.filter), [source, threshold], outputs, show_progress="hidden", trigger_mode="always_last")
+
+
+def _defaults_tab(h: Handlers) -> None:
+    with gr.Row():
+        concept = gr.Textbox(value="star", label="Concept", max_lines=1)
+        axis = gr.Textbox(value="colour=yellow,red,orange,green,blue,purple,pink,white", label="Axis", max_lines=1)
+        source = gr.Dropdown(["syn", "alt", "fused"], value="syn", label="Captions")
+        go = gr.Button("Check", variant="primary")
+    summary = gr.Textbox(label="Finding", interactive=False)
+    with gr.Row():
+        say = gr.Image(label="Captions say", type="pil", interactive=False)
+        show = gr.Image(label="Images show", type="pil", interactive=False)
+    with gr.Row():
+        cap_examples = gr.Gallery(label="Examples: what captions said", columns=8, height=150, allow_preview=False)
+        img_examples = gr.Gallery(label="Examples: what images show", columns=8, height=150, allow_preview=False)
+    suggest_btn = gr.Button("Suggest what to check")
+    suggestions = gr.Dataframe(headers=["concept", "axis", "captions say", "share", "images show it", "entropy drop",
+                                        "default?"], label="Suggestions", interactive=False)
+    go.click(friendly(h.defaults), [concept, axis, source], [say, show, summary, cap_examples, img_examples])
+    suggest_btn.click(friendly(h.suggestions), [source], [suggestions])
+
+
+def _search_tab(h: Handlers, browser: dict) -> None:
+    hits = gr.State([])
+    with gr.Row():
+        text = gr.Textbox(label="Find images matching a text", max_lines=1, placeholder="a purple star on the left")
+        go = gr.Button("Search", variant="primary")
+    with gr.Row():
+        sample = gr.Number(value=0, precision=0, label="…or images similar to sample #", minimum=0)
+        similar = gr.Button("Similar images")
+    results = gr.Gallery(label="Results", columns=8, height=480, allow_preview=False)
+    with gr.Row():
+        big = gr.Image(label="Sample", type="filepath", interactive=False, height=280, elem_classes=["big-sample"])
+        facts = gr.Dataframe(headers=["field", "value"], label="Sample facts", interactive=False, wrap=True)
+    captions = gr.Dataframe(headers=CAPTION_COLUMNS, label="Captions", interactive=False, wrap=True)
+    dups = gr.Gallery(label="Near-duplicates", columns=8, height=140, allow_preview=False)
+    go.click(friendly(h.search_text), [text], [results, hits])
+    text.submit(friendly(h.search_text), [text], [results, hits])
+    similar.click(friendly(h.search_similar), [sample], [results, hits])
+    results.select(browser["open_tile"], [hits], [big, captions, facts, dups])

@@ -1,0 +1,188 @@
+"""Plain data for the curation views: overview, gallery pages, sample detail, caption comparison, filter effect.
+
+The app renders what these return; tests call them without a browser. Score
+columns are chosen from a fixed set (never from user text), values travel as
+SQL parameters, and everything a filter touches is one indexed table scan, so a
+page or a filter change stays fast at a million rows.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from indexer.store import Workspace
+
+PER_PAGE = 48
+SCORE_SOURCES = ("reward", "alt", "syn", "fused")
+COMPARE_SORTS = {
+    "syn_minus_alt": "syn - alt DESC", "alt_minus_syn": "alt - syn DESC",
+    "fused_minus_alt": "fused - alt DESC", "fused_minus_syn": "fused - syn DESC",
+    "fused_loses": "fused - greatest(alt, syn) ASC",
+}
+
+
+class ViewError(ValueError):
+    """A view was asked for something that does not exist; the message says what is allowed."""
+
+
+def _score_sql(source: str) -> str:
+    if source not in SCORE_SOURCES:
+        raise ViewError(f"unknown score {source!r}; allowed: {', '.join(SCORE_SOURCES)}")
+    return "r.value" if source == "reward" else f"sss.{source}"
+
+
+# Optional tables (filled by score and map) and empty stand-ins, so an unscored workspace still browses.
+OPTIONAL = {
+    "rewards": "(SELECT NULL::BIGINT AS sample_id, NULL::INTEGER AS version, NULL::DOUBLE AS value WHERE false)",
+    "sample_source_scores": "(SELECT NULL::BIGINT AS sample_id, NULL::DOUBLE AS alt, NULL::DOUBLE AS syn, "
+                            "NULL::DOUBLE AS fused WHERE false)",
+    "clusters": "(SELECT NULL::BIGINT AS sample_id, NULL::INTEGER AS cluster, NULL::DOUBLE AS distance WHERE false)",
+    "sample_scores": "(SELECT NULL::BIGINT AS sample_id, NULL::DOUBLE AS agreement WHERE false)",
+    "caption_scores": "(SELECT NULL::BIGINT AS caption_id, NULL::DOUBLE AS clip_score, NULL::DOUBLE AS cycle "
+                      "WHERE false)",
+    "dup_groups": "(SELECT NULL::BIGINT AS sample_id, NULL::BIGINT AS group_id, NULL::BOOLEAN AS representative "
+                  "WHERE false)",
+}
+
+
+def _t(ws: Workspace, name: str) -> str:
+    """A table name, or its empty stand-in when the step that fills it has not run."""
+    return name if ws.has_table(name) else OPTIONAL[name]
+
+
+def _joins(ws: Workspace) -> str:
+    return f"""FROM samples s
+              LEFT JOIN {_t(ws, "rewards")} r ON r.sample_id = s.id AND r.version = ?
+              LEFT JOIN {_t(ws, "sample_source_scores")} sss ON sss.sample_id = s.id
+              LEFT JOIN {_t(ws, "clusters")} k ON k.sample_id = s.id"""
+
+
+def _version(ws: Workspace) -> int:
+    return ws.get_meta("active_reward") or -1
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which samples a gallery shows: a cluster, a search result, a score range, an order."""
+
+    cluster: int | None = None
+    ids: tuple[int, ...] | None = None
+    source: str = "reward"
+    min_score: float | None = None
+    max_score: float | None = None
+    order: str = "default"
+
+    def __post_init__(self):
+        _score_sql(self.source)
+        if self.order not in ("default", "score_asc", "score_desc"):
+            raise ViewError(f"unknown order {self.order!r}; allowed: default, score_asc, score_desc")
+
+
+def gallery_page(ws: Workspace, scope: Scope, page: int = 0, per_page: int = PER_PAGE) -> dict:
+    """One page of tiles (id, uid, thumb, score) and the total, for a scope."""
+    if page < 0 or not 1 <= per_page <= 500:
+        raise ViewError(f"bad page {page} / size {per_page}")
+    score = _score_sql(scope.source)
+    where, params = ["s.status = 'ok'"], [_version(ws)]
+    if scope.cluster is not None:
+        where.append("k.cluster = ?")
+        params.append(int(scope.cluster))
+    if scope.ids is not None:
+        where.append("list_contains(?, s.id)")
+        params.append([int(i) for i in scope.ids])
+    for bound, op in ((scope.min_score, ">="), (scope.max_score, "<")):
+        if bound is not None:
+            where.append(f"{score} {op} ?")
+            params.append(float(bound))
+    order = {"default": "coalesce(k.distance, 0), s.id", "score_asc": f"{score} ASC NULLS LAST, s.id",
+             "score_desc": f"{score} DESC NULLS LAST, s.id"}[scope.order]
+    if scope.ids is not None and scope.order == "default":
+        order = "list_position(?, s.id)"
+    sql = f"SELECT s.id, s.uid, s.thumb, {score} AS score, k.cluster {_joins(ws)} WHERE {' AND '.join(where)}"
+    total = int(ws.scalar(f"SELECT count(*) FROM ({sql})", params))
+    order_params = [[int(i) for i in scope.ids]] if "list_position" in order else []
+    rows = ws.dicts(f"{sql} ORDER BY {order} LIMIT ? OFFSET ?", params + order_params + [per_page, page * per_page])
+    return {"items": rows, "total": total, "page": page, "pages": max(1, -(-total // per_page))}
+
+
+def sample_detail(ws: Workspace, sample_id: int) -> dict:
+    """Everything the sample panel shows: fields, every caption with its scores, duplicates, cluster."""
+    rows = ws.dicts(f"""SELECT s.id, s.uid, s.source, s.key, s.status, s.reason, s.width, s.height, s.url,
+                              s.thumb, s.caption_status, k.cluster, k.distance, ss.agreement, r.value AS reward
+                       FROM samples s LEFT JOIN {_t(ws, "clusters")} k ON k.sample_id = s.id
+                       LEFT JOIN {_t(ws, "sample_scores")} ss ON ss.sample_id = s.id
+                       LEFT JOIN {_t(ws, "rewards")} r ON r.sample_id = s.id AND r.version = ?
+                       WHERE s.id = ?""", [_version(ws), int(sample_id)])
+    if not rows:
+        raise ViewError(f"no sample with id {sample_id}")
+    detail = rows[0]
+    detail["captions"] = ws.dicts(f"""SELECT c.source_kind, c.producer, c.idx, c.text, cs.clip_score, cs.cycle
+                                     FROM captions c LEFT JOIN {_t(ws, "caption_scores")} cs ON cs.caption_id = c.id
+                                     WHERE c.sample_id = ? ORDER BY CASE c.source_kind WHEN 'alt' THEN 0
+                                     WHEN 'fused' THEN 1 ELSE 2 END, c.producer, c.idx""", [int(sample_id)])
+    dups = _t(ws, "dup_groups")
+    detail["duplicates"] = ws.dicts(f"""SELECT s.id, s.thumb, d.representative FROM {dups} d
+                                       JOIN samples s ON s.id = d.sample_id
+                                       WHERE d.group_id = (SELECT group_id FROM {dups} WHERE sample_id = ?)
+                                       AND d.sample_id <> ? ORDER BY s.id""", [int(sample_id), int(sample_id)])
+    return detail
+
+
+def compare_rows(ws: Workspace, sort: str = "syn_minus_alt", limit: int = 50, offset: int = 0) -> list[dict]:
+    """Samples with their alt, best synthetic and fused caption and scores, sorted by a gap between sources."""
+    if not ws.has_table("sample_source_scores"):
+        return []
+    if sort not in COMPARE_SORTS:
+        raise ViewError(f"unknown sort {sort!r}; allowed: {', '.join(COMPARE_SORTS)}")
+    if not 1 <= limit <= 500 or offset < 0:
+        raise ViewError(f"bad limit {limit} / offset {offset}")
+    return ws.dicts(f"""
+        WITH best AS (
+            SELECT c.sample_id, c.source_kind, arg_max(c.text, cs.clip_score) AS text
+            FROM captions c JOIN caption_scores cs ON cs.caption_id = c.id GROUP BY ALL)
+        SELECT s.id, s.thumb, sss.alt, sss.syn, sss.fused,
+               a.text AS alt_text, y.text AS syn_text, f.text AS fused_text,
+               round(sss.syn - sss.alt, 4) AS syn_minus_alt, round(sss.fused - sss.alt, 4) AS fused_minus_alt
+        FROM sample_source_scores sss JOIN samples s ON s.id = sss.sample_id
+        LEFT JOIN best a ON a.sample_id = s.id AND a.source_kind = 'alt'
+        LEFT JOIN best y ON y.sample_id = s.id AND y.source_kind = 'syn'
+        LEFT JOIN best f ON f.sample_id = s.id AND f.source_kind = 'fused'
+        WHERE sss.alt IS NOT NULL AND sss.syn IS NOT NULL
+        ORDER BY {COMPARE_SORTS[sort]} NULLS LAST, s.id LIMIT ? OFFSET ?""", [limit, offset])
+
+
+def score_values(ws: Workspace, source: str) -> np.ndarray:
+    score = _score_sql(source)
+    rows = ws.execute(f"SELECT {score} AS v {_joins(ws)} WHERE s.status = 'ok' AND {score} IS NOT NULL",
+                      [_version(ws)]).fetchnumpy()
+    return np.asarray(rows["v"], dtype=np.float64)
+
+
+def filter_effect(ws: Workspace, source: str, threshold: float, preview: int = 12) -> dict:
+    """Kept/dropped counts at a threshold, the effect per cluster, and what sits just below and above it."""
+    score = _score_sql(source)
+    version = _version(ws)
+    counts = ws.dicts(f"""SELECT count_if({score} >= ?) AS kept, count_if({score} < ?) AS dropped,
+                                 count_if({score} IS NULL) AS unscored
+                          {_joins(ws)} WHERE s.status = 'ok'""", [threshold, threshold, version])[0]
+    per_cluster = ws.dicts(f"""SELECT k.cluster, count(*) AS size, count_if({score} < ?) AS dropped,
+                                      round(count_if({score} < ?) / count(*), 4) AS dropped_share
+                               {_joins(ws)} WHERE s.status = 'ok' AND k.cluster IS NOT NULL
+                               GROUP BY k.cluster ORDER BY dropped_share DESC, k.cluster""",
+                           [threshold, threshold, version])
+    below = gallery_page(ws, Scope(source=source, max_score=threshold, order="score_asc"), 0, preview)["items"]
+    above = gallery_page(ws, Scope(source=source, min_score=threshold, order="score_asc"), 0, preview)["items"]
+    return {"source": source, "threshold": threshold, **counts, "per_cluster": per_cluster,
+            "dropped_lowest_first": below, "just_above": above}
+
+
+def overview(ws: Workspace) -> dict:
+    """Counts by status and source, caption counts, map meta and the cluster table."""
+    from curation.stats import workspace_stats
+    from curation.summaries import cluster_table
+    stats = workspace_stats(ws)
+    clusters = cluster_table(ws) if ws.has_table("cluster_summaries") else []
+    return {"stats": stats, "clusters": clusters, "map": ws.get_meta("map"),
+            "demo": ws.get_meta("demo") is not None, "captions": json.loads(json.dumps(stats["captions"]))}

@@ -1,0 +1,162 @@
+"""The curation UI: handlers called directly, then the real app in a real browser (Debian Chromium + Playwright)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from app.handlers import Handlers, UserError
+from browser import browser_page, served
+from conftest import tiny_coca_spec, write_folder
+from indexer.store import Workspace
+
+VIEWS = ["Overview", "Browser", "Compare captions", "Filter", "Defaults", "Search"]
+
+
+def visible(locator):
+    """The first visible match (Gradio keeps hidden copies of table cells for measuring)."""
+    return locator.filter(visible=True).first
+
+
+@pytest.fixture(scope="module")
+def handlers(demo_ws):
+    root, _ = demo_ws
+    ws = Workspace(root, read_only=True)
+    yield Handlers(ws)
+    ws.close()
+
+
+def test_overview_and_browser_handlers(handlers):
+    counts, hist, picture, clusters = handlers.overview("cluster")
+    assert any(row[0] == "status: ok" for row in counts)
+    assert hist.size[0] > 300 and picture.size == (720, 540)
+    assert clusters and all(len(row) == 9 for row in clusters)
+    tiles, ids, text, page = handlers.browse("all", 0)
+    assert len(tiles) == 48 == len(ids) and page == 0 and "page 1 of" in text
+    cluster = clusters[0][0]
+    tiles, ids, text, _ = handlers.browse(cluster, 0)
+    assert f"{clusters[0][1]} samples" in text
+    image, captions, facts, dups = handlers.sample(ids[0])
+    assert image.endswith(".webp") and {c[0] for c in captions} == {"alt", "syn", "fused"}
+    assert dict(facts)["cluster"] == str(cluster)
+
+
+def test_filter_counts_move_with_the_threshold(handlers):
+    _, low, _, _, _ = handlers.filter("reward", 0.1)
+    _, high, per_cluster, below, above = handlers.filter("reward", 0.9)
+    kept = lambda text: int(re.search(r"kept (\d+)", text).group(1))  # noqa: E731
+    assert kept(low) > kept(high)
+    assert per_cluster and below and above
+
+
+def test_compare_defaults_search_handlers(handlers):
+    rows = handlers.compare("syn_minus_alt")
+    gaps = [float(r[7]) for r in rows]
+    assert gaps == sorted(gaps, reverse=True)
+    say, show, summary, cap_examples, img_examples = handlers.defaults("star", "colour=yellow,red,blue,purple", "syn")
+    assert "captions say" in summary and cap_examples and img_examples
+    tiles, ids = handlers.search_text("a large yellow star")
+    assert tiles and len(tiles) == len(ids)
+    similar, sim_ids = handlers.search_similar(ids[0])
+    assert ids[0] not in sim_ids
+
+
+@pytest.mark.parametrize("call", [
+    lambda h: h.browse("99999", 0), lambda h: h.browse("abc", 0), lambda h: h.browse("all", -1),
+    lambda h: h.browse("all", 0, source="price"), lambda h: h.sample(10**9), lambda h: h.filter("reward", "nan"),
+    lambda h: h.filter("'; DROP TABLE samples; --", 0.5), lambda h: h.compare("random()"),
+    lambda h: h.defaults("star", "colour", "syn"), lambda h: h.search_text("   "),
+    lambda h: h.overview("rainbow"),
+])
+def test_bad_client_values_get_clear_errors(handlers, call):
+    with pytest.raises(UserError):
+        call(handlers)
+
+
+def test_only_thumbnails_are_served(handlers):
+    assert handlers.thumb("../altlens.duckdb") is None
+    assert handlers.thumb("/etc/passwd") is None
+    assert handlers.thumb(None) is None
+
+
+# ---------------------------------------------------------------- real browser
+
+
+@pytest.mark.browser
+def test_every_view_in_a_real_browser(demo_ws, tmp_path):
+    root, _ = demo_ws
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with served(root) as url, browser_page() as page:
+        page.goto(url)
+        visible(page.get_by_text("status: ok")).wait_for()
+        page.screenshot(path=shots / "overview.png", full_page=True)
+
+        page.get_by_role("tab", name="Browser").click()
+        page.get_by_role("button", name="Show").click()
+        visible(page.get_by_text(re.compile(r"samples · page 1 of"))).wait_for()
+        visible(page.locator(".tile-gallery button")).click()
+        visible(page.get_by_text("alt-text", exact=True)).wait_for()
+        assert page.get_by_text("rules-v1(").count() >= 1, "fused caption shown with its producer"
+        page.screenshot(path=shots / "browser.png", full_page=True)
+
+        page.get_by_role("tab", name="Compare captions").click()
+        page.get_by_role("button", name="Compare").click()
+        visible(page.get_by_text("best synthetic")).wait_for()
+        page.screenshot(path=shots / "compare.png", full_page=True)
+
+        page.get_by_role("tab", name="Filter").click()
+        counts = page.locator("#filter-counts textarea")
+        slider = page.get_by_role("slider").first
+        slider.focus()
+        for _ in range(20):
+            page.keyboard.press("ArrowRight")
+        page.wait_for_function("el => /kept \\d+/.test(el.value)", arg=counts.element_handle())
+        first = counts.input_value()
+        for _ in range(60):
+            page.keyboard.press("ArrowRight")
+        page.wait_for_function("([el, before]) => el.value !== before && /kept \\d+/.test(el.value)",
+                               arg=[counts.element_handle(), first])
+        assert counts.input_value() != first
+        page.screenshot(path=shots / "filter.png", full_page=True)
+
+        page.get_by_role("tab", name="Defaults").click()
+        page.get_by_role("button", name="Check").click()
+        visible(page.get_by_text(re.compile(r"captions say yellow"))).wait_for()
+        page.screenshot(path=shots / "defaults.png", full_page=True)
+
+        page.get_by_role("tab", name="Search").click()
+        page.get_by_label("Find images matching a text").fill("a large purple star")
+        page.get_by_role("button", name="Search", exact=True).click()
+        visible(page.locator("button img")).wait_for()
+        page.screenshot(path=shots / "search.png", full_page=True)
+    for view in ("overview", "browser", "compare", "filter", "defaults", "search"):
+        assert (shots / f"{view}.png").stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_captions_are_never_executed(tmp_path):
+    """Plant script-bearing captions; in the browser nothing runs and the text shows literally."""
+    nasty = ['<img src=x onerror="window.__x=1">', "<script>window.__x=2</script>",
+             '"><svg onload="window.__x=3">']
+    src = tmp_path / "src"
+    write_folder(src, n_good=3, bad=False)
+    for i, text in enumerate(nasty):
+        (src / ("a" if i % 2 else "b") / f"{i:08d}.txt").write_text(text)
+    from curation.scores import score_workspace
+    from indexer.runner import IndexConfig, run_index
+    run_index(IndexConfig(sources=(str(src),), workspace=str(tmp_path / "ws"), model=tiny_coca_spec(), progress=False))
+    with Workspace(tmp_path / "ws") as ws:
+        score_workspace(ws)
+    with served(tmp_path / "ws") as url, browser_page() as page:
+        page.goto(url)
+        page.get_by_role("tab", name="Browser").click()
+        page.get_by_role("button", name="Show").click()
+        for i in range(3):
+            page.locator(".tile-gallery button").filter(visible=True).nth(i).click()
+            visible(page.get_by_text("alt-text", exact=True)).wait_for()
+            page.wait_for_timeout(500)
+        page.screenshot(path=tmp_path / "xss.png", full_page=True)
+        assert page.evaluate("window.__x") is None, "a caption ran script"
+        shown = page.locator("body").inner_text()
+        assert any(text in shown for text in nasty), "captions shown literally"
