@@ -234,73 +234,28 @@ class EmbeddingModel:
     def generate(self, pixels: torch.Tensor, sampling: str = "top_p", seq_len: int | None = None,
                  top_p: float = 0.9, seed: int | None = None) -> list[str]:
         """One caption per image (CoCa only); text kept up to the first period (DataCompDR)."""
-        if not self.can_caption:
-            raise ModelError(f"model {self.name!r} cannot caption (not a CoCa model)")
-        if seed is not None:
-            torch.manual_seed(seed)
-        seq_len = seq_len or getattr(self.model, "context_length", 30)
-        kwargs = {"generation_type": "top_p", "top_p": top_p, "fixed_output_length": True}
-        if sampling == "beam":
-            kwargs = {"generation_type": "beam_search", "num_beams": 3, "num_beam_groups": 1}
-        elif sampling == "diverse_beam":
-            kwargs = {"generation_type": "beam_search", "num_beams": 6, "num_beam_groups": 3}
-        with self._autocast():
-            out = self.model.generate(pixels.to(self.device), seq_len=seq_len, **kwargs)
-        return [clean_generated(open_clip.decode(row)) for row in out.cpu()]
+        from indexer.caption_decode import generate
+        return generate(self, pixels, sampling, seq_len, top_p, seed)
 
     @torch.inference_mode()
     def generate_diverse(self, pixels: torch.Tensor, num: int, beams_per_group: int = 2,
-                         penalty: float = 1.0, seq_len: int | None = None) -> list[list[str]]:
-        """``num`` captions per image by diverse beam search (Vijayakumar et al.): ``num`` beam groups,
-        each group penalised for tokens that earlier groups chose at the same step, best beam of each kept."""
-        if not self.can_caption:
-            raise ModelError(f"model {self.name!r} cannot caption (not a CoCa model)")
-        model, sot, eot, pad = self.model, 49406, 49407, getattr(self.model, "pad_id", 0)
-        seq_len = seq_len or getattr(model, "context_length", 30)
-        b, g, w = len(pixels), num, beams_per_group
-        with self._autocast():
-            latent, embs = model._encode_image(pixels.to(self.device))
-        latent, embs = latent.repeat_interleave(g * w, 0), embs.repeat_interleave(g * w, 0)
-        tokens = torch.full((b * g * w, 1), sot, dtype=torch.long, device=self.device)
-        scores = torch.zeros(b, g, w, device=self.device)
-        scores[:, :, 1:] = float("-inf")  # all beams of a group start equal: keep one
-        for step in range(seq_len - 1):
-            with self._autocast():
-                logits = model(None, tokens, image_latent=latent, image_embs=embs, output_labels=False)["logits"]
-            logp = _beam_logprobs(logits[:, -1].float(), tokens[:, -1], eot, pad, step).view(b, g, w, -1)
-            chosen = torch.zeros(b, logp.shape[-1], device=self.device)
-            rows, new = [], []
-            for group in range(g):
-                cand = logp[:, group] + scores[:, group, :, None] - penalty * chosen[:, None, :]
-                top = cand.view(b, -1).topk(w, dim=1)
-                beam, token = top.indices // logp.shape[-1], top.indices % logp.shape[-1]
-                scores[:, group] = (top.values + penalty * chosen.gather(1, token))
-                chosen.scatter_add_(1, token, (token != pad).float())
-                base = (torch.arange(b, device=self.device)[:, None] * g + group) * w
-                rows.append(base + beam)
-                new.append(token)
-            order = torch.stack(rows, 1).reshape(-1)
-            tokens = torch.cat([tokens[order], torch.stack(new, 1).reshape(-1, 1)], dim=1)
-            if bool(((tokens[:, -1] == eot) | (tokens[:, -1] == pad)).all()):
-                break
-        lengths = ((tokens != pad) & (tokens != sot)).sum(1).clamp(min=1).view(b, g, w).float()
-        best = (scores / lengths).argmax(-1)
-        picked = (torch.arange(b * g, device=self.device) * w + best.reshape(-1))
-        texts = [clean_generated(open_clip.decode(row)) for row in tokens[picked].cpu()]
-        return [texts[i * g:(i + 1) * g] for i in range(b)]
+                         penalty: float = 0.5, seq_len: int | None = None) -> list[list[str]]:
+        """``num`` distinct captions per image by diverse beam search (see :mod:`indexer.caption_decode`)."""
+        from indexer.caption_decode import diverse_beam
+        return diverse_beam(self, pixels, num, beams_per_group, penalty, seq_len)
 
 
-def _beam_logprobs(logits: torch.Tensor, last: torch.Tensor, eot: int, pad: int, step: int,
-                   min_len: int = 3) -> torch.Tensor:
-    """Log-probabilities for beam search: finished beams may only emit pad (at no cost); no early end."""
-    logp = torch.log_softmax(logits, dim=-1)
-    logp[:, pad] = float("-inf")
-    if step < min_len:
-        logp[:, eot] = float("-inf")
-    done = (last == eot) | (last == pad)
-    logp[done] = float("-inf")
-    logp[done, pad] = 0.0
-    return logp
+def decoder_hidden(dec, image_embs: torch.Tensor, token_embs: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    """CoCa's multimodal decoder up to its final norm (``MultimodalTransformer.forward`` without the projection)."""
+    x, img, seq_len = token_embs, image_embs, token_embs.shape[1]
+    if not dec.batch_first:
+        x, img = x.permute(1, 0, 2), img.permute(1, 0, 2)
+    for resblock, cross_attn in zip(dec.resblocks, dec.cross_attn):
+        x = resblock(x, attn_mask=dec.attn_mask[:seq_len, :seq_len])
+        x = cross_attn(x, k_x=img, v_x=img)
+    if not dec.batch_first:
+        x = x.permute(1, 0, 2)
+    return dec.ln_final(x[:, -1] if last_only else x)
 
 
 def clean_generated(text: str) -> str:

@@ -1,0 +1,128 @@
+"""Server-side latency of the UI handlers on a large synthetic workspace (1 M rows by default).
+
+    python bench/ui_latency.py [--n 1000000] [--repeats 30]
+
+Builds a workspace of N samples with random clustered embeddings in the shipped
+demo model's space (so text search runs the real text tower), a handful of
+shared thumbnails, clusters, map coordinates, rewards and per-source scores,
+then times the same handler calls the app makes and prints p50/p95 for: a
+gallery page of a cluster, a filter change, a text search, the map picture.
+Goals: gallery/filter p95 <= 150 ms, search p95 <= 50 ms, map <= 1 s. Prints; never fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from curation.demo import demo_model_spec  # noqa: E402
+from curation.demo_world import generate_samples, render  # noqa: E402
+from curation.scores import ensure_schema  # noqa: E402
+from indexer.models import open_workspace_model  # noqa: E402
+from indexer.store import Workspace, now  # noqa: E402
+from indexer.vectors import EmbeddingStore  # noqa: E402
+from indexer.writer import rebuild_index_if_stale  # noqa: E402
+
+
+def build(root: Path, n: int, k: int = 300, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    ws = Workspace(root, create=True)
+    model = open_workspace_model(ws, demo_model_spec())
+    dim = model.dim
+    centres = rng.normal(size=(k, dim)).astype(np.float32)
+    labels = rng.integers(0, k, n)
+    vectors = np.empty((n, dim), dtype=np.float16)
+    for s in range(0, n, 200_000):
+        x = centres[labels[s:s + 200_000]] + 0.7 * rng.normal(size=(min(200_000, n - s), dim)).astype(np.float32)
+        vectors[s:s + len(x)] = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+    store = EmbeddingStore(ws, "image")
+    name = store.write_chunk(0, vectors)
+    thumbs = []
+    for i, sample in enumerate(generate_samples(16, seed=1)):
+        rel = f"00/shared{i:02d}.webp"
+        (ws.thumbs_dir / "00").mkdir(parents=True, exist_ok=True)
+        render(sample.scene, 96).save(ws.thumbs_dir / rel, format="WEBP")
+        thumbs.append(rel)
+    ids = np.arange(n)
+    reward = np.clip(rng.normal(0.8, 0.35, n), 0, 2.5)
+    centre_xy = rng.uniform(-10, 10, size=(k, 2))
+    xy = centre_xy[labels] + rng.normal(scale=0.6, size=(n, 2))
+    ensure_schema(ws)
+    with ws.transaction() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS clusters (sample_id BIGINT PRIMARY KEY, cluster INTEGER NOT NULL, distance DOUBLE)")
+        cur.execute("CREATE TABLE IF NOT EXISTS map_coords (sample_id BIGINT PRIMARY KEY, x DOUBLE, y DOUBLE)")
+        ws.insert_arrow("samples", pa.table({
+            "id": ids, "uid": [f"{i:032x}" for i in ids], "source": ["synthetic"] * n, "key": [str(i) for i in ids],
+            "status": ["ok"] * n, "caption_status": ["ok"] * n, "thumb": [thumbs[i % len(thumbs)] for i in ids],
+            "ingested_at": [now()] * n}), cur=cur)
+        store.record_chunk(cur, 0, n, name)
+        ws.insert_arrow("clusters", pa.table({"sample_id": ids, "cluster": labels.astype(np.int32),
+                                              "distance": rng.uniform(0, 1, n)}), cur=cur)
+        ws.insert_arrow("map_coords", pa.table({"sample_id": ids, "x": xy[:, 0], "y": xy[:, 1]}), cur=cur)
+        cur.execute("INSERT INTO reward_versions VALUES (1, 'clip_score:alt', '{}', ?)", [now()])
+        ws.insert_arrow("rewards", pa.table({"sample_id": ids, "version": np.ones(n, np.int32), "value": reward}), cur=cur)
+        ws.set_meta("active_reward", 1, cur=cur)
+    # per-source scores as 'altlens score' materialises them: alt = the reward, syn/fused = noisy copies
+    with ws.transaction() as cur:
+        cur.register("_s", pa.table({"sample_id": ids, "alt": reward, "syn": np.clip(reward + rng.normal(0, .2, n), 0, 2.5),
+                                     "fused": np.clip(reward + rng.normal(.1, .2, n), 0, 2.5)}))
+        cur.execute("CREATE OR REPLACE TABLE sample_source_scores AS SELECT * FROM _s")
+        cur.unregister("_s")
+    rebuild_index_if_stale(ws)
+    ws.close()
+
+
+def timed(fn, repeats: int) -> dict:
+    fn()  # warm-up (JIT, caches)
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return {"p50_ms": round(float(np.percentile(samples, 50)), 1), "p95_ms": round(float(np.percentile(samples, 95)), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--repeats", type=int, default=30)
+    args = ap.parse_args()
+    from app.handlers import Handlers
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ws"
+        t0 = time.perf_counter()
+        build(root, args.n)
+        setup = time.perf_counter() - t0
+        ws = Workspace(root, read_only=True)
+        h = Handlers(ws)
+        rng = np.random.default_rng(1)
+        clusters = h.clusters()
+        thresholds = iter(rng.uniform(0.3, 1.5, 10 * args.repeats))
+        queries = iter(["a large yellow star", "a small red circle on the left", "a blue square", "purple hexagon"] * 50)
+        results = {
+            "gallery_page_of_cluster": timed(lambda: h.browse(str(rng.choice(clusters)), int(rng.integers(0, 5))), args.repeats),
+            "filter_change": timed(lambda: h.filter("reward", float(next(thresholds))), args.repeats),
+            "filter_counts_only": timed(lambda: __import__("curation.views", fromlist=["x"]).filter_effect(
+                ws, "reward", float(next(thresholds))), args.repeats),
+            "text_search": timed(lambda: h.search_text(next(queries)), args.repeats),
+            "map_picture": timed(lambda: h.map_picture("cluster"), max(3, args.repeats // 5)),
+        }
+        ws.close()
+    print(json.dumps({"n": args.n, "setup_s": round(setup, 1), **results}, indent=1))
+    goals = {"gallery_page_of_cluster": 150, "filter_change": 150, "text_search": 50, "map_picture": 1000}
+    for name, goal in goals.items():
+        p95 = results[name]["p95_ms"]
+        print(f"{name:<26} p50 {results[name]['p50_ms']:>8.1f} ms  p95 {p95:>8.1f} ms  goal {goal} ms "
+              f"{'ok' if p95 <= goal else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
