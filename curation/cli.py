@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import List
 
 import typer
 
@@ -41,11 +42,13 @@ def demo_train(
     steps: int = typer.Option(900, min=1),
     n_train: int = typer.Option(40000, min=100),
     seed: int = typer.Option(20261128),
+    decoder_steps: int = typer.Option(0, min=0, help="Extra caption-decoder-only steps (stage 2; off by default)."),
 ):
     """Train the demo CoCa from scratch on CPU (about 40 minutes on 2 cores) and write its model card."""
     from curation.demo_train import MODEL_DIR, TrainConfig, train
 
-    cfg = TrainConfig(out_dir=out_dir or str(MODEL_DIR), steps=steps, n_train=n_train, seed=seed)
+    cfg = TrainConfig(out_dir=out_dir or str(MODEL_DIR), steps=steps, n_train=n_train, seed=seed,
+                      decoder_steps=decoder_steps)
     numbers = train(cfg)
     typer.echo(json.dumps({k: v for k, v in numbers.items() if k != "caption_examples"}))
 
@@ -151,3 +154,112 @@ def defaults(
             d = result[side]
             typer.echo(f"  {side:<8} n={d['n']:<5} H={d['entropy']} default={d['default']} " +
                        ", ".join(f"{v} {s:.0%}" for v, s in d["shares"].items()))
+
+
+reward_app = typer.Typer(help="Learn a reward from curator labels and apply it.", no_args_is_help=True)
+app.add_typer(reward_app, name="reward")
+
+
+@reward_app.command("train")
+def reward_train(workspace: str = typer.Option(..., "--workspace", "-w")):
+    """Fit the reward on the current good/bad labels; prints label counts and cross-validated AUROC."""
+    from curation.reward import save_model, train_reward
+    from indexer.store import Workspace
+
+    with Workspace(workspace) as ws:
+        model = train_reward(ws)
+        name = save_model(ws, model)
+    typer.echo(json.dumps({k: model[k] for k in ("labels", "good", "bad", "cv_auroc", "folds")} | {"model": name}))
+
+
+@reward_app.command("apply")
+def reward_apply(workspace: str = typer.Option(..., "--workspace", "-w"),
+                 activate: bool = typer.Option(True, help="Make it the reward the UI filters by.")):
+    """Write the learned reward for every sample as a new reward version."""
+    from curation.reward import apply_reward, load_model
+    from indexer.store import Workspace
+
+    with Workspace(workspace) as ws:
+        model = load_model(ws)
+        if model is None:
+            raise ValueError("no trained reward yet; run 'altlens reward train' first")
+        typer.echo(json.dumps(apply_reward(ws, model, activate=activate)))
+
+
+@app.command()
+def label(
+    workspace: str = typer.Option(..., "--workspace", "-w"),
+    sample: int = typer.Option(..., help="Sample id."),
+    alignment: str = typer.Option(None, help="good or bad"),
+    tag: str = typer.Option(None, help="A free tag."),
+    prefer: str = typer.Option(None, help="Best caption source: alt, syn or fused."),
+    who: str = typer.Option("local"),
+):
+    """Label a sample (history is kept; the latest label counts)."""
+    from curation.labels import add_label
+    from indexer.store import Workspace
+
+    given = [(k, v) for k, v in (("alignment", alignment), ("tag", tag), ("preference", prefer)) if v]
+    if not given:
+        raise ValueError("give --alignment, --tag or --prefer")
+    with Workspace(workspace) as ws:
+        ids = [add_label(ws, sample, kind, value, who=who, view="cli") for kind, value in given]
+    typer.echo(json.dumps({"labels": ids}))
+
+
+@app.command()
+def select(
+    workspace: str = typer.Option(..., "--workspace", "-w"),
+    name: str = typer.Option(..., help="Selection name (letters, digits, - _ .)."),
+    min_reward: float = typer.Option(None, help="Keep samples whose reward is at least this."),
+    reward_version: int = typer.Option(None, help="Which reward version (default: the active one)."),
+    min_alt: float = typer.Option(None, help="Minimum clip_score of the alt caption."),
+    min_syn: float = typer.Option(None, help="Minimum best clip_score of the synthetic captions."),
+    min_fused: float = typer.Option(None, help="Minimum clip_score of the fused caption."),
+    cluster: List[int] = typer.Option(None, help="Keep only these clusters (repeatable)."),
+    exclude_cluster: List[int] = typer.Option(None, help="Drop these clusters (repeatable)."),
+    keep_duplicates: bool = typer.Option(False, help="Keep near-duplicates (default: keep one per group)."),
+    labels: str = typer.Option("exclude_bad", help="any, good_only or exclude_bad."),
+    per_cluster: int = typer.Option(None, help="Keep at most K samples per cluster, nearest the centroid."),
+    caption_policy: str = typer.Option("hybrid", help="alt, best, fused or hybrid (alt + synthetic)."),
+):
+    """Save a named selection (a rule set) and materialise its sample list."""
+    from curation.select import SelectionRule, save_selection
+    from indexer.store import Workspace
+
+    source_min = {k: v for k, v in (("alt", min_alt), ("syn", min_syn), ("fused", min_fused)) if v is not None}
+    rule = SelectionRule(name=name, min_reward=min_reward, reward_version=reward_version, source_min=source_min,
+                         clusters_in=tuple(cluster or ()), clusters_out=tuple(exclude_cluster or ()),
+                         drop_duplicates=not keep_duplicates, labels=labels, per_cluster_k=per_cluster,
+                         caption_policy=caption_policy)
+    with Workspace(workspace) as ws:
+        typer.echo(json.dumps(save_selection(ws, rule)))
+
+
+@app.command()
+def export(
+    workspace: str = typer.Option(..., "--workspace", "-w"),
+    selection: str = typer.Option(..., help="A saved selection."),
+    out: str = typer.Option(..., help="Output folder."),
+    format: str = typer.Option("datacompdr", "--format", help="datacompdr, webdataset, parquet or uids."),
+    shard_size: int = typer.Option(10_000, min=1),
+    augmentations: int = typer.Option(0, min=0, help="Embed N random augmentations per image (datacompdr)."),
+):
+    """Export a selection as shards a trainer reads (deterministic, atomic, resumable)."""
+    from curation.export import ExportConfig, run_export
+
+    manifest = run_export(ExportConfig(workspace=workspace, selection=selection, out=out, format=format,
+                                       shard_size=shard_size, augmentations=augmentations))
+    typer.echo(json.dumps({"files": len(manifest["files"]), "samples": manifest["samples"], "out": out}))
+
+
+@app.command("verify-export")
+def verify_export_cmd(out: str = typer.Argument(..., help="An export folder.")):
+    """Re-read an export: checksums, counts and members; exits non-zero naming the bad shard."""
+    from curation.export import ExportError, verify_export
+
+    try:
+        typer.echo(json.dumps(verify_export(out)))
+    except ExportError as exc:
+        typer.echo(f"altlens: export is bad: {exc}", err=True)
+        raise typer.Exit(1)

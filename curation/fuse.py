@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from curation.fusion import RULES_VERSION, compose, plan_fusion
+from curation.fusion import RULES_VERSION, compose, conflict_alternatives, plan_fusion
 from indexer.models import ModelError, ModelSpec, open_workspace_model
 from indexer.store import Workspace
 from indexer.vectors import EmbeddingStore
@@ -101,26 +101,41 @@ class RulesFuser:
     def __init__(self, embedder):
         self.embedder = embedder
 
+    rounds = 3
+
     def fuse(self, batch: list[dict], images, texts) -> list[dict]:
-        plans, candidates, owners = [], [], []
-        for i, row in enumerate(batch):
+        plans = []
+        for row in batch:
             image = np.asarray(images[row["id"]], dtype=np.float32)
-            syn_vecs = np.asarray(texts[row["syn_ids"]], dtype=np.float32)
-            base_idx = int(np.argmax(syn_vecs @ image))
+            base_idx = int(np.argmax(np.asarray(texts[row["syn_ids"]], dtype=np.float32) @ image))
             options, know, junk = plan_fusion(row["alt"], row["syn_texts"][base_idx])
-            plans.append({"base_idx": base_idx, "junk": junk, "knowledge": know, "options": options})
-            candidates += options
-            owners += [i] * len(options)
-        scores = self._image_scores(batch, candidates, owners, images)
-        out = []
-        for i, plan in enumerate(plans):
-            mine = [j for j, o in enumerate(owners) if o == i]
-            best = max(mine, key=lambda j: scores[j])
-            visual = candidates[best]
-            out.append({"text": compose(visual, plan["knowledge"]), "base_idx": plan["base_idx"],
-                        "junk_alt": plan["junk"], "knowledge": plan["knowledge"].items(),
-                        "corrected": visual != plan["options"][0], "rules": RULES_VERSION})
-        return out
+            plans.append({"base_idx": base_idx, "junk": junk, "knowledge": know, "visual": options[0],
+                          "base": options[0]})
+        self._correct(batch, plans, images)
+        return [{"text": compose(p["visual"], p["knowledge"]), "base_idx": p["base_idx"], "junk_alt": p["junk"],
+                 "knowledge": p["knowledge"].items(), "corrected": p["visual"] != p["base"], "rules": RULES_VERSION}
+                for p in plans]
+
+    def _correct(self, batch: list[dict], plans: list[dict], images) -> None:
+        """Greedy, image-decided corrections: take the alternative the image prefers while it beats the current."""
+        active = [i for i, p in enumerate(plans) if not p["junk"]]
+        for _ in range(self.rounds):
+            candidates, owners = [], []
+            for i in active:
+                options = [plans[i]["visual"]] + conflict_alternatives(plans[i]["visual"], batch[i]["alt"])
+                candidates += options
+                owners += [i] * len(options)
+            if not candidates:
+                return
+            scores = self._image_scores(batch, candidates, owners, images)
+            improved = []
+            for i in active:
+                mine = [j for j, o in enumerate(owners) if o == i]
+                best = max(mine, key=lambda j: scores[j])
+                if best != mine[0] and scores[best] > scores[mine[0]]:
+                    plans[i]["visual"] = candidates[best]
+                    improved.append(i)
+            active = improved
 
     def _image_scores(self, batch, candidates, owners, images) -> np.ndarray:
         vecs = self.embedder.encode_texts(candidates)

@@ -124,17 +124,20 @@ def visual_pairs(text: str) -> list[tuple[str, str]]:
 
 
 def conflict_alternatives(base: str, alt: str) -> list[str]:
-    """Versions of ``base`` with one visual attribute taken from the alt-text where the two disagree."""
+    """Versions of ``base`` with one object's colour and shape taken from the alt-text where the two disagree.
+
+    Each object the alt-text states and ``base`` does not may stand in for each object ``base``
+    states; the image decides which, if any, is right (see :mod:`curation.fuse`).
+    """
     base_pairs = visual_pairs(base)
     out = []
     for colour, shape in visual_pairs(alt):
         if (colour, shape) in base_pairs:
             continue
         for b_colour, b_shape in base_pairs:
-            if b_shape == shape and b_colour != colour or b_colour == colour and b_shape != shape:
-                swapped = re.sub(rf"\b{b_colour} {b_shape}\b", f"{colour} {shape}", base, count=1)
-                if swapped != base and swapped not in out:
-                    out.append(swapped)
+            swapped = re.sub(rf"\b{b_colour} {b_shape}\b", f"{colour} {shape}", base, count=1)
+            if swapped != base and swapped not in out:
+                out.append(swapped)
     return out
 
 

@@ -94,7 +94,7 @@ def main() -> None:
             if exc.name != module:
                 raise
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns (not raises) an Exit's code in this mode
     except USER_ERRORS as exc:
         typer.echo(f"altlens: error: {exc}", err=True)
         sys.exit(2)
@@ -108,6 +108,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

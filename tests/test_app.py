@@ -94,7 +94,8 @@ def test_every_view_in_a_real_browser(demo_ws, tmp_path):
 
         page.get_by_role("tab", name="Browser").click()
         page.get_by_role("button", name="Show").click()
-        visible(page.get_by_text(re.compile(r"samples · page 1 of"))).wait_for()
+        info = page.get_by_label("In view")
+        page.wait_for_function("el => /samples · page 1 of/.test(el.value)", arg=info.element_handle())
         visible(page.locator(".tile-gallery button")).click()
         visible(page.get_by_text("alt-text", exact=True)).wait_for()
         assert page.get_by_text("rules-v1(").count() >= 1, "fused caption shown with its producer"
@@ -121,8 +122,10 @@ def test_every_view_in_a_real_browser(demo_ws, tmp_path):
         page.screenshot(path=shots / "filter.png", full_page=True)
 
         page.get_by_role("tab", name="Defaults").click()
-        page.get_by_role("button", name="Check").click()
-        visible(page.get_by_text(re.compile(r"captions say yellow"))).wait_for()
+        page.get_by_role("button", name="Check", exact=True).click()
+        finding = page.get_by_label("Finding")
+        page.wait_for_function("el => /captions say \\w+ for/.test(el.value)", arg=finding.element_handle(),
+                               timeout=120_000)
         page.screenshot(path=shots / "defaults.png", full_page=True)
 
         page.get_by_role("tab", name="Search").click()

@@ -1,0 +1,54 @@
+"""Curator labels: pair alignment (good/bad), free tags and best-caption preferences, with full history.
+
+Every label is a new row (who, when, from which view); the current label of a
+sample is its latest row of that kind, so relabelling never loses history.
+"""
+from __future__ import annotations
+
+import re
+
+from indexer.store import Workspace, now
+
+SCHEMA = """CREATE TABLE IF NOT EXISTS labels (
+    id BIGINT PRIMARY KEY, sample_id BIGINT NOT NULL, kind VARCHAR NOT NULL, value VARCHAR NOT NULL,
+    who VARCHAR NOT NULL, view VARCHAR, created_at TIMESTAMP NOT NULL)"""
+KINDS = {"alignment": ("good", "bad"), "preference": ("alt", "syn", "fused")}
+TAG = re.compile(r"[\w][\w .:/-]{0,63}")
+
+
+def ensure_schema(ws: Workspace) -> None:
+    ws.execute(SCHEMA)
+
+
+def add_label(ws: Workspace, sample_id: int, kind: str, value: str, who: str = "local", view: str = "cli") -> int:
+    """Record one label; returns its id. Values are checked: alignment good/bad, preference alt/syn/fused, tags."""
+    if kind == "tag":
+        if not TAG.fullmatch(value or ""):
+            raise ValueError(f"a tag is 1-64 letters, digits, spaces or . : / -, got {value!r}")
+    elif kind not in KINDS:
+        raise ValueError(f"unknown label kind {kind!r}; allowed: alignment, preference, tag")
+    elif value not in KINDS[kind]:
+        raise ValueError(f"{kind} must be one of {', '.join(KINDS[kind])}, got {value!r}")
+    if not ws.scalar("SELECT count(*) FROM samples WHERE id = ? AND status = 'ok'", [int(sample_id)]):
+        raise ValueError(f"no ok sample with id {sample_id}")
+    ensure_schema(ws)
+    with ws.transaction() as cur:
+        label_id = int(cur.execute("SELECT coalesce(max(id) + 1, 0) FROM labels").fetchone()[0])
+        cur.execute("INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [label_id, int(sample_id), kind, value, who[:64], view, now()])
+    return label_id
+
+
+def current(ws: Workspace, kind: str = "alignment") -> dict[int, str]:
+    """The latest label of ``kind`` per sample."""
+    if not ws.has_table("labels"):
+        return {}
+    return dict(ws.rows("""SELECT sample_id, arg_max(value, id) FROM labels WHERE kind = ?
+                           GROUP BY sample_id""", [kind]))
+
+
+def history(ws: Workspace, sample_id: int) -> list[dict]:
+    if not ws.has_table("labels"):
+        return []
+    return ws.dicts("SELECT kind, value, who, view, created_at FROM labels WHERE sample_id = ? ORDER BY id",
+                    [int(sample_id)])

@@ -1,0 +1,157 @@
+"""A reward learned from the curator's good/bad labels, applied to every sample as a new reward version.
+
+Features per sample, all from what the workspace stores: the alt caption's
+clip_score and cycle, alt/synthetic agreement, the best synthetic and fused
+clip_scores, alt-text length, junk and empty flags, and the element-wise product
+of the image and alt-text embeddings (where the two agree, dimension by
+dimension). Logistic regression on standardised features; the model is kept as
+JSON (never pickled) in ``WS/reward/``. Cross-validated AUROC is reported with
+the label counts, and training refuses below ``MIN_PER_CLASS`` labels of either class.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from curation.fusion import junk_reason
+from curation.labels import current
+from curation.scores import ensure_schema, reward_version
+from indexer.store import Workspace, now
+from indexer.vectors import EmbeddingStore, atomic_write
+
+MIN_PER_CLASS = 8
+SCALARS = ("alt_clip", "alt_cycle", "agreement", "syn_clip", "fused_clip", "log_chars", "words", "junk", "empty")
+
+
+@dataclass
+class Features:
+    ids: np.ndarray
+    x: np.ndarray
+    names: list[str]
+
+
+def features(ws: Workspace, ids: list[int] | None = None) -> Features:
+    """Feature matrix for ok samples (all of them, or ``ids`` in that order)."""
+    if not ws.read_only:
+        ensure_schema(ws)
+    rows = ws.dicts("""SELECT s.id, a.id AS alt_id, a.text, cs.clip_score AS alt_clip, cs.cycle AS alt_cycle,
+                              ss.agreement, sss.syn AS syn_clip, sss.fused AS fused_clip
+                       FROM samples s JOIN captions a ON a.sample_id = s.id AND a.source_kind = 'alt'
+                       LEFT JOIN caption_scores cs ON cs.caption_id = a.id
+                       LEFT JOIN sample_scores ss ON ss.sample_id = s.id
+                       LEFT JOIN sample_source_scores sss ON sss.sample_id = s.id
+                       WHERE s.status = 'ok' ORDER BY s.id""")
+    if ids is not None:
+        by_id = {r["id"]: r for r in rows}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise ValueError(f"no ok sample with an alt caption for id {missing[0]}")
+        rows = [by_id[i] for i in ids]
+    images = EmbeddingStore(ws, "image").load()
+    texts = EmbeddingStore(ws, "text").load()
+    sample_ids = np.array([r["id"] for r in rows], dtype=np.int64)
+    product = np.asarray(images[sample_ids], dtype=np.float32) * np.asarray(texts[[r["alt_id"] for r in rows]],
+                                                                              dtype=np.float32)
+    scalars = np.array([[_num(r["alt_clip"]), _num(r["alt_cycle"]), _num(r["agreement"]), _num(r["syn_clip"]),
+                         _num(r["fused_clip"]), math.log1p(len(r["text"])), min(len(r["text"].split()), 200),
+                         float(junk_reason(r["text"]) is not None), float(not r["text"].strip())] for r in rows],
+                       dtype=np.float32).reshape(len(rows), len(SCALARS))
+    names = list(SCALARS) + [f"agree_{i}" for i in range(product.shape[1])]
+    return Features(sample_ids, np.hstack([scalars, product]), names)
+
+
+def _num(value) -> float:
+    return 0.0 if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _pipeline():
+    return make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=3000))
+
+
+def train_reward(ws: Workspace, folds: int = 5) -> dict:
+    """Fit on the current alignment labels; returns counts, CV AUROC and the fitted model as JSON-able dict."""
+    labels = current(ws, "alignment")
+    good = sum(v == "good" for v in labels.values())
+    bad = len(labels) - good
+    if good < MIN_PER_CLASS or bad < MIN_PER_CLASS:
+        raise ValueError(f"need at least {MIN_PER_CLASS} 'good' and {MIN_PER_CLASS} 'bad' labels to train a reward; "
+                         f"have {good} good and {bad} bad")
+    ids = sorted(labels)
+    feats = features(ws, ids)
+    y = np.array([labels[i] == "good" for i in ids], dtype=int)
+    splits = StratifiedKFold(n_splits=min(folds, good, bad), shuffle=True, random_state=0)
+    cv_prob = cross_val_predict(_pipeline(), feats.x, y, cv=splits, method="predict_proba")[:, 1]
+    model = _pipeline().fit(feats.x, y)
+    scaler, logreg = model[0], model[1]
+    return {"labels": len(ids), "good": good, "bad": bad, "cv_auroc": round(float(roc_auc_score(y, cv_prob)), 4),
+            "folds": splits.n_splits, "trained_at": now().isoformat(), "features": feats.names,
+            "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(), "coef": logreg.coef_[0].tolist(),
+            "intercept": float(logreg.intercept_[0])}
+
+
+def predict(model: dict, x: np.ndarray) -> np.ndarray:
+    """Probability that a pair is good, from the JSON model."""
+    z = (x - np.array(model["mean"])) / np.array(model["scale"])
+    return 1.0 / (1.0 + np.exp(-(z @ np.array(model["coef"]) + model["intercept"])))
+
+
+def save_model(ws: Workspace, model: dict) -> str:
+    name = f"reward-{model['trained_at'].replace(':', '').replace('-', '').split('.')[0]}.json"
+    atomic_write(ws.root / "reward" / name, lambda fh: fh.write(json.dumps(model).encode()))
+    ws.set_meta("reward_model", name)
+    return name
+
+
+def load_model(ws: Workspace) -> dict | None:
+    name = ws.get_meta("reward_model")
+    return json.loads((ws.root / "reward" / name).read_text()) if name else None
+
+
+def apply_reward(ws: Workspace, model: dict, activate: bool = True) -> dict:
+    """Write the learned reward for every ok sample as a new reward version (provenance kept)."""
+    import pyarrow as pa
+    feats = features(ws)
+    values = predict(model, feats.x)
+    provenance = {k: model[k] for k in ("labels", "good", "bad", "cv_auroc", "trained_at")}
+    provenance["model_file"] = ws.get_meta("reward_model")
+    version = reward_version(ws, f"learned:{provenance['trained_at']}", provenance)
+    with ws.transaction() as cur:
+        cur.execute("DELETE FROM rewards WHERE version = ?", [version])
+        ws.insert_arrow("rewards", pa.table({"sample_id": feats.ids, "version": np.full(len(values), version, np.int32),
+                                            "value": values.astype(np.float64)}), cur=cur)
+        if activate:
+            ws.set_meta("active_reward", version, cur=cur)
+    return {"version": version, "samples": int(len(values)), "active": activate, **provenance}
+
+
+def review_queue(ws: Workspace, mode: str = "useful", n: int = 20, cluster: int | None = None) -> list[int]:
+    """Unlabelled ok samples to review next: ``lowest`` reward first, a ``cluster``, or the ``useful`` ones
+    (the current learned reward is least sure about them; before any model, spread over the reward range)."""
+    labelled = set(current(ws, "alignment"))
+    version = ws.get_meta("active_reward") or -1
+    rows = ws.rows("""SELECT s.id, r.value FROM samples s LEFT JOIN rewards r ON r.sample_id = s.id AND r.version = ?
+                      WHERE s.status = 'ok' ORDER BY s.id""", [version])
+    pool = [(i, v) for i, v in rows if i not in labelled]
+    if mode == "lowest":
+        return [i for i, _ in sorted(pool, key=lambda r: (r[1] is None, r[1] or 0.0, r[0]))[:n]]
+    if mode == "cluster":
+        members = {r[0] for r in ws.rows("SELECT sample_id FROM clusters WHERE cluster = ?", [int(cluster)])}
+        return [i for i, _ in pool if i in members][:n]
+    if mode != "useful":
+        raise ValueError(f"unknown queue {mode!r}; allowed: useful, lowest, cluster")
+    model = load_model(ws)
+    if model is None:
+        ranked = sorted(pool, key=lambda r: (r[1] or 0.0, r[0]))
+        step = max(1, len(ranked) // max(n, 1))
+        return [i for i, _ in ranked[::step]][:n]
+    feats = features(ws, [i for i, _ in pool])
+    uncertainty = np.abs(predict(model, feats.x) - 0.5)
+    return [int(feats.ids[j]) for j in np.argsort(uncertainty, kind="stable")[:n]]
