@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import logging
 from contextlib import contextmanager
 import os
@@ -261,6 +262,7 @@ def decoder_hidden(dec, image_embs: torch.Tensor, token_embs: torch.Tensor, last
 def clean_generated(text: str) -> str:
     """Strip CoCa's special tokens and keep the text before the first period."""
     text = text.replace("<start_of_text>", "").split("<end_of_text>")[0]
+    text = re.sub(r"\s+([,;:!?])", r"\1", text)  # the BPE decoder puts a space before punctuation
     return text.split(".")[0].strip()
 
 
