@@ -53,3 +53,38 @@ def bars(shares: dict[str, float], title: str, colour: str = "#2b7bd9", size=(4.
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="x", labelrotation=45, labelsize=8)
     return _to_image(fig)
+
+
+class HistogramWithLine:
+    """A histogram rendered once, with the threshold line drawn onto a copy per change (fast slider updates)."""
+
+    def __init__(self, values: np.ndarray, name: str, size: tuple[float, float] = (6.4, 3.0), dpi: int = 100):
+        fig, ax = plt.subplots(figsize=size, dpi=dpi)
+        lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
+        ax.hist(values, bins=np.linspace(lo, hi if hi > lo else lo + 1, 41), color=SOURCE_COLOURS.get(name),
+                alpha=0.8, label=f"{name} (n={len(values)})")
+        ax.set_xlabel("score")
+        ax.set_ylabel("samples")
+        if len(values):
+            ax.legend(fontsize=8, loc="upper left")
+        fig.tight_layout()
+        fig.canvas.draw()
+        width, height = fig.canvas.get_width_height()
+        self._x0, _ = ax.transData.transform((lo, 0))
+        self._x1, _ = ax.transData.transform((hi if hi > lo else lo + 1, 0))
+        self._lo, self._hi = lo, hi if hi > lo else lo + 1
+        box = ax.get_window_extent()
+        self._top, self._bottom = height - box.y1, height - box.y0
+        self.base = Image.frombuffer("RGBA", (width, height), fig.canvas.buffer_rgba()).convert("RGB")
+        plt.close(fig)
+
+    def with_threshold(self, threshold: float) -> Image.Image:
+        from PIL import ImageDraw
+        image = self.base.copy()
+        frac = (min(max(threshold, self._lo), self._hi) - self._lo) / (self._hi - self._lo)
+        x = self._x0 + frac * (self._x1 - self._x0)
+        draw = ImageDraw.Draw(image)
+        for y in range(int(self._top), int(self._bottom), 8):
+            draw.line([(x, y), (x, min(y + 4, self._bottom))], fill=(0, 0, 0), width=2)
+        draw.text((min(x + 4, image.width - 90), self._top + 2), f"keep >= {threshold:.3f}", fill=(0, 0, 0))
+        return image

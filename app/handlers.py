@@ -13,8 +13,8 @@ from app import charts
 from curation.defaults import DefaultsQuery, find_default, parse_axis, suggest
 from curation.mapview import COLOR_BY, map_frame, render_map
 from curation.search import Searcher
-from curation.views import (COMPARE_SORTS, PER_PAGE, SCORE_SOURCES, Scope, ViewError, compare_rows,
-                            filter_effect, gallery_page, overview, sample_detail, score_values)
+from curation.views import (COMPARE_SORTS, PER_PAGE, SCORE_SOURCES, FilterIndex, Scope, ViewError, compare_rows,
+                            gallery_page, overview, sample_detail, score_values)
 from indexer.models import open_workspace_model
 from indexer.store import Workspace
 
@@ -61,6 +61,8 @@ class Handlers:
     def __post_init__(self):
         self._searcher: Searcher | None = None
         self._model = None
+        self._filter: FilterIndex | None = None
+        self._histograms: dict[str, charts.HistogramWithLine] = {}
         self.thumbs = self.ws.thumbs_dir
 
     # ------------------------------------------------------------ helpers
@@ -154,12 +156,19 @@ class Handlers:
         return [[r["id"], r["alt_text"], _fmt(r["alt"]), r["syn_text"], _fmt(r["syn"]), r["fused_text"],
                  _fmt(r["fused"]), _fmt(r["syn_minus_alt"]), _fmt(r["fused_minus_alt"])] for r in rows]
 
+    @property
+    def filter_index(self) -> FilterIndex:
+        if self._filter is None:
+            self._filter = FilterIndex(self.ws)
+        return self._filter
+
     def filter(self, source: str, threshold):
         one_of(source, SCORE_SOURCES, "score")
         t = as_float(threshold, "threshold")
-        effect = filter_effect(self.ws, source, t)
-        hist = charts.histograms({source: score_values(self.ws, source)}, threshold=t,
-                                 title=f"{source}: keep >= {t:.3f}")
+        effect = self.filter_index.effect(source, t)
+        if source not in self._histograms:
+            self._histograms[source] = charts.HistogramWithLine(self.filter_index.values(source), source)
+        hist = self._histograms[source].with_threshold(t)
         total = effect["kept"] + effect["dropped"]
         counts = (f"kept {effect['kept']} · dropped {effect['dropped']} "
                   f"({effect['dropped'] / total:.1%} of {total})" if total else "no scored samples yet")

@@ -160,22 +160,67 @@ def score_values(ws: Workspace, source: str) -> np.ndarray:
     return np.asarray(rows["v"], dtype=np.float64)
 
 
+class FilterIndex:
+    """Per-sample scores and clusters held in memory, so a filter change is array work, not five 1 M-row joins.
+
+    Built once per served (read-only) workspace; ``effect`` answers a threshold change in milliseconds.
+    """
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        frame = ws.execute(f"""SELECT s.id, k.cluster, r.value AS reward, sss.alt, sss.syn, sss.fused
+                               {_joins(ws)} WHERE s.status = 'ok' ORDER BY s.id""", [_version(ws)]).fetchnumpy()
+        self.ids = np.asarray(frame["id"], dtype=np.int64)
+        cluster = frame["cluster"]
+        self.cluster = np.asarray(cluster.filled(-1) if hasattr(cluster, "filled") else cluster, dtype=np.int64)
+        self.scores = {name: _float_array(frame[name]) for name in SCORE_SOURCES}
+
+    def values(self, source: str) -> np.ndarray:
+        _score_sql(source)
+        v = self.scores[source]
+        return v[~np.isnan(v)]
+
+    def effect(self, source: str, threshold: float, preview: int = 12) -> dict:
+        """Kept/dropped counts, the effect per cluster, and what sits just below and above the threshold."""
+        _score_sql(source)
+        score = self.scores[source]
+        scored = ~np.isnan(score)
+        dropped = scored & (score < threshold)
+        kept = scored & (score >= threshold)
+        clustered = self.cluster >= 0
+        sizes = np.bincount(self.cluster[clustered])
+        drops = np.bincount(self.cluster[clustered], weights=dropped[clustered], minlength=len(sizes))
+        per_cluster = [{"cluster": int(c), "size": int(sizes[c]), "dropped": int(drops[c]),
+                        "dropped_share": round(float(drops[c] / sizes[c]), 4)}
+                       for c in np.nonzero(sizes)[0]]
+        per_cluster.sort(key=lambda r: (-r["dropped_share"], r["cluster"]))
+        below = self._lowest(np.nonzero(dropped)[0], score, preview)
+        above = self._lowest(np.nonzero(kept)[0], score, preview)
+        return {"source": source, "threshold": threshold, "kept": int(kept.sum()), "dropped": int(dropped.sum()),
+                "unscored": int((~scored).sum()), "per_cluster": per_cluster,
+                "dropped_lowest_first": self._tiles(below, score), "just_above": self._tiles(above, score)}
+
+    @staticmethod
+    def _lowest(rows: np.ndarray, score: np.ndarray, n: int) -> np.ndarray:
+        if len(rows) > n:
+            rows = rows[np.argpartition(score[rows], n)[:n]]
+        return rows[np.lexsort((rows, score[rows]))]
+
+    def _tiles(self, rows: np.ndarray, score: np.ndarray) -> list[dict]:
+        ids = [int(i) for i in self.ids[rows]]
+        thumbs = dict(self.ws.rows("SELECT id, thumb FROM samples WHERE list_contains(?, id)", [ids])) if ids else {}
+        return [{"id": i, "thumb": thumbs.get(i), "score": float(score[r])} for i, r in zip(ids, rows)]
+
+
+def _float_array(column) -> np.ndarray:
+    if hasattr(column, "filled"):
+        column = column.astype(np.float64).filled(np.nan)
+    return np.asarray(column, dtype=np.float64)
+
+
 def filter_effect(ws: Workspace, source: str, threshold: float, preview: int = 12) -> dict:
-    """Kept/dropped counts at a threshold, the effect per cluster, and what sits just below and above it."""
-    score = _score_sql(source)
-    version = _version(ws)
-    counts = ws.dicts(f"""SELECT count_if({score} >= ?) AS kept, count_if({score} < ?) AS dropped,
-                                 count_if({score} IS NULL) AS unscored
-                          {_joins(ws)} WHERE s.status = 'ok'""", [threshold, threshold, version])[0]
-    per_cluster = ws.dicts(f"""SELECT k.cluster, count(*) AS size, count_if({score} < ?) AS dropped,
-                                      round(count_if({score} < ?) / count(*), 4) AS dropped_share
-                               {_joins(ws)} WHERE s.status = 'ok' AND k.cluster IS NOT NULL
-                               GROUP BY k.cluster ORDER BY dropped_share DESC, k.cluster""",
-                           [threshold, threshold, version])
-    below = gallery_page(ws, Scope(source=source, max_score=threshold, order="score_asc"), 0, preview)["items"]
-    above = gallery_page(ws, Scope(source=source, min_score=threshold, order="score_asc"), 0, preview)["items"]
-    return {"source": source, "threshold": threshold, **counts, "per_cluster": per_cluster,
-            "dropped_lowest_first": below, "just_above": above}
+    """One-off filter effect (builds a :class:`FilterIndex`; a server keeps one instead)."""
+    return FilterIndex(ws).effect(source, threshold, preview)
 
 
 def overview(ws: Workspace) -> dict:
