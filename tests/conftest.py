@@ -165,3 +165,12 @@ def demo_ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo") / "ws"
     summary = build_demo(DemoConfig(workspace=str(root), n=400, seed=4242, shard_size=150))
     return root, summary
+
+
+def writable_copy(demo_ws, folder) -> Path:
+    """A copy of the session's demo workspace for tests that write (labels, selections, rewards)."""
+    import shutil
+    root, _ = demo_ws
+    target = Path(folder) / "ws"
+    shutil.copytree(root, target)
+    return target

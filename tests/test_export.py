@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, writable_copy
 from curation.export import ExportConfig, run_export, verify_export
 from curation.select import SelectionRule, load_selection, save_selection
 from indexer.store import Workspace
@@ -23,9 +22,7 @@ from indexer.vectors import EmbeddingStore
 
 @pytest.fixture(scope="module")
 def ws_copy(demo_ws, tmp_path_factory):
-    root, _ = demo_ws
-    target = tmp_path_factory.mktemp("export") / "ws"
-    shutil.copytree(root, target)
+    target = writable_copy(demo_ws, tmp_path_factory.mktemp("export"))
     with Workspace(target) as ws:
         save_selection(ws, SelectionRule(name="clean", min_reward=0.5, caption_policy="hybrid"))
         save_selection(ws, SelectionRule(name="fused-best", caption_policy="fused", per_cluster_k=5))

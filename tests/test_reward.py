@@ -1,10 +1,9 @@
 """Labels with history, the learned reward and its queue, on a copy of the demo workspace."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
+from conftest import writable_copy
 from curation.labels import add_label, current, history
 from curation.reward import apply_reward, review_queue, train_reward
 from curation.reward_sim import held_out_auroc, simulate_labels
@@ -13,9 +12,7 @@ from indexer.store import Workspace
 
 @pytest.fixture()
 def demo_copy(demo_ws, tmp_path):
-    root, _ = demo_ws
-    shutil.copytree(root, tmp_path / "ws")  # tests write labels: never into the shared session workspace
-    return tmp_path / "ws"
+    return writable_copy(demo_ws, tmp_path)  # tests write labels: never into the shared session workspace
 
 
 def test_labels_keep_history_and_validate(demo_copy):
@@ -42,9 +39,7 @@ def test_reward_refuses_with_too_few_labels(demo_copy):
 @pytest.fixture(scope="module")
 def simulated(demo_ws, tmp_path_factory):
     """A curator simulated from the truth labels 200 samples chosen by the queue, then the reward is applied."""
-    root, _ = demo_ws
-    target = tmp_path_factory.mktemp("reward") / "ws"
-    shutil.copytree(root, target)
+    target = writable_copy(demo_ws, tmp_path_factory.mktemp("reward"))
     with Workspace(target) as ws:
         model = simulate_labels(ws, budget=200)
         result = held_out_auroc(ws, model)
