@@ -74,8 +74,13 @@ class Handlers:
         return str(path) if path.is_relative_to(self.thumbs.resolve()) and path.is_file() else None
 
     def tiles(self, items: list[dict], label: str = "score") -> list[tuple[str, str]]:
-        return [(self.thumb(i["thumb"]), f"#{i['id']} · {label} {i[label]:.3f}" if i.get(label) is not None
-                 else f"#{i['id']}") for i in items if self.thumb(i["thumb"])]
+        out = []
+        for item in items:
+            path = self.thumb(item["thumb"])  # resolved and checked once per tile
+            if path:
+                value = item.get(label)
+                out.append((path, f"#{item['id']} · {label} {value:.3f}" if value is not None else f"#{item['id']}"))
+        return out
 
     @property
     def model(self):

@@ -7,7 +7,6 @@ page or a filter change stays fast at a million rows.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,4 +229,4 @@ def overview(ws: Workspace) -> dict:
     stats = workspace_stats(ws)
     clusters = cluster_table(ws) if ws.has_table("cluster_summaries") else []
     return {"stats": stats, "clusters": clusters, "map": ws.get_meta("map"),
-            "demo": ws.get_meta("demo") is not None, "captions": json.loads(json.dumps(stats["captions"]))}
+            "demo": ws.get_meta("demo") is not None, "captions": stats["captions"]}
