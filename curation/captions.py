@@ -5,7 +5,8 @@ Captioners register by prefix and share one interface (``producer``, ``params``,
 
 - ``openclip:MODEL[:TAG]`` / ``checkpoint:PATH`` / omitted (the workspace's own model, if it is a CoCa):
   open_clip CoCa, DataCompDR recipe (top-p 0.9, text up to the first period);
-- ``hf:PATH_OR_ID``: a Hugging Face image-to-text model (BLIP, GIT, ...) from a local path or cache.
+- ``hf:PATH_OR_ID``: a Hugging Face image-to-text model (BLIP, GIT, ...) from a local path or cache;
+- ``demo`` / ``demo:PATH``: the demo world's own small captioner (see :mod:`curation.demo_captioner`).
 
 Every caption is embedded with the workspace's embedding model (the image
 embeddings' space) and inserted with its text embedding in one atomic commit
@@ -19,6 +20,7 @@ import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
@@ -72,19 +74,17 @@ class Captioner(Protocol):
     def caption(self, pixels: torch.Tensor, num: int, seed: int) -> list[list[str]]: ...
 
 
-class OpenClipCaptioner:
-    """An open_clip CoCa: ``num`` captions per image by top-p sampling, beam or diverse beam search."""
+class GenerativeCaptioner:
+    """A model with ``generate`` / ``generate_diverse`` (open_clip CoCa, the demo captioner): ``num``
+    captions per image by top-p sampling, beam search or diverse beam search."""
 
-    def __init__(self, model, cfg: CaptionConfig):
-        if not model.can_caption:
-            raise ModelError(f"{model.name} is not a CoCa model and cannot caption; pass --captioner")
+    def __init__(self, model, cfg: CaptionConfig, model_id: str, preprocess, seq_len: int | None):
         self.model, self.cfg = model, cfg
         tag = f"top_p{cfg.top_p}" if cfg.sampling == "top_p" else cfg.sampling
-        self.producer = f"{model.model_id}/{tag}"
+        self.producer = f"{model_id}/{tag}"
         self.params = {"sampling": cfg.sampling, "top_p": cfg.top_p if cfg.sampling == "top_p" else None,
-                       "seq_len": getattr(model.model, "context_length", None), "seed": cfg.seed,
-                       "postprocess": "text before the first period"}
-        self.preprocess = model.preprocess
+                       "seq_len": seq_len, "seed": cfg.seed, "postprocess": "text before the first period"}
+        self.preprocess = preprocess
 
     def caption(self, pixels: torch.Tensor, num: int, seed: int) -> list[list[str]]:
         if self.cfg.sampling == "diverse_beam":
@@ -101,16 +101,37 @@ class OpenClipCaptioner:
         return [[best[i]] + extra[i * (num - 1):(i + 1) * (num - 1)] for i in range(len(pixels))]
 
 
+def open_clip_captioner(model, cfg: CaptionConfig) -> GenerativeCaptioner:
+    if not model.can_caption:
+        raise ModelError(f"{model.name} is not a CoCa model and cannot caption; pass --captioner "
+                         "(for the demo model: --captioner demo)")
+    return GenerativeCaptioner(model, cfg, model.model_id, model.preprocess,
+                               getattr(model.model, "context_length", None))
+
+
+def demo_captioner(path: str | None, cfg: CaptionConfig) -> GenerativeCaptioner:
+    """The shipped demo captioner (``demo``) or a retrained one (``demo:PATH.safetensors``)."""
+    from curation.demo_captioner import CAPTIONER_NAME, load_captioner, preprocess_for
+    from indexer.models import DEMO_MODEL_DIR, file_sha256
+    weights = Path(path) if path else DEMO_MODEL_DIR / f"{CAPTIONER_NAME}.safetensors"
+    try:
+        model = load_captioner(weights)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise ModelError(f"cannot load the demo captioner {str(weights)!r}: {exc}") from exc
+    model_id = f"{weights.stem}@sha256:{file_sha256(weights, 12)}"
+    return GenerativeCaptioner(model, cfg, model_id, preprocess_for(model.cfg), model.cfg.context)
+
+
 def _openclip_factory(arg: str | None, ws_model, cfg: CaptionConfig) -> Captioner:
     if arg is None:
-        return OpenClipCaptioner(ws_model, cfg)
+        return open_clip_captioner(ws_model, cfg)
     kind, _, rest = arg.partition(":")
     if kind == "checkpoint":
         spec = ModelSpec(checkpoint=rest, device=cfg.device, precision=cfg.precision)
     else:
         name, _, tag = rest.partition(":")
         spec = ModelSpec(name=name, pretrained=tag or None, device=cfg.device, precision=cfg.precision)
-    return OpenClipCaptioner(load_model(spec), cfg)
+    return open_clip_captioner(load_model(spec), cfg)
 
 
 def _hf_factory(arg: str, ws_model, cfg: CaptionConfig) -> Captioner:
@@ -118,17 +139,21 @@ def _hf_factory(arg: str, ws_model, cfg: CaptionConfig) -> Captioner:
     return HFCaptioner(arg.partition(":")[2], cfg)
 
 
+def _demo_factory(arg: str, ws_model, cfg: CaptionConfig) -> Captioner:
+    return demo_captioner(arg.partition(":")[2] or None, cfg)
+
+
 CAPTIONERS: dict[str, Callable] = {"openclip": _openclip_factory, "checkpoint": _openclip_factory,
-                                   "hf": _hf_factory}
+                                   "hf": _hf_factory, "demo": _demo_factory}
 
 
 def make_captioner(arg: str | None, ws_model, cfg: CaptionConfig) -> Captioner:
     if arg is None:
         return _openclip_factory(None, ws_model, cfg)
     prefix = arg.partition(":")[0]
-    if prefix not in CAPTIONERS or ":" not in arg:
+    if prefix not in CAPTIONERS or (":" not in arg and prefix != "demo"):
         raise ModelError(f"unknown captioner {arg!r}; use one of: " +
-                         ", ".join(f"{p}:..." for p in CAPTIONERS) + " (or leave it out for the workspace's CoCa)")
+                         ", ".join(f"{p}:..." for p in CAPTIONERS) + ", demo (or leave it out for the workspace's CoCa)")
     return CAPTIONERS[prefix](arg, ws_model, cfg)
 
 

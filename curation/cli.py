@@ -39,16 +39,16 @@ def serve_or_explain(workspace: str) -> None:
 @app.command("demo-train")
 def demo_train(
     out_dir: str = typer.Option(None, help="Where to write the checkpoint (default: the shipped location)."),
-    steps: int = typer.Option(900, min=1),
+    steps: int = typer.Option(1200, min=1, help="CLIP training steps."),
+    captioner_steps: int = typer.Option(800, min=0, help="Captioner training steps (0: CLIP only)."),
     n_train: int = typer.Option(40000, min=100),
     seed: int = typer.Option(20261128),
-    decoder_steps: int = typer.Option(0, min=0, help="Extra caption-decoder-only steps (stage 2; off by default)."),
 ):
-    """Train the demo CoCa from scratch on CPU (about 40 minutes on 2 cores) and write its model card."""
+    """Train the demo CLIP and captioner from scratch on CPU (about 45 minutes on 2 cores); write the model card."""
     from curation.demo_train import MODEL_DIR, TrainConfig, train
 
     cfg = TrainConfig(out_dir=out_dir or str(MODEL_DIR), steps=steps, n_train=n_train, seed=seed,
-                      decoder_steps=decoder_steps)
+                      captioner_steps=captioner_steps)
     numbers = train(cfg)
     typer.echo(json.dumps({k: v for k, v in numbers.items() if k != "caption_examples"}))
 
@@ -57,7 +57,7 @@ def demo_train(
 def caption(
     workspace: str = typer.Option(..., "--workspace", "-w"),
     captioner: str = typer.Option(None, help="openclip:MODEL[:TAG], checkpoint:PATH or hf:PATH_OR_ID "
-                                             "(default: the workspace's own CoCa)."),
+                                             "(default: the workspace's own CoCa; 'demo' for the demo captioner)."),
     num: int = typer.Option(5, min=1, max=64, help="Captions per image (DataCompDR stores 5)."),
     sampling: str = typer.Option("top_p", help="top_p (p=0.9), beam or diverse_beam."),
     batch_size: int = typer.Option(32, min=1),

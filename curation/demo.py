@@ -47,7 +47,7 @@ class DemoConfig:
 
 
 def demo_model_spec(precision: str = "fp32") -> ModelSpec:
-    """The shipped demo CoCa, loaded exactly as a user's ``--checkpoint`` would be."""
+    """The shipped demo CLIP, loaded exactly as a user's ``--checkpoint`` would be."""
     if not DEMO_CHECKPOINT.is_file():
         raise FileNotFoundError(f"the demo checkpoint {DEMO_CHECKPOINT} is missing; run 'altlens demo-train'")
     return ModelSpec(checkpoint=str(DEMO_CHECKPOINT), precision=precision)
@@ -103,7 +103,8 @@ def build_demo(cfg: DemoConfig) -> dict:
 
 def _caption(root: str, cfg: DemoConfig) -> dict:
     from curation.captions import CaptionConfig, run_captioning
-    return run_captioning(CaptionConfig(workspace=root, num=5, sampling="top_p", precision=cfg.precision))
+    return run_captioning(CaptionConfig(workspace=root, captioner="demo", num=5, sampling="top_p",
+                                        precision=cfg.precision))
 
 
 def _fuse(root: str, cfg: DemoConfig) -> dict:

@@ -30,12 +30,15 @@ def pixels_for(model, scenes: list[dict], seed: int) -> torch.Tensor:
     return torch.stack([model.preprocess(render(s, 96, jitter_seed=seed + i)) for i, s in enumerate(scenes)])
 
 
-def evaluate_model(model, n: int = 300, seed: int = 777, caption_n: int | None = None, batch: int = 100) -> dict:
+def evaluate_model(model, n: int = 300, seed: int = 777, caption_n: int | None = None, batch: int = 100,
+                   captioner=None) -> dict:
     """The three demo-model numbers on ``n`` held-out scenes (seeded, never seen in training).
 
     - ``auroc_random``: cosine of the true caption vs a caption of another scene;
     - ``auroc_swapped``: true caption vs the same caption with one colour or shape changed;
-    - ``largest_shape_acc``: share of top-p (p=0.9) captions whose first named shape is a largest object's.
+    - ``largest_shape_acc``: share of top-p (p=0.9) captions whose first named shape is a largest object's,
+      from ``captioner`` (anything with ``generate`` and a ``preprocess``-compatible input) or, when
+      it is None, the embedding model itself if it is a CoCa.
     """
     scenes = held_out_scenes(n, seed)
     rng = random.Random(seed + 1)
@@ -51,11 +54,12 @@ def evaluate_model(model, n: int = 300, seed: int = 777, caption_n: int | None =
         "auroc_random": _auroc(pos, other),
         "auroc_swapped": _auroc(pos, swap),
     }
-    if model.can_caption:
+    generator = captioner if captioner is not None else (model if model.can_caption else None)
+    if generator is not None:
         m = caption_n or n
         captions = []
         for i in range(0, m, batch):
-            captions += model.generate(pixels[i:min(i + batch, m)], sampling="top_p", top_p=0.9, seed=seed + i)
+            captions += generator.generate(pixels[i:min(i + batch, m)], sampling="top_p", top_p=0.9, seed=seed + i)
         hits = [first_shape(c) in largest_shapes(s) for c, s in zip(captions, scenes[:m])]
         result["largest_shape_acc"] = float(np.mean(hits))
         result["caption_examples"] = captions[:5]

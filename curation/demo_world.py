@@ -130,6 +130,34 @@ def canonical_caption(scene: dict) -> str:
     return f"{listed}, on a {scene['background']} background"
 
 
+@dataclass(frozen=True)
+class CaptionHabits:
+    """Default behaviours planted in the demo captioner's training captions.
+
+    The people (or the older model) who wrote those captions call a star yellow
+    and a square large most of the time, whatever the picture shows -- the way web
+    captions say "gold star" for any star sticker. A captioner trained on them
+    inherits the habit; the CLIP is trained on faithful captions, so the image
+    side still shows the truth. This is what the defaults view has to find.
+    """
+
+    star_says_yellow: float = 0.9
+    square_says_large: float = 0.85
+
+
+def habit_caption(scene: dict, rng: random.Random, habits: CaptionHabits = CaptionHabits()) -> str:
+    """The canonical caption as a writer with ``habits`` would put it (objects keep their true order)."""
+    objects = []
+    for obj in scene["objects"]:
+        obj = dict(obj)
+        if obj["shape"] == "star" and rng.random() < habits.star_says_yellow:
+            obj["colour"] = "yellow"
+        if obj["shape"] == "square" and rng.random() < habits.square_says_large:
+            obj["size"] = "large"
+        objects.append(obj)
+    return canonical_caption({**scene, "objects": objects})
+
+
 def largest_shape(scene: dict) -> str:
     return scene["objects"][0]["shape"]
 

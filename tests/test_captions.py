@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_coca_spec, tiny_spec, write_folder
-from curation.captions import CaptionConfig, OpenClipCaptioner, run_captioning
+from curation.captions import CaptionConfig, GenerativeCaptioner, run_captioning
 from curation.fuse import FuseConfig, run_fusion
 from curation.fusion import (compose, conflict_alternatives, extract_knowledge, junk_reason, plan_fusion,
                              visual_pairs)
@@ -59,7 +59,7 @@ def test_diverse_beam_gives_distinct_captions(coca_ws):
 
 
 def test_failing_captioner_batch_is_recorded_and_run_goes_on(coca_ws, monkeypatch):
-    real = OpenClipCaptioner.caption
+    real = GenerativeCaptioner.caption
     calls = {"n": 0}
 
     def flaky(self, pixels, num, seed):
@@ -67,7 +67,7 @@ def test_failing_captioner_batch_is_recorded_and_run_goes_on(coca_ws, monkeypatc
         if calls["n"] == 2:
             raise RuntimeError("captioner ran out of memory")
         return real(self, pixels, num, seed)
-    monkeypatch.setattr(OpenClipCaptioner, "caption", flaky)
+    monkeypatch.setattr(GenerativeCaptioner, "caption", flaky)
     report = caption(coca_ws, num=1)
     assert report["failed"] == 4 and report["captioned"] == 9
     with Workspace(coca_ws, read_only=True) as ws:
@@ -101,6 +101,17 @@ def test_hf_captioner_mechanics(coca_ws, tmp_path):
     assert report["captioned"] == 13 and report["producer"].startswith("hf:tiny-vit-gpt2@")
     with Workspace(coca_ws, read_only=True) as ws:
         assert ws.scalar("SELECT count(*) FROM captions WHERE producer = ?", [report["producer"]]) == 26
+
+
+def test_demo_captioner_through_the_caption_command(coca_ws, tmp_path):
+    report = caption(coca_ws, captioner="demo", num=3, sampling="diverse_beam", limit=4)
+    assert report["captioned"] == 4 and report["producer"].startswith("altlens-demo-captioner@sha256:")
+    with Workspace(coca_ws, read_only=True) as ws:
+        groups = ws.rows("SELECT list(text) FROM captions WHERE producer = ? GROUP BY sample_id", [report["producer"]])
+    assert len(groups) == 4 and all(len(set(texts)) == 3 for (texts,) in groups), groups
+    assert caption(coca_ws, captioner="demo", num=1, limit=2)["captioned"] == 2
+    with pytest.raises(ModelError, match="cannot load the demo captioner"):
+        caption(coca_ws, captioner=f"demo:{tmp_path / 'missing.safetensors'}")
 
 
 def test_llm_fuser_mechanics_and_prompt_cut(coca_ws, tmp_path):
@@ -200,13 +211,11 @@ def test_demo_reward_filters_misaligned_and_swapped(quality):
     assert quality["auroc_swapped_vs_correct"] >= 0.80
 
 
-@pytest.mark.xfail(strict=True, reason="blocked by issue 3: the shipped CoCa barely resolves shape (MODEL_CARD.md, Status)")
 def test_demo_fused_captions_recall_more_facts(quality):
     recall = quality["fact_recall"]
     assert recall["fused"] > recall["alt"] and recall["fused"] > recall["syn"]
 
 
-@pytest.mark.xfail(strict=True, reason="blocked by issue 3: the shipped CoCa barely resolves shape (MODEL_CARD.md, Status)")
 def test_demo_captioner_inherits_the_planted_default(quality):
     default = quality["planted_default"]
     assert default["captions_say_share"] > default["images_have_share"] + 0.1

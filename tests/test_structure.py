@@ -131,7 +131,9 @@ def test_demo_planted_duplicates_are_found(map_q):
     assert map_q["duplicates"]["precision"] >= 0.95 and map_q["duplicates"]["recall"] >= 0.95
 
 
-@pytest.mark.xfail(strict=True, reason="blocked by issue 3: the shipped CoCa barely resolves shape (MODEL_CARD.md, Status)")
+@pytest.mark.xfail(strict=True, reason="issue 5 open: k-means clusters of the demo CLIP mix all scene factors "
+                                       "(NMI shape+background 0.24; background is linearly decodable at 100% but "
+                                       "does not drive the clusters)")
 def test_demo_clusters_follow_shape_and_background(map_q):
     assert map_q["nmi"]["shape_and_background"] >= 0.5
 
