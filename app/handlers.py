@@ -161,6 +161,11 @@ class Handlers:
         return [[r["id"], r["alt_text"], _fmt(r["alt"]), r["syn_text"], _fmt(r["syn"]), r["fused_text"],
                  _fmt(r["fused"]), _fmt(r["syn_minus_alt"]), _fmt(r["fused_minus_alt"])] for r in rows]
 
+    def reset_scores(self) -> None:
+        """Forget cached scores after a reward was written (the next filter reloads them)."""
+        self._filter = None
+        self._histograms.clear()
+
     @property
     def filter_index(self) -> FilterIndex:
         if self._filter is None:
@@ -168,9 +173,13 @@ class Handlers:
         return self._filter
 
     def filter(self, source: str, threshold):
-        one_of(source, SCORE_SOURCES, "score")
+        if source not in SCORE_SOURCES and not str(source).startswith("reward@"):
+            one_of(source, SCORE_SOURCES, "score")
         t = as_float(threshold, "threshold")
-        effect = self.filter_index.effect(source, t)
+        try:
+            effect = self.filter_index.effect(source, t)
+        except ViewError as exc:
+            raise UserError(str(exc)) from None
         if source not in self._histograms:
             self._histograms[source] = charts.HistogramWithLine(self.filter_index.values(source), source)
         hist = self._histograms[source].with_threshold(t)

@@ -28,11 +28,11 @@ def read_auth(auth: str | None, auth_file: str | None) -> list[tuple[str, str]] 
 
 
 def serve(workspace: str, host: str = "127.0.0.1", port: int = 7860, auth: str | None = None,
-          auth_file: str | None = None, read_only: bool = True, block: bool = True):
+          auth_file: str | None = None, read_only: bool = False, block: bool = True):
     """Build the app and launch it; returns the running Blocks when ``block`` is False."""
     from app.ui import CSS, build_app
     credentials = read_auth(auth, auth_file)
-    app = build_app(workspace)
+    app = build_app(workspace, read_only=read_only)
     thumbs = str(app.altlens_workspace.thumbs_dir)
     app.queue(default_concurrency_limit=4)
     app.launch(server_name=host, server_port=port, share=False, auth=credentials, allowed_paths=[thumbs],

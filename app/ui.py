@@ -1,4 +1,5 @@
-"""``build_app(workspace) -> gr.Blocks``: lays out the six views and wires them to :mod:`app.handlers`.
+"""``build_app(workspace) -> gr.Blocks``: lays out the eight views and wires them to :mod:`app.handlers`
+(reading) and :mod:`app.curate` (labels, reward, selections, export).
 
 No logic lives here. Per-user state (the ids of the tiles on screen, the page)
 sits in ``gr.State``. Captions reach the browser only as table cells and text
@@ -10,6 +11,8 @@ import functools
 
 import gradio as gr
 
+from app.curate import Curate
+from app.curate_ui import KEYS_JS, export_tab, review_tab, selection_panel
 from app.handlers import CAPTION_COLUMNS, Handlers, UserError
 from curation.views import COMPARE_SORTS
 from indexer.store import Workspace
@@ -30,9 +33,10 @@ def friendly(fn):
     return wrapper
 
 
-def build_app(workspace: str) -> gr.Blocks:
-    ws = Workspace(workspace, read_only=True)
+def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
+    ws = Workspace(workspace, read_only=read_only)
     h = Handlers(ws)
+    c = Curate(h, read_only)
     clusters = ["all"] + [str(c) for c in h.clusters()]
     with gr.Blocks(title="altlens", analytics_enabled=False) as app:
         gr.Markdown("## altlens · curating image–caption pairs")
@@ -45,11 +49,15 @@ def build_app(workspace: str) -> gr.Blocks:
             with gr.Tab("Compare captions", id="compare"):
                 _compare_tab(h)
             with gr.Tab("Filter", id="filter"):
-                _filter_tab(h)
+                filters = _filter_tab(h, c)
             with gr.Tab("Defaults", id="defaults"):
                 _defaults_tab(h)
             with gr.Tab("Search", id="search"):
                 _search_tab(h, browser)
+            with gr.Tab("Review", id="review"):
+                review_tab(c, friendly, clusters, filters["source"])
+            with gr.Tab("Export", id="export"):
+                export_tab(c, friendly)
         app.load(friendly(h.overview), [overview["color_by"]],
                  [overview["counts"], overview["hist"], overview["map"], overview["clusters"]])
 
@@ -61,6 +69,7 @@ def build_app(workspace: str) -> gr.Blocks:
         overview["clusters"].select(open_cluster, [overview["clusters"]],
                                     [tabs, browser["cluster"], browser["gallery"], tile_ids, browser["info"],
                                      browser["page"]])
+        app.load(None, None, None, js=KEYS_JS)
     app.altlens_workspace = ws
     return app
 
@@ -127,9 +136,9 @@ def _compare_tab(h: Handlers) -> None:
     sort.change(friendly(h.compare), [sort, page], [table])
 
 
-def _filter_tab(h: Handlers) -> None:
+def _filter_tab(h: Handlers, c: Curate) -> dict:
     with gr.Row():
-        source = gr.Dropdown(SOURCES, value="reward", label="Filter by")
+        source = gr.Dropdown(c.score_choices(), value="reward", label="Filter by", elem_id="filter-source")
         threshold = gr.Slider(0.0, 2.5, value=0.625, step=0.005, label="Keep pairs scoring at least")
     counts = gr.Textbox(label="Kept / dropped", interactive=False, elem_id="filter-counts")
     with gr.Row():
@@ -142,6 +151,8 @@ def _filter_tab(h: Handlers) -> None:
     threshold.release(friendly(h.filter), [source, threshold], outputs)
     source.change(friendly(h.filter), [source, threshold], outputs)
     threshold.change(friendly(h.filter), [source, threshold], outputs, show_progress="hidden", trigger_mode="always_last")
+    selection_panel(c, friendly, source, threshold)
+    return {"source": source, "threshold": threshold}
 
 
 def _defaults_tab(h: Handlers) -> None:

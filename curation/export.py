@@ -14,6 +14,7 @@ written last; only shards it lists count.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -196,11 +197,12 @@ def _slug(producer: str) -> str:
 
 # ---------------------------------------------------------------- shards
 
-def run_export(cfg: ExportConfig) -> dict:
-    """Write (or finish writing) the export; returns the manifest."""
+def run_export(cfg: ExportConfig, ws: Workspace | None = None) -> dict:
+    """Write (or finish writing) the export; returns the manifest. ``ws``: an already open workspace
+    (the web app's); otherwise ``cfg.workspace`` is opened read-only."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    with Workspace(cfg.workspace, read_only=True) as ws:
+    with contextlib.nullcontext(ws) if ws is not None else Workspace(cfg.workspace, read_only=True) as ws:
         rule, ids = load_selection(ws, cfg.selection)
         source = SampleSource(ws, rule.caption_policy, cfg.augmentations)
         uid_of = dict(ws.rows("SELECT id, uid FROM samples WHERE list_contains(?, id)", [ids]))

@@ -52,3 +52,16 @@ def history(ws: Workspace, sample_id: int) -> list[dict]:
         return []
     return ws.dicts("SELECT kind, value, who, view, created_at FROM labels WHERE sample_id = ? ORDER BY id",
                     [int(sample_id)])
+
+
+def current_of(ws: Workspace, sample_id: int, kind: str = "alignment") -> str | None:
+    """The latest label of ``kind`` for one sample, or None."""
+    if not ws.has_table("labels"):
+        return None
+    return ws.scalar("SELECT arg_max(value, id) FROM labels WHERE sample_id = ? AND kind = ?", [int(sample_id), kind])
+
+
+def counts(ws: Workspace, kind: str = "alignment") -> dict[str, int]:
+    """How many samples currently carry each value of ``kind``."""
+    values = current(ws, kind).values()
+    return {v: sum(1 for x in values if x == v) for v in set(values)}

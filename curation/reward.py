@@ -2,9 +2,10 @@
 
 Features per sample, all from what the workspace stores: the alt caption's
 clip_score and cycle, alt/synthetic agreement, the best synthetic and fused
-clip_scores, alt-text length, junk and empty flags, and the element-wise product
-of the image and alt-text embeddings (where the two agree, dimension by
-dimension). Logistic regression on standardised features; the model is kept as
+clip_scores, alt-text length, junk and empty flags, and how many of the
+alt-text's visual claims ("purple star") the fused caption overruled (rules
+fusion lets the image decide conflicts, so an overruled claim is one the image
+contradicts). Logistic regression on standardised features; the model is kept as
 JSON (never pickled) in ``WS/reward/``. Cross-validated AUROC is reported with
 the label counts, and training refuses below ``MIN_PER_CLASS`` labels of either class.
 """
@@ -21,14 +22,15 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from curation.fusion import junk_reason
+from curation.fusion import junk_reason, visual_pairs
 from curation.labels import current
 from curation.scores import ensure_schema, reward_version
 from indexer.store import Workspace, now
-from indexer.vectors import EmbeddingStore, atomic_write
+from indexer.vectors import atomic_write
 
 MIN_PER_CLASS = 8
-SCALARS = ("alt_clip", "alt_cycle", "agreement", "syn_clip", "fused_clip", "log_chars", "words", "junk", "empty")
+SCALARS = ("alt_clip", "alt_cycle", "agreement", "syn_clip", "fused_clip", "log_chars", "words", "junk", "empty",
+           "overruled_share", "overruled")
 
 
 @dataclass
@@ -43,7 +45,9 @@ def features(ws: Workspace, ids: list[int] | None = None) -> Features:
     if not ws.read_only:
         ensure_schema(ws)
     rows = ws.dicts("""SELECT s.id, a.id AS alt_id, a.text, cs.clip_score AS alt_clip, cs.cycle AS alt_cycle,
-                              ss.agreement, sss.syn AS syn_clip, sss.fused AS fused_clip
+                              ss.agreement, sss.syn AS syn_clip, sss.fused AS fused_clip,
+                              (SELECT f.text FROM captions f WHERE f.sample_id = s.id AND f.source_kind = 'fused'
+                               ORDER BY f.id LIMIT 1) AS fused_text
                        FROM samples s JOIN captions a ON a.sample_id = s.id AND a.source_kind = 'alt'
                        LEFT JOIN caption_scores cs ON cs.caption_id = a.id
                        LEFT JOIN sample_scores ss ON ss.sample_id = s.id
@@ -55,17 +59,22 @@ def features(ws: Workspace, ids: list[int] | None = None) -> Features:
         if missing:
             raise ValueError(f"no ok sample with an alt caption for id {missing[0]}")
         rows = [by_id[i] for i in ids]
-    images = EmbeddingStore(ws, "image").load()
-    texts = EmbeddingStore(ws, "text").load()
     sample_ids = np.array([r["id"] for r in rows], dtype=np.int64)
-    product = np.asarray(images[sample_ids], dtype=np.float32) * np.asarray(texts[[r["alt_id"] for r in rows]],
-                                                                              dtype=np.float32)
-    scalars = np.array([[_num(r["alt_clip"]), _num(r["alt_cycle"]), _num(r["agreement"]), _num(r["syn_clip"]),
-                         _num(r["fused_clip"]), math.log1p(len(r["text"])), min(len(r["text"].split()), 200),
-                         float(junk_reason(r["text"]) is not None), float(not r["text"].strip())] for r in rows],
-                       dtype=np.float32).reshape(len(rows), len(SCALARS))
-    names = list(SCALARS) + [f"agree_{i}" for i in range(product.shape[1])]
-    return Features(sample_ids, np.hstack([scalars, product]), names)
+    x = np.array([[_num(r["alt_clip"]), _num(r["alt_cycle"]), _num(r["agreement"]), _num(r["syn_clip"]),
+                   _num(r["fused_clip"]), math.log1p(len(r["text"])), min(len(r["text"].split()), 200),
+                   float(junk_reason(r["text"]) is not None), float(not r["text"].strip()),
+                   *overruled(r["text"], r["fused_text"])] for r in rows],
+                 dtype=np.float32).reshape(len(rows), len(SCALARS))
+    return Features(sample_ids, x, list(SCALARS))
+
+
+def overruled(alt: str, fused: str | None) -> tuple[float, float]:
+    """(share, count) of the alt-text's colour+shape claims that the fused caption does not keep."""
+    claims = set(visual_pairs(alt[:2000]))
+    if not claims or fused is None:
+        return 0.0, 0.0
+    missing = len(claims - set(visual_pairs(fused)))
+    return missing / len(claims), float(missing)
 
 
 def _num(value) -> float:

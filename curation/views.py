@@ -174,15 +174,30 @@ class FilterIndex:
         self.cluster = np.asarray(cluster.filled(-1) if hasattr(cluster, "filled") else cluster, dtype=np.int64)
         self.scores = {name: _float_array(frame[name]) for name in SCORE_SOURCES}
 
+    def score(self, source: str) -> np.ndarray:
+        """Per-sample values of ``source``: a caption source, ``reward`` (the active version) or
+        ``reward@N`` (any stored reward version, loaded on first use)."""
+        if source in self.scores:
+            return self.scores[source]
+        version = _reward_at(source)
+        if version is None:
+            _score_sql(source)  # raises with the allowed names
+        if not self.ws.has_table("reward_versions") or not self.ws.scalar(
+                "SELECT count(*) FROM reward_versions WHERE version = ?", [version]):
+            raise ViewError(f"no reward version {version}")
+        frame = self.ws.execute("""SELECT s.id, r.value FROM samples s LEFT JOIN rewards r
+                                   ON r.sample_id = s.id AND r.version = ? WHERE s.status = 'ok' ORDER BY s.id""",
+                                [version]).fetchnumpy()
+        self.scores[source] = _float_array(frame["value"])
+        return self.scores[source]
+
     def values(self, source: str) -> np.ndarray:
-        _score_sql(source)
-        v = self.scores[source]
+        v = self.score(source)
         return v[~np.isnan(v)]
 
     def effect(self, source: str, threshold: float, preview: int = 12) -> dict:
         """Kept/dropped counts, the effect per cluster, and what sits just below and above the threshold."""
-        _score_sql(source)
-        score = self.scores[source]
+        score = self.score(source)
         scored = ~np.isnan(score)
         dropped = scored & (score < threshold)
         kept = scored & (score >= threshold)
@@ -209,6 +224,20 @@ class FilterIndex:
         ids = [int(i) for i in self.ids[rows]]
         thumbs = dict(self.ws.rows("SELECT id, thumb FROM samples WHERE list_contains(?, id)", [ids])) if ids else {}
         return [{"id": i, "thumb": thumbs.get(i), "score": float(score[r])} for i, r in zip(ids, rows)]
+
+
+def _reward_at(source: str) -> int | None:
+    head, sep, tail = source.partition("@")
+    return int(tail) if head == "reward" and sep and tail.isdigit() else None
+
+
+def reward_choices(ws: Workspace) -> list[tuple[str, str]]:
+    """(label, value) for every stored reward version, the active one marked."""
+    if not ws.has_table("reward_versions"):
+        return []
+    active = _version(ws)
+    return [(f"reward v{v}: {kind}" + (" (active)" if v == active else ""), f"reward@{v}")
+            for v, kind in ws.rows("SELECT version, kind FROM reward_versions ORDER BY version")]
 
 
 def _float_array(column) -> np.ndarray:

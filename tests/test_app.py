@@ -87,7 +87,7 @@ def test_every_view_in_a_real_browser(demo_ws, tmp_path):
     root, _ = demo_ws
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    with served(root) as url, browser_page() as page:
+    with served(root, "--read-only") as url, browser_page() as page:
         page.goto(url)
         visible(page.get_by_text("status: ok")).wait_for()
         page.screenshot(path=shots / "overview.png", full_page=True)

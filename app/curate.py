@@ -1,0 +1,188 @@
+"""Handlers for the views that write: Review (labels, reward training), the Selection panel and Export.
+
+Same rules as :mod:`app.handlers`: every input is validated on the server, bad
+values raise :class:`UserError`. Writes go through the curation library (labels,
+reward, select, export), the same code the CLI runs. A server started with
+``--read-only`` refuses them with a clear message.
+"""
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+from app.handlers import Handlers, UserError, as_float, as_int, one_of
+from curation import labels as label_store
+from curation.export import FORMATS, ExportConfig, ExportError, run_export, verify_export
+from curation.reward import apply_reward, review_queue, save_model, train_reward
+from curation.select import LABEL_FILTERS, POLICIES, SelectionRule, save_selection
+from curation.views import SCORE_SOURCES, reward_choices
+
+QUEUES = {"most useful next": "useful", "lowest reward first": "lowest", "a cluster": "cluster",
+          "a search": "search"}
+ACTIONS = {"good": ("alignment", "good"), "bad": ("alignment", "bad"), "skip": (None, None),
+           "best: alt": ("preference", "alt"), "best: syn": ("preference", "syn"),
+           "best: fused": ("preference", "fused")}
+QUEUE_SIZE = 50
+
+
+class Curate:
+    """Writes on behalf of the browser; ``read_only`` servers refuse them."""
+
+    def __init__(self, h: Handlers, read_only: bool):
+        self.h, self.ws, self.read_only = h, h.ws, read_only
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise UserError("this server was started with --read-only; labels, rewards, selections and exports "
+                            "need 'altlens serve' without it")
+
+    # ------------------------------------------------------------ review queue
+    def queue(self, kind: str, cluster=None, text: str = ""):
+        """Build a review queue; returns (ids, position 0) and the first sample's panel."""
+        mode = QUEUES[one_of(kind, tuple(QUEUES), "queue")]
+        if mode == "search":
+            text = (text or "").strip()
+            if not text:
+                raise UserError("type what to search for, then start the queue")
+            labelled = set(label_store.current(self.ws, "alignment"))
+            ids = [h["id"] for h in self.h.searcher.text(text[:500], 4 * QUEUE_SIZE) if h["id"] not in labelled]
+        else:
+            cluster_id = None
+            if mode == "cluster":
+                cluster_id = as_int(cluster, "cluster")
+                if cluster_id not in self.h.clusters():
+                    raise UserError(f"no cluster {cluster_id}")
+            ids = review_queue(self.ws, mode, QUEUE_SIZE, cluster_id)
+        ids = ids[:QUEUE_SIZE]
+        return (ids, 0, *self.panel(ids, 0))
+
+    def panel(self, ids: list[int], pos):
+        """(image, captions table, facts, progress text) for position ``pos`` of the queue."""
+        ids = [as_int(i, "sample id") for i in (ids or [])]
+        pos = as_int(pos or 0, "position", 0, 10**6)
+        if not ids:
+            return None, [], [], "the queue is empty: start one above"
+        if pos >= len(ids):
+            return None, [], [], f"queue done: {len(ids)} samples seen. Start another queue, or train the reward."
+        image, captions, facts, _ = self.h.sample(ids[pos])
+        latest = {kind: label_store.current_of(self.ws, ids[pos], kind) for kind in ("alignment", "preference")}
+        facts = facts + [["label", latest["alignment"] or ""], ["best caption", latest["preference"] or ""]]
+        counts = label_store.counts(self.ws)
+        progress = (f"sample {pos + 1} of {len(ids)} · #{ids[pos]} · labelled so far: {counts.get('good', 0)} good, "
+                    f"{counts.get('bad', 0)} bad")
+        return image, captions, facts, progress
+
+    def act(self, ids: list[int], pos, action: str, who: str = "local"):
+        """Record ``action`` on the current sample; good/bad/skip move on, a caption preference stays."""
+        self._writable()
+        kind, value = ACTIONS[one_of(action, tuple(ACTIONS), "action")]
+        ids = [as_int(i, "sample id") for i in (ids or [])]
+        pos = as_int(pos or 0, "position", 0, 10**6)
+        if pos >= len(ids):
+            raise UserError("no sample on screen; start a queue first")
+        if kind is not None:
+            label_store.add_label(self.ws, ids[pos], kind, value, who=who or "local", view="review")
+        if kind != "preference":
+            pos += 1
+        return (pos, *self.panel(ids, pos))
+
+    def tag(self, ids: list[int], pos, tag: str, who: str = "local") -> str:
+        self._writable()
+        ids = [as_int(i, "sample id") for i in (ids or [])]
+        pos = as_int(pos or 0, "position", 0, 10**6)
+        if pos >= len(ids):
+            raise UserError("no sample on screen; start a queue first")
+        label_store.add_label(self.ws, ids[pos], "tag", (tag or "").strip(), who=who or "local", view="review")
+        return f"tagged #{ids[pos]} {tag.strip()!r}"
+
+    # ------------------------------------------------------------ reward
+    def train(self) -> str:
+        self._writable()
+        model = train_reward(self.ws)
+        name = save_model(self.ws, model)
+        return (f"trained on {model['labels']} labels ({model['good']} good, {model['bad']} bad): "
+                f"{model['folds']}-fold CV AUROC {model['cv_auroc']:.3f}; saved as {name}. Apply it to score every sample.")
+
+    def apply(self):
+        self._writable()
+        from curation.reward import load_model
+        model = load_model(self.ws)
+        if model is None:
+            raise UserError("no learned reward yet: label some samples and train first")
+        result = apply_reward(self.ws, model)
+        self.h.reset_scores()
+        return (f"reward v{result['version']} written for {result['samples']} samples and made active "
+                f"(labels {result['labels']}, CV AUROC {result['cv_auroc']:.3f})")
+
+    # ------------------------------------------------------------ selections and export
+    def score_choices(self) -> list[tuple[str, str]]:
+        return [(s, s) for s in SCORE_SOURCES] + reward_choices(self.ws)
+
+    def save(self, name: str, source: str, threshold, drop_dups: bool, labels: str, per_cluster, policy: str) -> str:
+        self._writable()
+        allowed = [value for _, value in self.score_choices()]
+        one_of(source, allowed, "score")
+        t = as_float(threshold, "threshold")
+        one_of(labels, LABEL_FILTERS, "label filter")
+        one_of(policy, POLICIES, "caption policy")
+        k = None if per_cluster in (None, "", 0) else as_int(per_cluster, "per-cluster K", 1, 10**7)
+        rule = {"min_reward": t} if source == "reward" else {}
+        if source.startswith("reward@"):
+            rule = {"min_reward": t, "reward_version": int(source.partition("@")[2])}
+        elif source != "reward":
+            rule = {"source_min": {source: t}}
+        try:
+            result = save_selection(self.ws, SelectionRule(name=(name or "").strip(), drop_duplicates=bool(drop_dups),
+                                                           labels=labels, per_cluster_k=k, caption_policy=policy,
+                                                           **rule))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        return f"selection {result['name']!r} saved: {result['selected']} of {result['ok_samples']} samples ({result['share']:.1%})"
+
+    def selection_names(self) -> list[str]:
+        if not self.ws.has_table("selections"):
+            return []
+        return [r[0] for r in self.ws.rows("SELECT name FROM selections ORDER BY created_at DESC, name")]
+
+    def export(self, name: str, fmt: str, shard_size, augmentations):
+        """Export into ``<workspace>/exports/<selection>-<format>`` (the browser never picks a server path)."""
+        self._writable()
+        one_of(name, self.selection_names(), "selection")
+        one_of(fmt, FORMATS, "format")
+        cfg = ExportConfig(workspace=str(self.ws.root), selection=name, format=fmt,
+                           out=str(self.ws.root / "exports" / f"{name}-{fmt}"),
+                           shard_size=as_int(shard_size, "shard size", 1, 10**7),
+                           augmentations=as_int(augmentations or 0, "augmentations", 0, 16))
+        manifest = run_export(cfg, ws=self.ws)
+        try:
+            verify_export(cfg.out)
+            verdict = "every file verified"
+        except ExportError as exc:
+            verdict = f"VERIFY FAILED: {exc}"
+        files = [[f["file"], f["samples"], f["sha256"][:16]] for f in manifest["files"]]
+        summary = f"wrote {manifest['samples']} samples in {len(files)} file(s) to {cfg.out}; {verdict}"
+        return summary, files, preview(Path(cfg.out), manifest), json.dumps(
+            {k: v for k, v in manifest.items() if k != "files"}, indent=1, default=str)
+
+
+def preview(out: Path, manifest: dict, n: int = 8) -> list[list[str]]:
+    """A few written samples read back from the first file: (key, caption or uid)."""
+    first = manifest["files"][0] if manifest["files"] else None
+    if first is None:
+        return []
+    path = out / first["file"]
+    if path.suffix == ".tar":
+        rows = []
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.name.endswith(".txt") and not member.name.endswith(".url.txt"):
+                    rows.append([member.name.rsplit(".", 1)[0], tar.extractfile(member).read().decode("utf-8", "replace")])
+                if len(rows) >= n:
+                    break
+        return rows
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        table = pq.read_table(path).slice(0, n).to_pylist()
+        return [[str(r.get("uid")), str(r.get("caption") or r.get("text") or "")] for r in table]
+    return []

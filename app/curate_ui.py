@@ -1,0 +1,113 @@
+"""Layout of the writing views: Review (keyboard labelling + reward), the Selection panel, Export.
+
+Keys in the Review view: g = good, b = bad, s = skip, 1/2/3 = best caption is
+alt/syn/fused. They are ignored while typing in a text box and whenever the
+Review view is not on screen.
+"""
+
+import gradio as gr
+
+from app.curate import ACTIONS, QUEUES, Curate
+from app.handlers import CAPTION_COLUMNS
+from curation.export import FORMATS
+from curation.select import LABEL_FILTERS, POLICIES
+
+KEYS = {"g": "good", "b": "bad", "s": "skip", "1": "best: alt", "2": "best: syn", "3": "best: fused"}
+BUTTON_IDS = {action: "review-" + action.replace(": ", "-") for action in ACTIONS}
+KEYS_JS = """() => {
+  const keys = %s;
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
+    const t = e.target;
+    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
+    const id = keys[e.key.toLowerCase()];
+    const el = id && document.getElementById(id);
+    const btn = el && (el.tagName === "BUTTON" ? el : el.querySelector("button"));
+    if (!btn || btn.offsetParent === null) return;  // the Review view is not on screen
+    e.preventDefault();
+    btn.click();
+  });
+}""" % {k: BUTTON_IDS[a] for k, a in KEYS.items()}
+
+
+def _who(request: gr.Request | None) -> str:
+    return (getattr(request, "username", None) or "local") if request is not None else "local"
+
+
+def review_tab(c: Curate, friendly, clusters: list[str], filter_source: gr.Dropdown) -> None:
+    ids, pos = gr.State([]), gr.State(0)
+    gr.Markdown("Label one pair at a time. Keys: **g** good · **b** bad · **s** skip · **1/2/3** best caption "
+                "is alt / syn / fused.")
+    with gr.Row():
+        kind = gr.Dropdown(list(QUEUES), value="most useful next", label="Queue")
+        cluster = gr.Dropdown(clusters[1:] or ["0"], value=(clusters[1:] or ["0"])[0], label="Cluster (queue: a cluster)")
+        text = gr.Textbox(label="Search (queue: a search)", max_lines=1, placeholder="a purple star")
+        start = gr.Button("Start queue", variant="primary", elem_id="review-start")
+    progress = gr.Textbox(label="Progress", interactive=False, elem_id="review-progress")
+    with gr.Row():
+        image = gr.Image(label="Sample", type="filepath", interactive=False, height=300, elem_classes=["big-sample"])
+        facts = gr.Dataframe(headers=["field", "value"], label="Sample facts", interactive=False, wrap=True)
+    captions = gr.Dataframe(headers=CAPTION_COLUMNS, label="Captions (every source)", interactive=False, wrap=True)
+    with gr.Row():
+        buttons = {a: gr.Button(f"{a} ({k})", elem_id=BUTTON_IDS[a], variant="secondary") for k, a in KEYS.items()}
+    with gr.Row():
+        tag = gr.Textbox(label="Tag", max_lines=1, placeholder="watermark")
+        tag_btn = gr.Button("Add tag")
+        tag_note = gr.Textbox(label="", interactive=False, show_label=False)
+    with gr.Row():
+        train_btn = gr.Button("Train reward from labels")
+        apply_btn = gr.Button("Apply learned reward")
+    reward_note = gr.Textbox(label="Learned reward", interactive=False, elem_id="review-reward")
+    panel = [image, captions, facts, progress]
+    start.click(friendly(c.queue), [kind, cluster, text], [ids, pos, *panel])
+    for action, button in buttons.items():
+        def act(i, p, request: gr.Request, action=action):
+            return friendly(c.act)(i, p, action, _who(request))
+        button.click(act, [ids, pos], [pos, *panel], trigger_mode="once")
+
+    def add_tag(i, p, t, request: gr.Request):
+        return friendly(c.tag)(i, p, t, _who(request))
+    tag_btn.click(add_tag, [ids, pos, tag], [tag_note])
+    train_btn.click(friendly(c.train), [], [reward_note])
+
+    def apply():
+        note = friendly(c.apply)()
+        return note, gr.Dropdown(choices=c.score_choices())
+    apply_btn.click(apply, [], [reward_note, filter_source])
+
+
+def selection_panel(c: Curate, friendly, source: gr.Dropdown, threshold: gr.Slider) -> None:
+    with gr.Accordion("Save these pairs as a selection", open=True):
+        with gr.Row():
+            name = gr.Textbox(label="Selection name", max_lines=1, placeholder="aligned-v1", elem_id="selection-name")
+            policy = gr.Dropdown(list(POLICIES), value="hybrid", label="Caption policy")
+            labels = gr.Dropdown(list(LABEL_FILTERS), value="exclude_bad", label="Labels")
+        with gr.Row():
+            drop_dups = gr.Checkbox(value=True, label="Drop near-duplicates (keep each group's representative)")
+            per_cluster = gr.Number(value=0, precision=0, minimum=0, label="Keep K per cluster (0 = all)")
+            save = gr.Button("Save selection", variant="primary", elem_id="selection-save")
+        note = gr.Textbox(label="Saved", interactive=False, elem_id="selection-note")
+    save.click(friendly(c.save), [name, source, threshold, drop_dups, labels, per_cluster, policy], [note])
+
+
+def export_tab(c: Curate, friendly) -> None:
+    with gr.Row():
+        selection = gr.Dropdown(c.selection_names(), label="Selection", elem_id="export-selection",
+                                allow_custom_value=False)
+        refresh = gr.Button("↻ selections")
+        fmt = gr.Dropdown(list(FORMATS), value="datacompdr", label="Format")
+        shard = gr.Number(value=10000, precision=0, minimum=1, label="Samples per shard")
+        augment = gr.Number(value=0, precision=0, minimum=0, maximum=16, label="Augmented views (datacompdr)")
+    run = gr.Button("Export", variant="primary", elem_id="export-run")
+    summary = gr.Textbox(label="Result", interactive=False, elem_id="export-summary")
+    with gr.Row():
+        files = gr.Dataframe(headers=["file", "samples", "sha256"], label="Files (from manifest.json)",
+                             interactive=False)
+        sample = gr.Dataframe(headers=["key", "caption"], label="A sample of what was written (read back)",
+                              interactive=False, wrap=True)
+    manifest = gr.Code(label="manifest.json (without the file list)", language="json", interactive=False)
+
+    def do_export(name, f, s, a, progress=gr.Progress(track_tqdm=True)):
+        return friendly(c.export)(name, f, s, a)
+    run.click(do_export, [selection, fmt, shard, augment], [summary, files, sample, manifest])
+    refresh.click(lambda: gr.Dropdown(choices=c.selection_names()), [], [selection])

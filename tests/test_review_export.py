@@ -1,0 +1,127 @@
+"""The writing views: Review (labels by keyboard, reward train/apply), the Selection panel and Export.
+
+Handlers are called directly on a writable copy of the demo workspace, then the
+real app is driven in Debian's Chromium: keystrokes label pairs, a selection is
+saved from the Filter view and exported from the Export view, and what the
+browser did is checked in the workspace and the shards afterwards.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.curate import Curate
+from app.handlers import Handlers, UserError
+from browser import browser_page, served
+from conftest import writable_copy
+from curation.export import verify_export
+from curation.labels import history
+from indexer.store import Workspace
+
+
+@pytest.fixture()
+def curate(demo_ws, tmp_path):
+    ws = Workspace(writable_copy(demo_ws, tmp_path))
+    yield Curate(Handlers(ws), read_only=False)
+    ws.close()
+
+
+def test_review_queue_labels_and_moves_on(curate):
+    ids, pos, image, captions, facts, progress = curate.queue("lowest reward first")
+    assert len(ids) == 50 and pos == 0 and progress.startswith("sample 1 of 50")
+    assert image.endswith(".webp") and {row[0] for row in captions} >= {"alt", "syn"}
+    pos, *_ = curate.act(ids, pos, "bad")
+    assert pos == 1
+    pos, *_, progress = curate.act(ids, pos, "best: fused")
+    assert pos == 1, "a caption preference keeps the sample on screen"
+    pos, *_, progress = curate.act(ids, pos, "skip")
+    assert pos == 2 and "1 bad" in progress
+    assert curate.tag(ids, 1, "watermark").startswith("tagged")
+    rows = history(curate.ws, ids[1])
+    assert [(r["kind"], r["value"], r["view"]) for r in rows] == [("preference", "fused", "review"),
+                                                                  ("tag", "watermark", "review")]
+    with pytest.raises(UserError, match="unknown action"):
+        curate.act(ids, 0, "<script>")
+    cluster = curate.h.clusters()[0]
+    ids, *_ = curate.queue("a cluster", str(cluster))
+    members = {r[0] for r in curate.ws.rows("SELECT sample_id FROM clusters WHERE cluster = ?", [cluster])}
+    assert ids and set(ids) <= members
+    ids, *_ = curate.queue("a search", text="a large yellow star")
+    assert ids
+
+
+def test_read_only_server_refuses_writes(curate):
+    ro = Curate(curate.h, read_only=True)
+    ids, *_ = ro.queue("most useful next")
+    with pytest.raises(UserError, match="--read-only"):
+        ro.act(ids, 0, "good")
+    with pytest.raises(UserError, match="--read-only"):
+        ro.save("x", "reward", 0.5, True, "exclude_bad", 0, "hybrid")
+
+
+def test_selection_from_a_reward_version_and_export(curate):
+    with pytest.raises(UserError, match="selection name"):
+        curate.save("../../etc", "reward", 0.5, True, "exclude_bad", 0, "hybrid")
+    with pytest.raises(UserError, match="unknown score"):
+        curate.save("a", "reward; DROP TABLE samples", 0.5, True, "exclude_bad", 0, "hybrid")
+    version = curate.score_choices()[-1][1]
+    assert version.startswith("reward@")
+    _, counts, *_ = curate.h.filter(version, 0.6)
+    assert counts.startswith("kept ")
+    with pytest.raises(UserError, match="no reward version"):
+        curate.h.filter("reward@99", 0.6)
+    note = curate.save("kept", version, 0.6, True, "exclude_bad", 0, "best")
+    assert "saved" in note
+    summary, files, sample, manifest = curate.export("kept", "webdataset", 100, 0)
+    assert "every file verified" in summary and files and sample
+    out = curate.ws.root / "exports" / "kept-webdataset"
+    assert verify_export(out)["samples"] == json.loads(manifest)["samples"]
+    with pytest.raises(UserError, match="unknown selection"):
+        curate.export("nope", "webdataset", 100, 0)
+
+
+@pytest.mark.browser
+def test_label_select_and_export_in_a_real_browser(demo_ws, tmp_path):
+    root = writable_copy(demo_ws, tmp_path)
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with served(root) as url, browser_page() as page:
+        page.goto(url)
+        page.get_by_role("tab", name="Review").click()
+        page.get_by_role("button", name="Start queue").click()
+        progress = page.locator("#review-progress textarea")
+        page.wait_for_function("el => /^sample 1 of/.test(el.value)", arg=progress.element_handle())
+        page.locator("body").click(position={"x": 5, "y": 5})  # focus off any text box
+        for key, expect in (("g", 2), ("b", 3), ("s", 4), ("2", 4), ("g", 5)):
+            page.keyboard.press(key)
+            page.wait_for_function(f"el => /^sample {expect} of/.test(el.value)", arg=progress.element_handle())
+        page.wait_for_timeout(300)
+        page.screenshot(path=shots / "review.png", full_page=True)
+
+        page.get_by_role("tab", name="Filter").click()
+        page.locator("#selection-name textarea, #selection-name input").first.fill("from-browser")
+        page.get_by_role("button", name="Save selection").click()
+        note = page.locator("#selection-note textarea")
+        page.wait_for_function("el => /saved: \\d+ of/.test(el.value)", arg=note.element_handle())
+
+        page.get_by_role("tab", name="Export").click()
+        page.get_by_role("button", name="↻ selections").click()
+        page.locator("#export-selection input").click()
+        page.get_by_role("option", name="from-browser").click()
+        page.get_by_role("button", name="Export", exact=True).click()
+        summary = page.locator("#export-summary textarea")
+        page.wait_for_function("el => /every file verified/.test(el.value)", arg=summary.element_handle(),
+                               timeout=180_000)
+        page.screenshot(path=shots / "export.png", full_page=True)
+    assert (shots / "review.png").stat().st_size > 10_000 and (shots / "export.png").stat().st_size > 10_000
+    with Workspace(root, read_only=True) as ws:
+        labels = ws.rows("SELECT kind, value, who, view FROM labels ORDER BY id")
+    assert labels == [("alignment", "good", "local", "review"), ("alignment", "bad", "local", "review"),
+                      ("preference", "syn", "local", "review"), ("alignment", "good", "local", "review")]
+    out = root / "exports" / "from-browser-datacompdr"
+    import webdataset as wds
+    manifest = json.loads((out / "manifest.json").read_text())
+    shard = str(out / manifest["files"][0]["file"])
+    first = next(iter(wds.WebDataset(shard, shardshuffle=False)))
+    assert {"txt", "npz", "json", "syn.json"} <= set(first)
