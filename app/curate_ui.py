@@ -90,7 +90,7 @@ def selection_panel(c: Curate, friendly, source: gr.Dropdown, threshold: gr.Slid
     save.click(friendly(c.save), [name, source, threshold, drop_dups, labels, per_cluster, policy], [note])
 
 
-def export_tab(c: Curate, friendly) -> None:
+def export_tab(c: Curate, friendly) -> gr.Dropdown:
     with gr.Row():
         selection = gr.Dropdown(c.selection_names(), label="Selection", elem_id="export-selection",
                                 allow_custom_value=False)
@@ -111,3 +111,4 @@ def export_tab(c: Curate, friendly) -> None:
         return friendly(c.export)(name, f, s, a)
     run.click(do_export, [selection, fmt, shard, augment], [summary, files, sample, manifest])
     refresh.click(lambda: gr.Dropdown(choices=c.selection_names()), [], [selection])
+    return selection

@@ -48,7 +48,7 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
                 browser = _browser_tab(h, clusters, tile_ids)
             with gr.Tab("Compare captions", id="compare"):
                 _compare_tab(h)
-            with gr.Tab("Filter", id="filter"):
+            with gr.Tab("Filter", id="filter") as filter_view:
                 filters = _filter_tab(h, c)
             with gr.Tab("Defaults", id="defaults"):
                 _defaults_tab(h)
@@ -56,8 +56,8 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
                 _search_tab(h, browser)
             with gr.Tab("Review", id="review"):
                 review_tab(c, friendly, clusters, filters["source"])
-            with gr.Tab("Export", id="export"):
-                export_tab(c, friendly)
+            with gr.Tab("Export", id="export") as export_view:
+                export_selection = export_tab(c, friendly)
         app.load(friendly(h.overview), [overview["color_by"]],
                  [overview["counts"], overview["hist"], overview["map"], overview["clusters"]])
 
@@ -70,6 +70,9 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
                                     [tabs, browser["cluster"], browser["gallery"], tile_ids, browser["info"],
                                      browser["page"]])
         app.load(None, None, None, js=KEYS_JS)
+        # a view shows its data when opened, and Export lists the selections saved meanwhile
+        filter_view.select(friendly(h.filter), [filters["source"], filters["threshold"]], filters["outputs"])
+        export_view.select(lambda: gr.Dropdown(choices=c.selection_names()), [], [export_selection])
     app.altlens_workspace = ws
     return app
 
@@ -152,7 +155,7 @@ def _filter_tab(h: Handlers, c: Curate) -> dict:
     source.change(friendly(h.filter), [source, threshold], outputs)
     threshold.change(friendly(h.filter), [source, threshold], outputs, show_progress="hidden", trigger_mode="always_last")
     selection_panel(c, friendly, source, threshold)
-    return {"source": source, "threshold": threshold}
+    return {"source": source, "threshold": threshold, "outputs": outputs}
 
 
 def _defaults_tab(h: Handlers) -> None:

@@ -100,13 +100,14 @@ def test_label_select_and_export_in_a_real_browser(demo_ws, tmp_path):
         page.screenshot(path=shots / "review.png", full_page=True)
 
         page.get_by_role("tab", name="Filter").click()
+        counts = page.locator("#filter-counts textarea")
+        page.wait_for_function("el => /kept \\d+/.test(el.value)", arg=counts.element_handle())  # filled on open
         page.locator("#selection-name textarea, #selection-name input").first.fill("from-browser")
         page.get_by_role("button", name="Save selection").click()
         note = page.locator("#selection-note textarea")
         page.wait_for_function("el => /saved: \\d+ of/.test(el.value)", arg=note.element_handle())
 
-        page.get_by_role("tab", name="Export").click()
-        page.get_by_role("button", name="↻ selections").click()
+        page.get_by_role("tab", name="Export").click()  # opening the view lists the new selection
         page.locator("#export-selection input").click()
         page.get_by_role("option", name="from-browser").click()
         page.get_by_role("button", name="Export", exact=True).click()
