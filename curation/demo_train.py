@@ -61,21 +61,17 @@ def build_training_set(cfg: TrainConfig, preprocess) -> tuple[torch.Tensor, list
     return pixels, scenes
 
 
-def batch_texts(scenes: list[dict], rng: random.Random, cfg: TrainConfig) -> tuple[list[str], list[int], list[str]]:
-    """Per scene: the contrastive text (canonical or web-style alt), and a one-attribute-swapped negative.
-
-    Returns texts, the indices whose text is canonical (the caption loss reads only those), negatives.
-    """
-    texts, canonical, negatives = [], [], []
+def batch_texts(scenes: list[dict], rng: random.Random, cfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """Per scene: the contrastive text (canonical or web-style alt) and a one-attribute-swapped negative."""
+    texts, negatives = [], []
     noise = NoiseConfig()
-    for i, scene in enumerate(scenes):
+    for scene in scenes:
         if rng.random() < cfg.alt_style_share:
             texts.append(alt_text(scene, "correct", rng, scene, knowledge_items(rng, noise.knowledge)))
         else:
             texts.append(canonical_caption(scene))
-            canonical.append(i)
         negatives.append(swap_caption(scene, rng))
-    return texts, canonical, negatives
+    return texts, negatives
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -97,7 +93,7 @@ def train_step(model, tokenizer, pixels, scenes, rng, cfg) -> dict:
     one-attribute-swapped caption plus junk alt-texts (so attribute binding and
     "describes nothing" are learned); text->image is plain CLIP.
     """
-    texts, _, negatives = batch_texts(scenes, rng, cfg)
+    texts, negatives = batch_texts(scenes, rng, cfg)
     tokens = tokenizer(texts)
     extra = tokenizer(negatives + junk_texts(rng, cfg.junk_negatives))
     with sdpa_kernel(SDPBackend.MATH), torch.autocast("cpu", dtype=torch.bfloat16):
