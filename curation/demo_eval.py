@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from curation.demo_world import DEMO_WORLD, SHAPES, SIZES, canonical_caption, random_scene, render, swap_caption
+from curation.demo_world import EVAL_WORLD, SHAPES, SIZES, canonical_caption, random_scene, render, swap_caption
 
 
 def first_shape(text: str) -> str | None:
@@ -23,7 +23,7 @@ def largest_shapes(scene: dict) -> set[str]:
 
 def held_out_scenes(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
-    return [random_scene(rng, DEMO_WORLD) for _ in range(n)]
+    return [random_scene(rng, EVAL_WORLD) for _ in range(n)]
 
 
 def pixels_for(model, scenes: list[dict], seed: int) -> torch.Tensor:

@@ -61,20 +61,55 @@ JUNK = (
 
 
 @dataclass(frozen=True)
+class Topic:
+    """A kind of picture a web crawl holds many of (a shop's product shots, a photographer's series):
+    its background, its subject's shape, the shapes around the subject and the colours it uses."""
+
+    name: str
+    background: str
+    subject: str
+    extras: tuple[str, ...]
+    palette: tuple[str, ...]
+
+
+# Web data is topical, not factorial: most pictures belong to one of a few kinds,
+# so there are regions for a map to find. Every shape, colour and background still
+# appears outside its topics, so minority attributes exist.
+TOPICS = (
+    Topic("night sky", "dotted", "star", ("circle", "star"), ("yellow", "white", "blue")),
+    Topic("tile shop", "checkered", "square", ("square", "hexagon"), ("red", "white", "orange")),
+    Topic("road signs", "striped", "triangle", ("triangle", "diamond"), ("green", "yellow", "orange")),
+    Topic("nursery prints", "gray", "circle", ("circle", "cross"), ("pink", "purple", "white")),
+    Topic("honeycomb", "dotted", "hexagon", ("hexagon", "square"), ("blue", "green", "purple")),
+    Topic("jewellery", "striped", "diamond", ("diamond", "star"), ("red", "pink", "purple")),
+    Topic("first aid", "checkered", "cross", ("cross", "triangle"), ("blue", "red", "green")),
+    Topic("party stickers", "gray", "star", ("star", "diamond"), ("orange", "purple", "yellow")),
+)
+
+
+@dataclass(frozen=True)
 class WorldConfig:
-    """How scenes are drawn. ``star_yellow`` and ``square_large`` plant the defaults."""
+    """How scenes are drawn. ``star_yellow`` and ``square_large`` plant the defaults; ``topical`` is the
+    share of scenes drawn from a topic, ``on_topic`` the share of their objects that follow it, and
+    ``subject_large`` how often a topic's subject is drawn large."""
 
     image_size: int = 96
     star_yellow: float = 0.35
     square_large: float = 0.4
     max_objects: int = 3
+    topical: float = 0.0
+    on_topic: float = 0.95
+    subject_large: float = 0.6
 
 
 # The captioner's training distribution: stars are yellow and squares large far
 # more often than in the demo dataset, so a captioner trained on it inherits
 # these default behaviours.
+# The demo models learn from factorial scenes (every combination equally often) and
+# are evaluated on them (EVAL_WORLD); the demo dataset is topical like a web crawl.
 TRAIN_WORLD = WorldConfig(star_yellow=0.9, square_large=0.85)
-DEMO_WORLD = WorldConfig()
+EVAL_WORLD = WorldConfig()
+DEMO_WORLD = WorldConfig(topical=0.9)
 
 
 @dataclass(frozen=True)
@@ -96,24 +131,33 @@ class NoiseConfig:
 
 
 def random_scene(rng: random.Random, world: WorldConfig = DEMO_WORLD) -> dict:
-    """Draw one scene: 1..max_objects objects at distinct positions, and a background."""
+    """Draw one scene: 1..max_objects objects at distinct positions, and a background (``topic`` is truth only)."""
     n = rng.randint(1, world.max_objects)
     positions = rng.sample(list(POSITIONS), n)
+    topic = rng.choice(TOPICS) if world.topical and rng.random() < world.topical else None
     objects = []
-    for pos in positions:
-        shape = rng.choice(SHAPES)
-        colour = _pick(rng, list(COLOURS), "yellow" if shape == "star" else None, world.star_yellow)
-        size = _pick(rng, list(SIZES), "large" if shape == "square" else None, world.square_large)
+    for k, pos in enumerate(positions):
+        follow = topic is not None and rng.random() < world.on_topic
+        shape = (topic.subject if k == 0 else rng.choice(topic.extras)) if follow else rng.choice(SHAPES)
+        palette = list(topic.palette) if follow else list(COLOURS)
+        colour = _pick(rng, palette, "yellow" if shape == "star" else None, world.star_yellow)
+        if follow and k == 0 and shape != "square":
+            size = _pick(rng, list(SIZES), "large", world.subject_large)
+        else:
+            size = _pick(rng, list(SIZES), "large" if shape == "square" else None, world.square_large)
         objects.append({"shape": shape, "colour": colour, "size": size, "position": pos})
     objects.sort(key=lambda o: -SIZES[o["size"]])
-    return {"objects": objects, "background": rng.choice(BACKGROUNDS)}
+    scene = {"objects": objects, "background": topic.background if topic else rng.choice(BACKGROUNDS)}
+    if topic is not None:
+        scene["topic"] = topic.name
+    return scene
 
 
 def _pick(rng: random.Random, values: list[str], favourite: str | None, p: float) -> str:
     if favourite is not None and rng.random() < p:
         return favourite
     if favourite is not None:
-        return rng.choice([v for v in values if v != favourite])
+        return rng.choice([v for v in values if v != favourite] or values)
     return rng.choice(values)
 
 
@@ -320,6 +364,7 @@ def generate_samples(n: int, seed: int, world: WorldConfig = DEMO_WORLD,
     """``n`` samples with seeded scenes, alt-text noise and planted duplicates."""
     rng = random.Random(seed)
     samples: list[DemoSample] = []
+    seen: set[str] = set()
     for i in range(n):
         key = f"{i:08d}"
         dup = _maybe_duplicate(rng, samples, noise)
@@ -329,16 +374,39 @@ def generate_samples(n: int, seed: int, world: WorldConfig = DEMO_WORLD,
             samples.append(DemoSample(key, src.scene, src.caption, src.alt, src.noise, know,
                                       dup_of=src.key, dup_kind=kind, jitter=src.jitter))
             continue
-        scene = random_scene(rng, world)
+        scene = _fresh_scene(rng, world, seen)
         kind = rng.choices(NOISE_KINDS, weights=noise.weights())[0]
         if kind == "partial" and len(scene["objects"]) < 2:
             kind = "correct"
         know = knowledge_items(rng, noise.knowledge) if kind in ("correct", "partial", "swapped") else []
-        other = random_scene(rng, world)
+        other = _other_scene(rng, world, scene)
         alt = alt_text(scene, kind, rng, other, know)
         samples.append(DemoSample(key, scene, canonical_caption(scene), alt, kind, know,
                                   jitter=rng.randrange(1 << 30)))
     return samples
+
+
+def _other_scene(rng: random.Random, world: WorldConfig, scene: dict, tries: int = 20) -> dict:
+    """The scene an unrelated alt-text describes: from another topic, so that it is really wrong for this
+    image (two pictures of one topic can share most of a description)."""
+    for _ in range(tries):
+        other = random_scene(rng, world)
+        if other.get("topic") != scene.get("topic") or "topic" not in scene:
+            return other
+    return other
+
+
+def _fresh_scene(rng: random.Random, world: WorldConfig, seen: set[str], tries: int = 50) -> dict:
+    """A scene whose content (objects + background) no earlier sample has: in a topical world two
+    independent draws can coincide and render as near-identical pictures, which would make the
+    planted duplicates an incomplete truth."""
+    for _ in range(tries):
+        scene = random_scene(rng, world)
+        key = repr((sorted(tuple(sorted(o.items())) for o in scene["objects"]), scene["background"]))
+        if key not in seen:
+            seen.add(key)
+            return scene
+    return scene
 
 
 def _maybe_duplicate(rng: random.Random, samples: list[DemoSample], noise: NoiseConfig):

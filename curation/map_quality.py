@@ -13,7 +13,7 @@ from indexer.store import Workspace
 
 
 def cluster_nmi(ws: Workspace) -> dict:
-    """NMI of k-means clusters against the true main (largest) shape, background, and both together."""
+    """NMI of k-means clusters against the true main (largest) shape, background, both together, and topic."""
     rows = ws.rows("""SELECT k.cluster, t.scene_json FROM clusters k JOIN samples s ON s.id = k.sample_id
                       JOIN demo_truth t ON t.uid = s.uid""")
     clusters = [r[0] for r in rows]
@@ -21,8 +21,10 @@ def cluster_nmi(ws: Workspace) -> dict:
     shape = [s["objects"][0]["shape"] for s in scenes]
     background = [s["background"] for s in scenes]
     joint = [f"{a}/{b}" for a, b in zip(shape, background)]
+    topic = [s.get("topic", "") for s in scenes]
     return {name: round(float(normalized_mutual_info_score(labels, clusters)), 4)
-            for name, labels in (("main_shape", shape), ("background", background), ("shape_and_background", joint))}
+            for name, labels in (("main_shape", shape), ("background", background), ("shape_and_background", joint),
+                                 ("topic", topic))}
 
 
 def _pairs(groups: dict) -> set[tuple[str, str]]:

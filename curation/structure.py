@@ -12,7 +12,7 @@ from indexer.vectors import atomic_write
 
 
 def build_structure(ws: Workspace, clusters: int | None = None, fit_max: int = 50_000,
-                    dup_threshold: float = 0.95, duplicates: bool = True) -> dict:
+                    dup_threshold: float = 0.85, duplicates: bool = True) -> dict:
     report = run_map(ws, MapConfig(clusters=clusters, fit_max=fit_max))
     times = report["times"]
     t0 = time.perf_counter()
