@@ -13,6 +13,7 @@ from pathlib import Path
 
 from app.handlers import Handlers, UserError, as_float, as_int, one_of
 from curation import labels as label_store
+from curation.chooser import save_chooser, train_chooser
 from curation.export import FORMATS, ExportConfig, ExportError, run_export, verify_export
 from curation.reward import apply_reward, review_queue, save_model, train_reward
 from curation.select import LABEL_FILTERS, POLICIES, SelectionRule, save_selection
@@ -101,8 +102,17 @@ class Curate:
         self._writable()
         model = train_reward(self.ws)
         name = save_model(self.ws, model)
-        return (f"trained on {model['labels']} labels ({model['good']} good, {model['bad']} bad): "
-                f"{model['folds']}-fold CV AUROC {model['cv_auroc']:.3f}; saved as {name}. Apply it to score every sample.")
+        message = (f"trained on {model['labels']} labels ({model['good']} good, {model['bad']} bad): "
+                   f"{model['folds']}-fold CV AUROC {model['cv_auroc']:.3f}; saved as {name}. Apply it to score every "
+                   "sample.")
+        try:
+            chooser = train_chooser(self.ws)
+        except ValueError as exc:
+            return f"{message} Caption chooser not trained: {exc}."
+        save_chooser(self.ws, chooser)
+        return (f"{message} Caption chooser trained on {chooser['preferences']} preferences: CV accuracy "
+                f"{chooser['cv_accuracy']:.2f} (most common choice alone {chooser['majority_share']:.2f}); the 'best' "
+                "caption policy uses it.")
 
     def apply(self):
         self._writable()

@@ -93,13 +93,18 @@ def fuse(
 def score(
     workspace: str = typer.Option(..., "--workspace", "-w"),
     recompute: bool = typer.Option(False, help="Recompute every score, not only missing ones."),
+    contrast: bool = typer.Option(True, help="Also score each alt-text against its one-claim variants "
+                                             "(loads the workspace's model; the costliest score)."),
 ):
-    """clip_score and cycle for every caption, alt/synthetic agreement, and the default per-sample reward."""
+    """clip_score and cycle for every caption, alt/synthetic agreement, alt-text contrast, and the default
+    per-sample reward."""
     from curation.scores import score_workspace
+    from indexer.models import open_workspace_model
     from indexer.store import Workspace
 
     with Workspace(workspace) as ws:
-        typer.echo(json.dumps(score_workspace(ws, recompute=recompute)))
+        model = open_workspace_model(ws, None) if contrast else None
+        typer.echo(json.dumps(score_workspace(ws, recompute=recompute, model=model)))
 
 
 @app.command("map")
@@ -107,7 +112,7 @@ def map_(
     workspace: str = typer.Option(..., "--workspace", "-w"),
     clusters: int = typer.Option(None, min=2, help="K for k-means (default: about sqrt(N/4))."),
     fit_max: int = typer.Option(50_000, min=100, help="UMAP is fitted on at most this many samples."),
-    dup_threshold: float = typer.Option(0.95, help="Cosine above which two images may be near-duplicates."),
+    dup_threshold: float = typer.Option(0.85, help="Cosine above which two images are checked pixel by pixel as near-duplicates."),
 ):
     """Clusters, 2-D map, cluster summaries, near-duplicate groups and the map pictures."""
     from curation.structure import build_structure
@@ -162,14 +167,23 @@ app.add_typer(reward_app, name="reward")
 
 @reward_app.command("train")
 def reward_train(workspace: str = typer.Option(..., "--workspace", "-w")):
-    """Fit the reward on the current good/bad labels; prints label counts and cross-validated AUROC."""
+    """Fit the reward on the current good/bad labels (prints label counts and cross-validated AUROC), and the
+    caption chooser on the best-caption preferences when there are enough (the ``best`` export policy uses it)."""
+    from curation.chooser import save_chooser, train_chooser
     from curation.reward import save_model, train_reward
     from indexer.store import Workspace
 
     with Workspace(workspace) as ws:
         model = train_reward(ws)
-        name = save_model(ws, model)
-    typer.echo(json.dumps({k: model[k] for k in ("labels", "good", "bad", "cv_auroc", "folds")} | {"model": name}))
+        out = {k: model[k] for k in ("labels", "good", "bad", "cv_auroc", "folds")} | {"model": save_model(ws, model)}
+        try:
+            chooser = train_chooser(ws)
+        except ValueError as exc:
+            out["chooser"] = f"not trained: {exc}"
+        else:
+            out["chooser"] = {k: chooser[k] for k in ("preferences", "counts", "cv_accuracy", "majority_share")} | \
+                {"model": save_chooser(ws, chooser)}
+    typer.echo(json.dumps(out))
 
 
 @reward_app.command("apply")

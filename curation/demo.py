@@ -114,8 +114,9 @@ def _fuse(root: str, cfg: DemoConfig) -> dict:
 
 def _score(root: str, cfg: DemoConfig) -> dict:
     from curation.scores import score_workspace
+    from indexer.models import open_workspace_model
     with Workspace(root) as ws:
-        return score_workspace(ws)
+        return score_workspace(ws, model=open_workspace_model(ws, None))
 
 
 def _map(root: str, cfg: DemoConfig) -> dict:

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from curation.chooser import best_of, choose_sources, load_chooser
+from curation.fusion import junk_reason
 from curation.select import load_selection
 from indexer.sources import read_member
 from indexer.store import Workspace, now
@@ -88,6 +90,11 @@ def sha256_file(path: Path) -> str:
 
 # ---------------------------------------------------------------- what goes into a sample
 
+def usable_alt(caption: dict) -> bool:
+    """Can the alt-text be a main caption? Not when it is empty or junk (a filename, spam)."""
+    return bool(caption["text"].strip()) and junk_reason(caption["text"]) is None
+
+
 class SampleSource:
     """Reads everything a sample's export needs from the workspace, in batches."""
 
@@ -98,6 +105,7 @@ class SampleSource:
         self.model = ws.get_meta("model") or {}
         version = ws.get_meta("active_reward")
         self.version = version
+        self.chooser = load_chooser(ws) if policy == "best" else None
         self._augmenter = None
 
     def rows(self, ids: list[int]) -> list[dict]:
@@ -115,9 +123,18 @@ class SampleSource:
         prefs = dict(self.ws.rows("""SELECT sample_id, arg_max(value, id) FROM labels WHERE kind = 'preference'
                                      AND list_contains(?, sample_id) GROUP BY 1""", [ids])) \
             if self.ws.has_table("labels") else {}
-        return [self._assemble(samples[i], captions.get(i, []), prefs.get(i)) for i in ids]
+        guesses = self._chooser_guesses(ids, captions, prefs)
+        return [self._assemble(samples[i], captions.get(i, []), prefs.get(i), guesses.get(i)) for i in ids]
 
-    def _assemble(self, s: dict, caps: list[dict], preferred: str | None) -> dict:
+    def _chooser_guesses(self, ids: list[int], captions: dict, prefs: dict) -> dict[int, str | None]:
+        """The caption chooser's source for samples the curator gave no preference (``best`` policy only)."""
+        if self.chooser is None:
+            return {}
+        available = {i: {c["source_kind"] for c in captions.get(i, []) if c["source_kind"] != "alt" or usable_alt(c)}
+                     for i in ids if i not in prefs and any(c["source_kind"] == "alt" for c in captions.get(i, []))}
+        return choose_sources(self.ws, self.chooser, available)
+
+    def _assemble(self, s: dict, caps: list[dict], preferred: str | None, guess: str | None = None) -> dict:
         alt = next((c for c in caps if c["source_kind"] == "alt"), None)
         syn_by_producer: dict[str, list[dict]] = {}
         for c in caps:
@@ -125,21 +142,30 @@ class SampleSource:
                 syn_by_producer.setdefault(c["producer"], []).append(c)
         main_syn = max(syn_by_producer, key=lambda p: (len(syn_by_producer[p]), p)) if syn_by_producer else None
         fused = [c for c in caps if c["source_kind"] == "fused"]
-        chosen = self._choose(alt, syn_by_producer.get(main_syn, []), fused, preferred)
+        chosen, how = self._choose(alt, syn_by_producer.get(main_syn, []), fused, preferred, guess)
         return {"sample": s, "alt": alt, "main_syn": main_syn, "syn": syn_by_producer, "fused": fused,
-                "chosen": chosen}
+                "chosen": chosen, "chosen_by": how}
 
-    def _choose(self, alt, syn, fused, preferred) -> dict | None:
-        """The caption that becomes ``<uid>.txt``, by policy (``best``: the curator's preference, else top score)."""
-        if self.policy == "fused" and fused:
-            return fused[0]
+    def _choose(self, alt, syn, fused, preferred, guess) -> tuple[dict | None, str]:
+        """The caption that becomes ``<uid>.txt`` and why, by policy.
+
+        ``best``: the curator's preference, else the caption chooser's, else the top clip_score.
+        ``fused``: the fused caption. ``alt`` and ``hybrid`` (which adds the synthetic captions beside
+        it): the alt-text. Where the policy's caption is missing, or the alt-text is empty or junk, the
+        fused caption stands in, else the best synthetic one, so no exported sample is left without text.
+        """
+        usable = alt if alt and usable_alt(alt) else None
+        pools = {"alt": [usable] if usable else [], "syn": syn, "fused": fused}
         if self.policy == "best":
-            pools = {"alt": [alt] if alt else [], "syn": syn, "fused": fused}
-            if preferred in pools and pools[preferred]:
-                return max(pools[preferred], key=lambda c: c["clip_score"] or 0.0)
-            candidates = [c for c in [alt] + syn + fused if c]
-            return max(candidates, key=lambda c: c["clip_score"] or 0.0) if candidates else None
-        return alt  # alt and hybrid keep the alt-text as the main caption; hybrid adds synthetic ones beside it
+            for source, how in ((preferred, "preference"), (guess, "chooser")):
+                if source in pools and pools[source]:
+                    return best_of(pools[source]), how
+            return best_of([c for c in [usable] + syn + fused if c]), "top_clip_score"
+        wanted = "fused" if self.policy == "fused" else "alt"
+        for source in (wanted, "fused", "syn"):
+            if pools[source]:
+                return best_of(pools[source]), "policy" if source == wanted else "fallback"
+        return alt, "policy"
 
     def image_bytes(self, s: dict) -> bytes:
         data = read_member(s["path"], s["member_offset"], s["member_size"])
@@ -187,7 +213,7 @@ class SampleSource:
         return {"uid": s["uid"], "sha256": s["sha256"], "key": s["key"], "source": s["source"],
                 "width": s["width"], "height": s["height"], "reward": s["reward"], "reward_version": self.version,
                 "agreement": s["agreement"], "clip_score": scores, "caption_source": (item["chosen"] or {}).get("source_kind"),
-                "caption_producer": (item["chosen"] or {}).get("producer"), "embedding_model": self.model.get("model_id"),
+                "caption_chosen_by": item["chosen_by"], "caption_producer": (item["chosen"] or {}).get("producer"), "embedding_model": self.model.get("model_id"),
                 "syn_producer": item["main_syn"]}
 
 
@@ -272,7 +298,8 @@ def _webdataset_members(source: SampleSource, item: dict) -> list[tuple[str, byt
     s = item["sample"]
     ext = IMAGE_EXT.get(s["format"], (s["format"] or "jpg").lower())
     meta = {"uid": s["uid"], "key": s["key"], "url": s["url"], "sha256": s["sha256"], "width": s["width"],
-            "height": s["height"], "caption_source": (item["chosen"] or {}).get("source_kind")}
+            "height": s["height"], "caption_source": (item["chosen"] or {}).get("source_kind"),
+            "caption_chosen_by": item["chosen_by"]}
     return sorted([(f"{s['uid']}.{ext}", source.image_bytes(s)),
                    (f"{s['uid']}.txt", ((item["chosen"] or {}).get("text") or "").encode()),
                    (f"{s['uid']}.json", canonical_json(meta))])

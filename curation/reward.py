@@ -2,17 +2,24 @@
 
 Features per sample, all from what the workspace stores: the alt caption's
 clip_score and cycle, alt/synthetic agreement, the best synthetic and fused
-clip_scores, alt-text length, junk and empty flags, and how many of the
-alt-text's visual claims ("purple star") the fused caption overruled (rules
-fusion lets the image decide conflicts, so an overruled claim is one the image
-contradicts). Logistic regression on standardised features; the model is kept as
+clip_scores, junk and empty flags, and how many of the alt-text's visual claims
+("purple star") the fused caption overruled (rules fusion lets the image decide
+conflicts, so an overruled claim is one the image contradicts), and the alt-text's
+contrast against its one-claim variants (:mod:`curation.contrast`; 0 where not
+scored). Raw caption length is deliberately not a feature: it says how
+much a caption tells, not whether it is true, and from labels where thin-but-true
+alt-text counts as good it taught the model that short means aligned, which ranked
+full correct captions below swapped ones (held-out AUROC 0.988 vs 0.997 without it,
+on the demo world). Logistic regression on standardised features; the model is kept as
 JSON (never pickled) in ``WS/reward/``. Cross-validated AUROC is reported with
 the label counts, and training refuses below ``MIN_PER_CLASS`` labels of either class.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +36,8 @@ from indexer.store import Workspace, now
 from indexer.vectors import atomic_write
 
 MIN_PER_CLASS = 8
-SCALARS = ("alt_clip", "alt_cycle", "agreement", "syn_clip", "fused_clip", "log_chars", "words", "junk", "empty",
-           "overruled_share", "overruled")
+SCALARS = ("alt_clip", "alt_cycle", "agreement", "syn_clip", "fused_clip", "junk", "empty", "overruled_share",
+           "overruled", "alt_contrast")
 
 
 @dataclass
@@ -44,14 +51,17 @@ def features(ws: Workspace, ids: list[int] | None = None) -> Features:
     """Feature matrix for ok samples (all of them, or ``ids`` in that order)."""
     if not ws.read_only:
         ensure_schema(ws)
-    rows = ws.dicts("""SELECT s.id, a.id AS alt_id, a.text, cs.clip_score AS alt_clip, cs.cycle AS alt_cycle,
+    contrast = ws.has_table("alt_contrast")
+    rows = ws.dicts(f"""SELECT s.id, a.id AS alt_id, a.text, cs.clip_score AS alt_clip, cs.cycle AS alt_cycle,
                               ss.agreement, sss.syn AS syn_clip, sss.fused AS fused_clip,
+                              {"ac.contrast" if contrast else "NULL"} AS alt_contrast,
                               (SELECT f.text FROM captions f WHERE f.sample_id = s.id AND f.source_kind = 'fused'
                                ORDER BY f.id LIMIT 1) AS fused_text
                        FROM samples s JOIN captions a ON a.sample_id = s.id AND a.source_kind = 'alt'
                        LEFT JOIN caption_scores cs ON cs.caption_id = a.id
                        LEFT JOIN sample_scores ss ON ss.sample_id = s.id
                        LEFT JOIN sample_source_scores sss ON sss.sample_id = s.id
+                       {"LEFT JOIN alt_contrast ac ON ac.sample_id = s.id" if contrast else ""}
                        WHERE s.status = 'ok' ORDER BY s.id""")
     if ids is not None:
         by_id = {r["id"]: r for r in rows}
@@ -61,9 +71,8 @@ def features(ws: Workspace, ids: list[int] | None = None) -> Features:
         rows = [by_id[i] for i in ids]
     sample_ids = np.array([r["id"] for r in rows], dtype=np.int64)
     x = np.array([[_num(r["alt_clip"]), _num(r["alt_cycle"]), _num(r["agreement"]), _num(r["syn_clip"]),
-                   _num(r["fused_clip"]), math.log1p(len(r["text"])), min(len(r["text"].split()), 200),
-                   float(junk_reason(r["text"]) is not None), float(not r["text"].strip()),
-                   *overruled(r["text"], r["fused_text"])] for r in rows],
+                   _num(r["fused_clip"]), float(junk_reason(r["text"]) is not None), float(not r["text"].strip()),
+                   *overruled(r["text"], r["fused_text"]), _num(r["alt_contrast"])] for r in rows],
                  dtype=np.float32).reshape(len(rows), len(SCALARS))
     return Features(sample_ids, x, list(SCALARS))
 
@@ -106,9 +115,17 @@ def train_reward(ws: Workspace, folds: int = 5) -> dict:
             "intercept": float(logreg.intercept_[0])}
 
 
+def model_columns(model: dict, x: np.ndarray) -> np.ndarray:
+    """The columns of a :func:`features` matrix that ``model`` was trained on, in its order."""
+    unknown = [name for name in model["features"] if name not in SCALARS]
+    if unknown:
+        raise ValueError(f"this model uses features altlens no longer computes ({', '.join(unknown)}); train it again")
+    return x[:, [SCALARS.index(name) for name in model["features"]]]
+
+
 def predict(model: dict, x: np.ndarray) -> np.ndarray:
-    """Probability that a pair is good, from the JSON model."""
-    z = (x - np.array(model["mean"])) / np.array(model["scale"])
+    """Probability that a pair is good, from the JSON model (``x``: a :func:`features` matrix)."""
+    z = (model_columns(model, x) - np.array(model["mean"])) / np.array(model["scale"])
     return 1.0 / (1.0 + np.exp(-(z @ np.array(model["coef"]) + model["intercept"])))
 
 
@@ -141,14 +158,17 @@ def apply_reward(ws: Workspace, model: dict, activate: bool = True) -> dict:
     return {"version": version, "samples": int(len(values)), "active": activate, **provenance}
 
 
-def review_queue(ws: Workspace, mode: str = "useful", n: int = 20, cluster: int | None = None) -> list[int]:
-    """Unlabelled ok samples to review next: ``lowest`` reward first, a ``cluster``, or the ``useful`` ones
-    (the current learned reward is least sure about them; before any model, spread over the reward range)."""
+def review_queue(ws: Workspace, mode: str = "useful", n: int = 20, cluster: int | None = None,
+                 exclude: frozenset[int] | set[int] = frozenset()) -> list[int]:
+    """Unlabelled ok samples to review next: ``lowest`` reward first, a ``cluster``, or the ``useful`` ones:
+    those the current learned reward is least sure about, interleaved with as many random ones (seeded by
+    the label count, so a queue is reproducible); before any model, spread over the reward range.
+    ``exclude``: ids never to propose (a held-out set)."""
     labelled = set(current(ws, "alignment"))
     version = ws.get_meta("active_reward") or -1
     rows = ws.rows("""SELECT s.id, r.value FROM samples s LEFT JOIN rewards r ON r.sample_id = s.id AND r.version = ?
                       WHERE s.status = 'ok' ORDER BY s.id""", [version])
-    pool = [(i, v) for i, v in rows if i not in labelled]
+    pool = [(i, v) for i, v in rows if i not in labelled and i not in exclude]
     if mode == "lowest":
         return [i for i, _ in sorted(pool, key=lambda r: (r[1] is None, r[1] or 0.0, r[0]))[:n]]
     if mode == "cluster":
@@ -163,4 +183,10 @@ def review_queue(ws: Workspace, mode: str = "useful", n: int = 20, cluster: int 
         return [i for i, _ in ranked[::step]][:n]
     feats = features(ws, [i for i, _ in pool])
     uncertainty = np.abs(predict(model, feats.x) - 0.5)
-    return [int(feats.ids[j]) for j in np.argsort(uncertainty, kind="stable")[:n]]
+    ranked = [int(feats.ids[j]) for j in np.argsort(uncertainty, kind="stable")]
+    # Half the queue explores: labels taken only where the model is unsure describe the boundary, not the
+    # data, and a reward fitted on them ranked the demo world worse than clip_score alone did.
+    explore = random.Random(len(labelled)).sample(ranked, min(n // 2, len(ranked)))
+    chosen = set(explore)
+    unsure = [i for i in ranked if i not in chosen][:n - len(explore)]
+    return [i for pair in itertools.zip_longest(unsure, explore) for i in pair if i is not None]

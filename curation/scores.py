@@ -6,6 +6,8 @@ Stored, and computed only where missing (``recompute=True`` redoes them):
   the "A photo depicts" prefix: altlens' demo model was trained on bare captions);
 - ``caption_scores.cycle``: see :func:`cycle_scores`;
 - ``sample_scores.agreement`` = cos(alt-text embedding, mean of the sample's synthetic-caption embeddings);
+- ``alt_contrast.contrast``: the alt-text against its one-claim variants, see :mod:`curation.contrast`
+  (needs the text encoder, so only when a model is passed);
 - ``rewards``: one value per sample and reward version; version 1 is the alt caption's clip_score,
   later versions (learned rewards) are added beside it. ``meta.active_reward`` names the one the UI uses.
 """
@@ -86,19 +88,26 @@ def cycle_scores(images: np.ndarray, texts: np.ndarray, ok_ids: np.ndarray, pool
     return out
 
 
-def score_workspace(ws: Workspace, recompute: bool = False) -> dict:
-    """Fill clip_score, cycle, agreement and the default reward for everything missing them."""
+def score_workspace(ws: Workspace, recompute: bool = False, model=None, progress: bool = True) -> dict:
+    """Fill clip_score, cycle, agreement, the default reward and (with ``model``, the workspace's
+    embedding model) the alt-text contrast for everything missing them."""
     ensure_schema(ws)
     images = EmbeddingStore(ws, "image").load()
     texts = EmbeddingStore(ws, "text").load()
     if recompute:
         ws.execute("DELETE FROM caption_scores")
         ws.execute("DELETE FROM sample_scores")
+        if ws.has_table("alt_contrast"):
+            ws.execute("DELETE FROM alt_contrast")
     scored = _score_captions(ws, images, texts)
     agreements = _score_agreement(ws, texts)
     rewarded = _default_reward(ws)
     materialise_source_scores(ws)
-    return {"captions_scored": scored, "samples_with_agreement": agreements, "rewards_written": rewarded}
+    out = {"captions_scored": scored, "samples_with_agreement": agreements, "rewards_written": rewarded}
+    if model is not None:
+        from curation.contrast import score_contrast
+        out["alt_contrast_scored"] = score_contrast(ws, model, progress=progress)
+    return out
 
 
 def _score_captions(ws: Workspace, images, texts) -> int:

@@ -55,7 +55,8 @@ SCHEMA = [
 # Tables the workspace may hold (curation modules add theirs with CREATE TABLE IF NOT EXISTS).
 TABLES = {"meta", "sources", "samples", "captions", "emb_chunks", "ingest_files", "runs", "caption_scores",
           "sample_scores", "reward_versions", "rewards", "demo_truth", "producer_failures", "clusters",
-          "map_coords", "dup_groups", "cluster_summaries", "sample_source_scores", "labels", "selections", "selection_members"}
+          "map_coords", "dup_groups", "cluster_summaries", "sample_source_scores", "labels", "selections", "selection_members",
+          "alt_contrast"}
 
 
 class WorkspaceError(RuntimeError):

@@ -73,10 +73,9 @@ def test_datacompdr_shards_read_back_in_order(ws_copy, tmp_path):
             np.testing.assert_allclose(arrays["image_emb"][0], images[sid], atol=1e-3)
             syn = json.loads(sample["syn.json"])["syn_text"]
             assert arrays["text_emb"].shape == (1 + len(syn), images.shape[1])
-            alt_id, alt_text = ws.rows("SELECT id, text FROM captions WHERE sample_id = ? AND source_kind = 'alt'",
-                                       [sid])[0]
-            assert sample["txt"].decode() == alt_text, "hybrid keeps the alt-text as the main caption"
-            np.testing.assert_allclose(arrays["text_emb"][0], texts[alt_id], atol=1e-3)
+            main_id, main_text = _expected_main_caption(ws, sid)
+            assert sample["txt"].decode() == main_text, "hybrid keeps the alt-text as the main caption unless it is junk"
+            np.testing.assert_allclose(arrays["text_emb"][0], texts[main_id], atol=1e-3)
             syn_ids = [r[0] for r in ws.rows("""SELECT id FROM captions WHERE sample_id = ? AND producer = ?
                                                 ORDER BY idx""", [sid, meta["syn_producer"]])]
             np.testing.assert_allclose(arrays["text_emb"][1:], texts[syn_ids], atol=1e-3)
@@ -84,6 +83,30 @@ def test_datacompdr_shards_read_back_in_order(ws_copy, tmp_path):
             import hashlib
             assert hashlib.sha256(sample["jpg"]).hexdigest() == meta["sha256"], "original image bytes"
             assert sample["url.txt"].decode().startswith("https://")
+
+
+def _expected_main_caption(ws, sid) -> tuple[int, str]:
+    from curation.fusion import junk_reason
+    alt_id, alt_text = ws.rows("SELECT id, text FROM captions WHERE sample_id = ? AND source_kind = 'alt'", [sid])[0]
+    if alt_text.strip() and junk_reason(alt_text) is None:
+        return alt_id, alt_text
+    return tuple(ws.rows("SELECT id, text FROM captions WHERE sample_id = ? AND source_kind = 'fused' ORDER BY id",
+                         [sid])[0])
+
+
+def test_hybrid_never_exports_an_empty_or_junk_main_caption(ws_copy, tmp_path):
+    with Workspace(ws_copy) as ws:
+        save_selection(ws, SelectionRule(name="everything", caption_policy="hybrid"))
+        kinds = dict(ws.rows("SELECT s.uid, t.noise FROM samples s JOIN demo_truth t ON t.uid = s.uid"))
+    run_export(ExportConfig(str(ws_copy), "everything", str(tmp_path / "all"), format="webdataset", progress=False))
+    samples = read_shards(tmp_path / "all")
+    by_kind: dict[str, list[dict]] = {}
+    for sample in samples:
+        by_kind.setdefault(kinds[sample["__key__"]], []).append(json.loads(sample["json"]))
+    assert all(sample["txt"].decode().strip() for sample in samples), "every sample has a main caption"
+    assert {m["caption_source"] for m in by_kind["empty"] + by_kind["junk"]} == {"fused"}
+    assert {m["caption_chosen_by"] for m in by_kind["empty"] + by_kind["junk"]} == {"fallback"}
+    assert {m["caption_source"] for m in by_kind["correct"]} == {"alt"}
 
 
 @pytest.mark.parametrize("fmt", ["webdataset", "parquet", "uids"])

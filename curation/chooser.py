@@ -1,0 +1,98 @@
+"""The caption chooser: learns from best-caption preferences which source becomes a sample's main caption.
+
+A curator marks, for some samples, whether the alt-text, a synthetic caption or
+the fused caption is the best one (keys 1/2/3 in the Review view). The chooser is
+a multinomial logistic regression on the same stored signals as the learned
+reward (alt clip_score, cycle and contrast, agreement, best synthetic and fused
+clip_score, junk/empty flags, overruled alt claims), so it learns rules such as "keep the
+alt-text when the image backs it, else the fused caption". At export, the
+``best`` policy uses a sample's own preference first, then the chooser, then the
+highest clip_score; a source a sample does not have is never chosen. The model
+is JSON in ``WS/reward/`` (never pickled); training reports cross-validated
+accuracy next to the share of the most common preference, the bar to beat.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from curation.labels import current
+from curation.reward import features, model_columns
+from indexer.store import Workspace, now
+from indexer.vectors import atomic_write
+
+SOURCES = ("alt", "syn", "fused")
+MIN_PREFERENCES = 12
+MIN_PER_SOURCE = 4
+META_KEY = "caption_chooser"
+
+
+def best_of(pool: list[dict]) -> dict | None:
+    """The caption of one source that represents it: the highest clip_score (first on ties)."""
+    return max(pool, key=lambda c: c["clip_score"] or 0.0) if pool else None
+
+
+def _pipeline():
+    return make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=3000))
+
+
+def train_chooser(ws: Workspace, folds: int = 5) -> dict:
+    """Fit on the current preference labels; refuses with a clear message when there are too few."""
+    prefs = current(ws, "preference")
+    counts = {s: sum(v == s for v in prefs.values()) for s in SOURCES}
+    usable = [s for s in SOURCES if counts[s] >= MIN_PER_SOURCE]
+    if len(prefs) < MIN_PREFERENCES or len(usable) < 2:
+        raise ValueError(f"need at least {MIN_PREFERENCES} best-caption preferences, with {MIN_PER_SOURCE} or more "
+                         f"for two sources, to train a caption chooser; have {counts}")
+    ids = sorted(i for i, v in prefs.items() if v in usable)
+    feats = features(ws, ids)
+    y = np.array([prefs[i] for i in ids])
+    splits = StratifiedKFold(n_splits=min(folds, min(counts[s] for s in usable)), shuffle=True, random_state=0)
+    cv_pred = cross_val_predict(_pipeline(), feats.x, y, cv=splits)
+    model = _pipeline().fit(feats.x, y)
+    scaler, logreg = model[0], model[1]
+    coef = logreg.coef_ if len(usable) > 2 else np.vstack([-logreg.coef_[0], logreg.coef_[0]]) / 2
+    intercept = logreg.intercept_ if len(usable) > 2 else np.array([-logreg.intercept_[0], logreg.intercept_[0]]) / 2
+    return {"preferences": len(ids), "counts": counts, "classes": [str(c) for c in logreg.classes_],
+            "cv_accuracy": round(float(np.mean(cv_pred == y)), 4),
+            "majority_share": round(max(counts[s] for s in usable) / len(ids), 4), "folds": splits.n_splits,
+            "trained_at": now().isoformat(), "features": feats.names, "mean": scaler.mean_.tolist(),
+            "scale": scaler.scale_.tolist(), "coef": coef.tolist(), "intercept": intercept.tolist()}
+
+
+def predict_sources(model: dict, x: np.ndarray, available: list[set[str]] | None = None) -> list[str | None]:
+    """The chosen source per row; ``available`` restricts each row to the sources it has (None if none)."""
+    z = (model_columns(model, x) - np.array(model["mean"])) / np.array(model["scale"])
+    logits = z @ np.array(model["coef"]).T + np.array(model["intercept"])
+    out = []
+    for row, scores in enumerate(logits):
+        order = [model["classes"][k] for k in np.argsort(-scores, kind="stable")]
+        allowed = order if available is None else [c for c in order if c in available[row]]
+        out.append(allowed[0] if allowed else None)
+    return out
+
+
+def save_chooser(ws: Workspace, model: dict) -> str:
+    name = f"chooser-{model['trained_at'].replace(':', '').replace('-', '').split('.')[0]}.json"
+    atomic_write(ws.root / "reward" / name, lambda fh: fh.write(json.dumps(model).encode()))
+    ws.set_meta(META_KEY, name)
+    return name
+
+
+def load_chooser(ws: Workspace) -> dict | None:
+    name = ws.get_meta(META_KEY)
+    return json.loads((ws.root / "reward" / name).read_text()) if name else None
+
+
+def choose_sources(ws: Workspace, model: dict, available: dict[int, set[str]]) -> dict[int, str | None]:
+    """The chooser's source for each sample id in ``available`` (id -> the sources that sample has)."""
+    ids = sorted(available)
+    if not ids:
+        return {}
+    feats = features(ws, ids)
+    return dict(zip(ids, predict_sources(model, feats.x, [available[i] for i in ids])))
