@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 from PIL import Image
+from tqdm import tqdm
 
 from curation.clusters import ok_embeddings
 from indexer.store import Workspace, now
@@ -48,7 +49,8 @@ class DupConfig:
             raise ValueError(f"duplicate threshold must be in (0, 1], got {self.threshold}")
 
 
-def candidate_pairs(ids: np.ndarray, vectors: np.ndarray, cfg: DupConfig) -> list[tuple[int, int, float]]:
+def candidate_pairs(ids: np.ndarray, vectors: np.ndarray, cfg: DupConfig,
+                    progress: bool = True) -> list[tuple[int, int, float]]:
     """(id_a, id_b, cosine) with a < b and cosine >= threshold."""
     pairs = []
     if len(ids) <= RANGE_SEARCH_MAX:
@@ -61,11 +63,13 @@ def candidate_pairs(ids: np.ndarray, vectors: np.ndarray, cfg: DupConfig) -> lis
                     pairs.append((int(ids[i]), int(ids[j]), float(s)))
         return pairs
     index = build_index(vectors, np.arange(len(ids)), "ivf")  # builds far faster than HNSW at 1 M x 512
-    sims, nbrs = index.search(vectors, cfg.knn)
-    for i, (row_s, row_n) in enumerate(zip(sims, nbrs)):
-        for s, j in zip(row_s, row_n):
-            if j > i and s >= cfg.threshold:
-                pairs.append((int(ids[i]), int(ids[j]), float(s)))
+    step = 50_000
+    for start in tqdm(range(0, len(ids), step), desc="duplicate candidates", unit="chunk", disable=not progress):
+        sims, nbrs = index.search(vectors[start:start + step], cfg.knn)
+        for i, (row_s, row_n) in enumerate(zip(sims, nbrs), start):
+            for s, j in zip(row_s, row_n):
+                if j > i and s >= cfg.threshold:
+                    pairs.append((int(ids[i]), int(ids[j]), float(s)))
     return pairs
 
 
