@@ -90,10 +90,22 @@ def selection_panel(c: Curate, friendly, source: gr.Dropdown, threshold: gr.Slid
     save.click(friendly(c.save), [name, source, threshold, drop_dups, labels, per_cluster, policy], [note])
 
 
+NO_SELECTION = "No saved selection yet: save one in the Filter view's Selection panel (or `altlens select`)."
+
+
+def selection_choices(c: Curate, current: str | None = None) -> gr.Dropdown:
+    """The Export view's selection list, refreshed (keeping the current pick); says how to make one when there
+    is none."""
+    names = c.selection_names()
+    return gr.Dropdown(choices=names, value=current if current in names else (names[0] if names else None),
+                       info=NO_SELECTION if not names else f"{len(names)} saved, newest first")
+
+
 def export_tab(c: Curate, friendly) -> gr.Dropdown:
+    names = c.selection_names()
     with gr.Row():
-        selection = gr.Dropdown(c.selection_names(), label="Selection", elem_id="export-selection",
-                                allow_custom_value=False)
+        selection = gr.Dropdown(names, label="Selection", elem_id="export-selection", allow_custom_value=False,
+                                info=NO_SELECTION if not names else f"{len(names)} saved, newest first")
         refresh = gr.Button("↻ selections")
         fmt = gr.Dropdown(list(FORMATS), value="datacompdr", label="Format")
         shard = gr.Number(value=10000, precision=0, minimum=1, label="Samples per shard")
@@ -110,5 +122,5 @@ def export_tab(c: Curate, friendly) -> gr.Dropdown:
     def do_export(name, f, s, a, progress=gr.Progress(track_tqdm=True)):
         return friendly(c.export)(name, f, s, a)
     run.click(do_export, [selection, fmt, shard, augment], [summary, files, sample, manifest])
-    refresh.click(lambda: gr.Dropdown(choices=c.selection_names()), [], [selection])
+    refresh.click(lambda current: selection_choices(c, current), [selection], [selection])
     return selection

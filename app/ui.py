@@ -12,7 +12,7 @@ import functools
 import gradio as gr
 
 from app.curate import Curate
-from app.curate_ui import KEYS_JS, export_tab, review_tab, selection_panel
+from app.curate_ui import KEYS_JS, export_tab, review_tab, selection_choices, selection_panel
 from app.handlers import CAPTION_COLUMNS, Handlers, UserError
 from curation.views import COMPARE_SORTS
 from indexer.store import Workspace
@@ -72,7 +72,7 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
         app.load(None, None, None, js=KEYS_JS)
         # a view shows its data when opened, and Export lists the selections saved meanwhile
         filter_view.select(friendly(h.filter), [filters["source"], filters["threshold"]], filters["outputs"])
-        export_view.select(lambda: gr.Dropdown(choices=c.selection_names()), [], [export_selection])
+        export_view.select(lambda current: selection_choices(c, current), [export_selection], [export_selection])
     app.altlens_workspace = ws
     return app
 

@@ -29,17 +29,20 @@ def flag_threshold(ws: Workspace) -> float:
 
 
 def distinctive_terms(cluster_texts: dict[int, list[str]], top: int = 6) -> dict[int, list[str]]:
-    """TF-IDF of each cluster's captions (one document per cluster) against all clusters."""
+    """Class-based TF-IDF (as in BERTopic): a word's share of the cluster's words times
+    log(1 + average words per cluster / the word's count over all clusters). Unlike a per-cluster
+    document frequency, this still ranks words that occur everywhere but far more often here
+    (a cluster of stars says "star" most), while words common everywhere sink."""
     tf = {c: Counter(w for t in texts for w in re.findall(r"[a-z][a-z'-]{2,}", t.lower()) if w not in STOP)
           for c, texts in cluster_texts.items()}
-    df: Counter = Counter()
+    overall: Counter = Counter()
     for counts in tf.values():
-        df.update(counts.keys())
-    n = len(tf)
+        overall.update(counts)
+    average = sum(overall.values()) / max(len(tf), 1)
     out = {}
     for c, counts in tf.items():
         total = sum(counts.values()) or 1
-        scored = {w: (k / total) * math.log((1 + n) / (1 + df[w])) for w, k in counts.items()}
+        scored = {w: (k / total) * math.log(1 + average / overall[w]) for w, k in counts.items()}
         out[c] = [w for w, _ in sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
     return out
 
