@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from curation.demo import demo_model_spec  # noqa: E402
-from curation.demo_world import generate_samples, render  # noqa: E402
+from curation.demo_samples import generate_samples  # noqa: E402
+from curation.demo_world import render  # noqa: E402
 from curation.scores import ensure_schema  # noqa: E402
 from indexer.models import open_workspace_model  # noqa: E402
 from indexer.store import Workspace, now  # noqa: E402

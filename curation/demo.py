@@ -15,7 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from curation.demo_world import DemoSample, NoiseConfig, generate_samples, sample_image
+from curation.demo_samples import DemoSample, generate_samples, sample_image
+from curation.demo_world import NoiseConfig
 from indexer.models import DEMO_CHECKPOINT, ModelSpec
 from indexer.runner import IndexConfig, run_index
 from indexer.sources import make_uid

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from curation.demo_world import generate_samples, sample_image
+from curation.demo_samples import generate_samples, sample_image
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = ROOT / "tests" / "data" / "altlens-tiny-clip.json"

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import run_cli, write_folder
 from curation.demo_eval import evaluate_model
-from curation.demo_world import (DEMO_WORLD, TRAIN_WORLD, NoiseConfig, canonical_caption, generate_samples,
-                                 habit_caption, random_scene, sample_image)
+from curation.demo_samples import generate_samples, sample_image
+from curation.demo_world import DEMO_WORLD, TRAIN_WORLD, NoiseConfig, canonical_caption, habit_caption, random_scene
 from curation.demo_captioner import CAPTIONER_NAME, load_captioner
 from indexer.models import DEMO_CHECKPOINT, DEMO_MODEL_DIR, ModelSpec, load_model
 
