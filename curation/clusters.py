@@ -38,6 +38,7 @@ class MapConfig:
     pca_dim: int = 32
     seed: int = 0
     kmeans_iters: int = 20
+    kmeans_restarts: int = 5
 
     def __post_init__(self):
         if self.clusters is not None and self.clusters < 2:
@@ -55,10 +56,15 @@ def ok_embeddings(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.ascontiguousarray(vectors[ids], dtype=np.float32)
 
 
-def kmeans(vectors: np.ndarray, k: int, seed: int, iters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Spherical k-means (inner product on unit vectors): (centroids, labels, distance = 1 - cosine)."""
+def kmeans(vectors: np.ndarray, k: int, seed: int, iters: int,
+           restarts: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spherical k-means (inner product on unit vectors): (centroids, labels, distance = 1 - cosine).
+
+    The best of ``restarts`` runs is kept (as scikit-learn's ``n_init``): on the n=400 demo world a single
+    run's NMI against the truth ranged 0.54-0.60 over seeds, the best of 5 0.60-0.65; at 1 M x 512 it took
+    33 s instead of 9 s (training is subsampled to 256 points per centroid)."""
     k = min(k, len(vectors))
-    km = faiss.Kmeans(vectors.shape[1], k, niter=iters, seed=seed, spherical=True, verbose=False,
+    km = faiss.Kmeans(vectors.shape[1], k, niter=iters, nredo=restarts, seed=seed, spherical=True, verbose=False,
                       max_points_per_centroid=256, min_points_per_centroid=1)
     km.train(vectors)
     index = faiss.IndexFlatIP(vectors.shape[1])
@@ -143,7 +149,7 @@ def run_map(ws: Workspace, cfg: MapConfig = MapConfig()) -> dict:
         raise ValueError("the workspace needs at least 2 ok samples to cluster; index more data first")
     k = cfg.clusters or default_k(len(ids))
     t0 = time.perf_counter()
-    centroids, labels, distance = kmeans(vectors, k, cfg.seed, cfg.kmeans_iters)
+    centroids, labels, distance = kmeans(vectors, k, cfg.seed, cfg.kmeans_iters, cfg.kmeans_restarts)
     times["kmeans_s"] = round(time.perf_counter() - t0, 2)
     coords = umap_coords(vectors, cfg, times)
     t0 = time.perf_counter()
