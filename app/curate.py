@@ -13,9 +13,9 @@ from pathlib import Path
 
 from app.handlers import Handlers, UserError, as_float, as_int, one_of
 from curation import labels as label_store
-from curation.chooser import save_chooser, train_chooser
+from curation.chooser import train_from_labels
 from curation.export import FORMATS, ExportConfig, ExportError, run_export, verify_export
-from curation.reward import apply_reward, review_queue, save_model, train_reward
+from curation.reward import apply_reward, review_queue
 from curation.select import LABEL_FILTERS, POLICIES, SelectionRule, save_selection
 from curation.views import SCORE_SOURCES, reward_choices
 
@@ -100,16 +100,13 @@ class Curate:
     # ------------------------------------------------------------ reward
     def train(self) -> str:
         self._writable()
-        model = train_reward(self.ws)
-        name = save_model(self.ws, model)
+        result = train_from_labels(self.ws)
+        model, chooser = result["reward"], result["chooser"]
         message = (f"trained on {model['labels']} labels ({model['good']} good, {model['bad']} bad): "
-                   f"{model['folds']}-fold CV AUROC {model['cv_auroc']:.3f}; saved as {name}. Apply it to score every "
-                   "sample.")
-        try:
-            chooser = train_chooser(self.ws)
-        except ValueError as exc:
-            return f"{message} Caption chooser not trained: {exc}."
-        save_chooser(self.ws, chooser)
+                   f"{model['folds']}-fold CV AUROC {model['cv_auroc']:.3f}; saved as {result['reward_file']}. Apply "
+                   "it to score every sample.")
+        if chooser is None:
+            return f"{message} Caption chooser not trained: {result['chooser_skipped']}."
         return (f"{message} Caption chooser trained on {chooser['preferences']} preferences: CV accuracy "
                 f"{chooser['cv_accuracy']:.2f} (most common choice alone {chooser['majority_share']:.2f}); the 'best' "
                 "caption policy uses it.")

@@ -13,32 +13,22 @@ accuracy next to the share of the most common preference, the bar to beat.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from curation.labels import current
-from curation.reward import features, model_columns
+from curation.reward import (features, load_json_model, model_columns, pipeline, save_json_model, save_model,
+                             train_reward)
 from indexer.store import Workspace, now
-from indexer.vectors import atomic_write
 
 SOURCES = ("alt", "syn", "fused")
 MIN_PREFERENCES = 12
 MIN_PER_SOURCE = 4
-META_KEY = "caption_chooser"
 
 
 def best_of(pool: list[dict]) -> dict | None:
     """The caption of one source that represents it: the highest clip_score (first on ties)."""
     return max(pool, key=lambda c: c["clip_score"] or 0.0) if pool else None
-
-
-def _pipeline():
-    return make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=3000))
 
 
 def train_chooser(ws: Workspace, folds: int = 5) -> dict:
@@ -53,8 +43,8 @@ def train_chooser(ws: Workspace, folds: int = 5) -> dict:
     feats = features(ws, ids)
     y = np.array([prefs[i] for i in ids])
     splits = StratifiedKFold(n_splits=min(folds, min(counts[s] for s in usable)), shuffle=True, random_state=0)
-    cv_pred = cross_val_predict(_pipeline(), feats.x, y, cv=splits)
-    model = _pipeline().fit(feats.x, y)
+    cv_pred = cross_val_predict(pipeline(), feats.x, y, cv=splits)
+    model = pipeline().fit(feats.x, y)
     scaler, logreg = model[0], model[1]
     coef = logreg.coef_ if len(usable) > 2 else np.vstack([-logreg.coef_[0], logreg.coef_[0]]) / 2
     intercept = logreg.intercept_ if len(usable) > 2 else np.array([-logreg.intercept_[0], logreg.intercept_[0]]) / 2
@@ -78,15 +68,26 @@ def predict_sources(model: dict, x: np.ndarray, available: list[set[str]] | None
 
 
 def save_chooser(ws: Workspace, model: dict) -> str:
-    name = f"chooser-{model['trained_at'].replace(':', '').replace('-', '').split('.')[0]}.json"
-    atomic_write(ws.root / "reward" / name, lambda fh: fh.write(json.dumps(model).encode()))
-    ws.set_meta(META_KEY, name)
-    return name
+    return save_json_model(ws, model, "chooser")
 
 
 def load_chooser(ws: Workspace) -> dict | None:
-    name = ws.get_meta(META_KEY)
-    return json.loads((ws.root / "reward" / name).read_text()) if name else None
+    return load_json_model(ws, "chooser")
+
+
+def train_from_labels(ws: Workspace) -> dict:
+    """What ``altlens reward train`` and the Review view's button do: fit and save the reward, then the
+    caption chooser when there are enough preferences (else say why not)."""
+    reward = train_reward(ws)
+    out = {"reward": reward, "reward_file": save_model(ws, reward), "chooser": None, "chooser_file": None,
+           "chooser_skipped": None}
+    try:
+        out["chooser"] = train_chooser(ws)
+    except ValueError as exc:
+        out["chooser_skipped"] = str(exc)
+    else:
+        out["chooser_file"] = save_chooser(ws, out["chooser"])
+    return out
 
 
 def choose_sources(ws: Workspace, model: dict, available: dict[int, set[str]]) -> dict[int, str | None]:

@@ -112,7 +112,8 @@ def map_(
     workspace: str = typer.Option(..., "--workspace", "-w"),
     clusters: int = typer.Option(None, min=2, help="K for k-means (default: about sqrt(N/4))."),
     fit_max: int = typer.Option(50_000, min=100, help="UMAP is fitted on at most this many samples."),
-    dup_threshold: float = typer.Option(0.85, help="Cosine above which two images are checked pixel by pixel as near-duplicates."),
+    dup_threshold: float = typer.Option(
+        0.85, help="Cosine above which two images are checked pixel by pixel as near-duplicates."),
 ):
     """Clusters, 2-D map, cluster summaries, near-duplicate groups and the map pictures."""
     from curation.structure import build_structure
@@ -169,20 +170,18 @@ app.add_typer(reward_app, name="reward")
 def reward_train(workspace: str = typer.Option(..., "--workspace", "-w")):
     """Fit the reward on the current good/bad labels (prints label counts and cross-validated AUROC), and the
     caption chooser on the best-caption preferences when there are enough (the ``best`` export policy uses it)."""
-    from curation.chooser import save_chooser, train_chooser
-    from curation.reward import save_model, train_reward
+    from curation.chooser import train_from_labels
     from indexer.store import Workspace
 
     with Workspace(workspace) as ws:
-        model = train_reward(ws)
-        out = {k: model[k] for k in ("labels", "good", "bad", "cv_auroc", "folds")} | {"model": save_model(ws, model)}
-        try:
-            chooser = train_chooser(ws)
-        except ValueError as exc:
-            out["chooser"] = f"not trained: {exc}"
-        else:
-            out["chooser"] = {k: chooser[k] for k in ("preferences", "counts", "cv_accuracy", "majority_share")} | \
-                {"model": save_chooser(ws, chooser)}
+        result = train_from_labels(ws)
+    reward, chooser = result["reward"], result["chooser"]
+    out = {k: reward[k] for k in ("labels", "good", "bad", "cv_auroc", "folds")} | {"model": result["reward_file"]}
+    if chooser is None:
+        out["chooser"] = f"not trained: {result['chooser_skipped']}"
+    else:
+        out["chooser"] = {k: chooser[k] for k in ("preferences", "counts", "cv_accuracy", "majority_share")}
+        out["chooser"]["model"] = result["chooser_file"]
     typer.echo(json.dumps(out))
 
 

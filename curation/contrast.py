@@ -94,5 +94,5 @@ def score_contrast(ws: Workspace, model, batch: int = 1024, progress: bool = Tru
 
 
 def _encode(model, texts: list[str], batch: int) -> np.ndarray:
-    parts = [np.asarray(model.encode_texts(texts[i:i + batch]), dtype=np.float32) for i in range(0, len(texts), batch)]
-    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+    return np.concatenate([np.asarray(model.encode_texts(texts[i:i + batch]), dtype=np.float32)
+                           for i in range(0, len(texts), batch)])

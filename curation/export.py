@@ -130,8 +130,11 @@ class SampleSource:
         """The caption chooser's source for samples the curator gave no preference (``best`` policy only)."""
         if self.chooser is None:
             return {}
-        available = {i: {c["source_kind"] for c in captions.get(i, []) if c["source_kind"] != "alt" or usable_alt(c)}
-                     for i in ids if i not in prefs and any(c["source_kind"] == "alt" for c in captions.get(i, []))}
+        available = {}
+        for i in ids:
+            caps = captions.get(i, [])
+            if i not in prefs and any(c["source_kind"] == "alt" for c in caps):  # the chooser reads alt signals
+                available[i] = {c["source_kind"] for c in caps if c["source_kind"] != "alt" or usable_alt(c)}
         return choose_sources(self.ws, self.chooser, available)
 
     def _assemble(self, s: dict, caps: list[dict], preferred: str | None, guess: str | None = None) -> dict:
@@ -212,9 +215,10 @@ class SampleSource:
                   for c in ([item["alt"]] if item["alt"] else []) + item["syn"].get(item["main_syn"], []) + item["fused"]}
         return {"uid": s["uid"], "sha256": s["sha256"], "key": s["key"], "source": s["source"],
                 "width": s["width"], "height": s["height"], "reward": s["reward"], "reward_version": self.version,
-                "agreement": s["agreement"], "clip_score": scores, "caption_source": (item["chosen"] or {}).get("source_kind"),
-                "caption_chosen_by": item["chosen_by"], "caption_producer": (item["chosen"] or {}).get("producer"), "embedding_model": self.model.get("model_id"),
-                "syn_producer": item["main_syn"]}
+                "agreement": s["agreement"], "clip_score": scores,
+                "caption_source": (item["chosen"] or {}).get("source_kind"), "caption_chosen_by": item["chosen_by"],
+                "caption_producer": (item["chosen"] or {}).get("producer"),
+                "embedding_model": self.model.get("model_id"), "syn_producer": item["main_syn"]}
 
 
 def _slug(producer: str) -> str:

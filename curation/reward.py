@@ -90,7 +90,8 @@ def _num(value) -> float:
     return 0.0 if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def _pipeline():
+def pipeline():
+    """Standardised features -> L2-regularised logistic regression (the reward's and the chooser's model)."""
     return make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=3000))
 
 
@@ -106,8 +107,8 @@ def train_reward(ws: Workspace, folds: int = 5) -> dict:
     feats = features(ws, ids)
     y = np.array([labels[i] == "good" for i in ids], dtype=int)
     splits = StratifiedKFold(n_splits=min(folds, good, bad), shuffle=True, random_state=0)
-    cv_prob = cross_val_predict(_pipeline(), feats.x, y, cv=splits, method="predict_proba")[:, 1]
-    model = _pipeline().fit(feats.x, y)
+    cv_prob = cross_val_predict(pipeline(), feats.x, y, cv=splits, method="predict_proba")[:, 1]
+    model = pipeline().fit(feats.x, y)
     scaler, logreg = model[0], model[1]
     return {"labels": len(ids), "good": good, "bad": bad, "cv_auroc": round(float(roc_auc_score(y, cv_prob)), 4),
             "folds": splits.n_splits, "trained_at": now().isoformat(), "features": feats.names,
@@ -129,16 +130,26 @@ def predict(model: dict, x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(z @ np.array(model["coef"]) + model["intercept"])))
 
 
-def save_model(ws: Workspace, model: dict) -> str:
-    name = f"reward-{model['trained_at'].replace(':', '').replace('-', '').split('.')[0]}.json"
+def save_json_model(ws: Workspace, model: dict, kind: str = "reward") -> str:
+    """Write a trained model as ``WS/reward/<kind>-<time>.json`` (atomic) and make it the current ``kind``."""
+    name = f"{kind}-{model['trained_at'].replace(':', '').replace('-', '').split('.')[0]}.json"
     atomic_write(ws.root / "reward" / name, lambda fh: fh.write(json.dumps(model).encode()))
-    ws.set_meta("reward_model", name)
+    ws.set_meta(f"{kind}_model", name)
     return name
 
 
-def load_model(ws: Workspace) -> dict | None:
-    name = ws.get_meta("reward_model")
+def load_json_model(ws: Workspace, kind: str = "reward") -> dict | None:
+    """The current model of ``kind`` (``reward`` or ``chooser``), or None before any was trained."""
+    name = ws.get_meta(f"{kind}_model")
     return json.loads((ws.root / "reward" / name).read_text()) if name else None
+
+
+def save_model(ws: Workspace, model: dict) -> str:
+    return save_json_model(ws, model, "reward")
+
+
+def load_model(ws: Workspace) -> dict | None:
+    return load_json_model(ws, "reward")
 
 
 def apply_reward(ws: Workspace, model: dict, activate: bool = True) -> dict:

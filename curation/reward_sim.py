@@ -1,7 +1,7 @@
 """A curator simulated from the demo truth: labels chosen by the review queue, then the learned reward measured.
 
 Protocol: a random share of the samples is held out first; the simulated curator
-never sees it (the queue's picks there are skipped), and both the learned reward
+never sees it (the queue excludes it), and both the learned reward
 and clip_score are measured on it. Measuring on "whatever the queue left" would
 be biased: the queue takes the hard cases, so the leftovers are the easy ones.
 """
@@ -16,7 +16,6 @@ from sklearn.metrics import roc_auc_score
 from curation.chooser import best_of, choose_sources
 from curation.demo_quality import fact_recall
 from curation.fusion import visual_pairs
-
 from curation.labels import add_label, current
 from curation.reward import features, predict, review_queue, save_model, train_reward
 from indexer.store import Workspace

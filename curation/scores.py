@@ -97,7 +97,7 @@ def score_workspace(ws: Workspace, recompute: bool = False, model=None, progress
     if recompute:
         ws.execute("DELETE FROM caption_scores")
         ws.execute("DELETE FROM sample_scores")
-        if ws.has_table("alt_contrast"):
+        if model is not None and ws.has_table("alt_contrast"):  # without a model it could not be refilled
             ws.execute("DELETE FROM alt_contrast")
     scored = _score_captions(ws, images, texts)
     agreements = _score_agreement(ws, texts)
