@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curation.demo import DemoConfig, build_demo  # noqa: E402
-from curation.demo_quality import caption_quality  # noqa: E402
+from demo.build import DemoConfig, build_demo  # noqa: E402
+from demo.quality import caption_quality  # noqa: E402
 from indexer.store import Workspace  # noqa: E402
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from PIL import Image  # noqa: E402
 
-from curation.demo_samples import generate_samples, sample_image  # noqa: E402
+from demo.samples import generate_samples, sample_image  # noqa: E402
 from indexer.models import ModelSpec, load_model  # noqa: E402
 from indexer.runner import IndexConfig, model_only_rate, run_index  # noqa: E402
 

@@ -65,8 +65,8 @@ def big_run(n: int, dim: int) -> dict:
 
 
 def demo_run(n: int) -> dict:
-    from curation.demo import DemoConfig, build_demo
-    from curation.map_quality import map_quality
+    from demo.build import DemoConfig, build_demo
+    from demo.map_quality import map_quality
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ws"
         build_demo(DemoConfig(workspace=str(root), n=n, seed=2718))

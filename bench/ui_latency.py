@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from curation.demo import demo_model_spec  # noqa: E402
-from curation.demo_samples import generate_samples  # noqa: E402
-from curation.demo_world import render  # noqa: E402
+from demo.build import demo_model_spec  # noqa: E402
+from demo.samples import generate_samples  # noqa: E402
+from demo.world import render  # noqa: E402
 from curation.scores import ensure_schema  # noqa: E402
 from indexer.models import open_workspace_model  # noqa: E402
 from indexer.store import Workspace, now  # noqa: E402

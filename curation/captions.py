@@ -6,7 +6,7 @@ Captioners register by prefix and share one interface (``producer``, ``params``,
 - ``openclip:MODEL[:TAG]`` / ``checkpoint:PATH`` / omitted (the workspace's own model, if it is a CoCa):
   open_clip CoCa, DataCompDR recipe (top-p 0.9, text up to the first period);
 - ``hf:PATH_OR_ID``: a Hugging Face image-to-text model (BLIP, GIT, ...) from a local path or cache;
-- ``demo`` / ``demo:PATH``: the demo world's own small captioner (see :mod:`curation.demo_captioner`).
+- anything a plugin registers under the ``altlens.captioners`` entry point (the demo's ``demo``).
 
 Every caption is embedded with the workspace's embedding model (the image
 embeddings' space) and inserted with its text embedding in one atomic commit
@@ -20,12 +20,12 @@ import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
 from tqdm import tqdm
 
+from curation.registry import Registry
 from indexer.decode import open_image
 from indexer.models import ModelError, ModelSpec, load_model, open_workspace_model
 from indexer.sources import read_member
@@ -75,7 +75,7 @@ class Captioner(Protocol):
 
 
 class GenerativeCaptioner:
-    """A model with ``generate`` / ``generate_diverse`` (open_clip CoCa, the demo captioner): ``num``
+    """A model with ``generate`` / ``generate_diverse`` (open_clip CoCa, or a plugin's model): ``num``
     captions per image by top-p sampling, beam search or diverse beam search."""
 
     def __init__(self, model, cfg: CaptionConfig, model_id: str, preprocess, seq_len: int | None):
@@ -104,28 +104,17 @@ class GenerativeCaptioner:
 def open_clip_captioner(model, cfg: CaptionConfig) -> GenerativeCaptioner:
     if not model.can_caption:
         raise ModelError(f"{model.name} is not a CoCa model and cannot caption; pass --captioner "
-                         "(for the demo model: --captioner demo)")
+                         "(a separate captioner, e.g. hf:PATH)")
     return GenerativeCaptioner(model, cfg, model.model_id, model.preprocess,
                                getattr(model.model, "context_length", None))
-
-
-def demo_captioner(path: str | None, cfg: CaptionConfig) -> GenerativeCaptioner:
-    """The shipped demo captioner (``demo``) or a retrained one (``demo:PATH.safetensors``)."""
-    from curation.demo_captioner import CAPTIONER_NAME, load_captioner, preprocess_for
-    from indexer.models import DEMO_MODEL_DIR, file_sha256
-    weights = Path(path) if path else DEMO_MODEL_DIR / f"{CAPTIONER_NAME}.safetensors"
-    try:
-        model = load_captioner(weights)
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise ModelError(f"cannot load the demo captioner {str(weights)!r}: {exc}") from exc
-    model_id = f"{weights.stem}@sha256:{file_sha256(weights, 12)}"
-    return GenerativeCaptioner(model, cfg, model_id, preprocess_for(model.cfg), model.cfg.context)
 
 
 def _openclip_factory(arg: str | None, ws_model, cfg: CaptionConfig) -> Captioner:
     if arg is None:
         return open_clip_captioner(ws_model, cfg)
     kind, _, rest = arg.partition(":")
+    if not rest:
+        raise ModelError(f"captioner {arg!r} needs a value: openclip:MODEL[:TAG] or checkpoint:PATH")
     if kind == "checkpoint":
         spec = ModelSpec(checkpoint=rest, device=cfg.device, precision=cfg.precision)
     else:
@@ -139,22 +128,22 @@ def _hf_factory(arg: str, ws_model, cfg: CaptionConfig) -> Captioner:
     return HFCaptioner(arg.partition(":")[2], cfg)
 
 
-def _demo_factory(arg: str, ws_model, cfg: CaptionConfig) -> Captioner:
-    return demo_captioner(arg.partition(":")[2] or None, cfg)
-
-
-CAPTIONERS: dict[str, Callable] = {"openclip": _openclip_factory, "checkpoint": _openclip_factory,
-                                   "hf": _hf_factory, "demo": _demo_factory}
+# A factory takes (the --captioner value, the workspace's embedding model, the CaptionConfig) and returns a
+# Captioner. Plugins add theirs under the ``altlens.captioners`` entry point (the demo's is ``demo``).
+CAPTIONERS: Registry[Callable] = Registry("captioner", "altlens.captioners")
+for _name, _factory in (("openclip", _openclip_factory), ("checkpoint", _openclip_factory), ("hf", _hf_factory)):
+    CAPTIONERS.register(_name, _factory)
 
 
 def make_captioner(arg: str | None, ws_model, cfg: CaptionConfig) -> Captioner:
+    """The captioner named by ``--captioner`` (``PREFIX:VALUE`` or a plugin's name), or the workspace's CoCa."""
     if arg is None:
         return _openclip_factory(None, ws_model, cfg)
-    prefix = arg.partition(":")[0]
-    if prefix not in CAPTIONERS or (":" not in arg and prefix != "demo"):
-        raise ModelError(f"unknown captioner {arg!r}; use one of: " +
-                         ", ".join(f"{p}:..." for p in CAPTIONERS) + ", demo (or leave it out for the workspace's CoCa)")
-    return CAPTIONERS[prefix](arg, ws_model, cfg)
+    factory = CAPTIONERS.find(arg.partition(":")[0])
+    if factory is None:
+        raise ModelError(f"unknown captioner {arg!r}; use one of: " + ", ".join(CAPTIONERS.names()) +
+                         " (as NAME:VALUE; or leave it out for the workspace's CoCa)")
+    return factory(arg, ws_model, cfg)
 
 
 def load_sample_image(row: dict):

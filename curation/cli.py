@@ -18,7 +18,7 @@ def demo(
     no_serve: bool = typer.Option(False, "--no-serve", help="Build the workspace, do not start the UI."),
 ):
     """Build the demo world offline: shards -> index with the shipped model -> curation -> UI."""
-    from curation.demo import DemoConfig, build_demo
+    from demo.build import DemoConfig, build_demo
 
     summary = build_demo(DemoConfig(workspace=workspace, n=n, seed=seed, precision=precision))
     typer.echo(json.dumps(summary["index"]))
@@ -45,7 +45,7 @@ def demo_train(
     seed: int = typer.Option(20261128),
 ):
     """Train the demo CLIP and captioner from scratch on CPU (about 45 minutes on 2 cores); write the model card."""
-    from curation.demo_train import MODEL_DIR, TrainConfig, train
+    from demo.train import MODEL_DIR, TrainConfig, train
 
     cfg = TrainConfig(out_dir=out_dir or str(MODEL_DIR), steps=steps, n_train=n_train, seed=seed,
                       captioner_steps=captioner_steps)

@@ -32,8 +32,6 @@ DEFAULT_MODEL = "MobileCLIP2-S0"
 DEFAULT_PRETRAINED = "dfndr2b"
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
-DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "curation" / "demo_model"
-DEMO_CHECKPOINT = DEMO_MODEL_DIR / "altlens-demo-clip.safetensors"
 
 
 class ModelError(ValueError):

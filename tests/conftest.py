@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from curation.demo_samples import generate_samples, sample_image
+from demo.samples import generate_samples, sample_image
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = ROOT / "tests" / "data" / "altlens-tiny-clip.json"
@@ -161,7 +161,7 @@ def tiny_coca_spec():
 def demo_ws(tmp_path_factory):
     """A held-out demo workspace (seed unlike the demo's and the model's), built with the shipped checkpoint
     through the same path as ``altlens demo``: shards -> index -> caption -> fuse -> score."""
-    from curation.demo import DemoConfig, build_demo
+    from demo.build import DemoConfig, build_demo
     root = tmp_path_factory.mktemp("demo") / "ws"
     summary = build_demo(DemoConfig(workspace=str(root), n=400, seed=4242, shard_size=150))
     return root, summary

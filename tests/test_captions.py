@@ -196,7 +196,7 @@ def test_scores_match_their_definitions(coca_ws):
 
 @pytest.fixture(scope="module")
 def quality(demo_ws):
-    from curation.demo_quality import caption_quality
+    from demo.quality import caption_quality
     root, summary = demo_ws
     assert summary["caption"]["captioned"] > 0 and summary["fuse"]["fused"] > 0
     with Workspace(root, read_only=True) as ws:

@@ -6,18 +6,18 @@ import json
 import pytest
 
 from conftest import run_cli, write_folder
-from curation.demo_eval import evaluate_model
-from curation.demo_samples import generate_samples, sample_image
-from curation.demo_world import DEMO_WORLD, TRAIN_WORLD, NoiseConfig, canonical_caption, habit_caption, random_scene
-from curation.demo_captioner import CAPTIONER_NAME, load_captioner
-from indexer.models import DEMO_CHECKPOINT, DEMO_MODEL_DIR, ModelSpec, load_model
+from demo import CAPTIONER_CHECKPOINT as CAPTIONER, CLIP_CHECKPOINT
+from demo.captioner import load_captioner
+from demo.evaluate import evaluate_model
+from demo.samples import generate_samples, sample_image
+from demo.world import DEMO_WORLD, TRAIN_WORLD, NoiseConfig, canonical_caption, habit_caption, random_scene
+from indexer.models import ModelSpec, load_model
 
-CAPTIONER = DEMO_MODEL_DIR / f"{CAPTIONER_NAME}.safetensors"
 
 
 @pytest.fixture(scope="module")
 def demo_model():
-    return load_model(ModelSpec(checkpoint=str(DEMO_CHECKPOINT)))
+    return load_model(ModelSpec(checkpoint=str(CLIP_CHECKPOINT)))
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +37,15 @@ def test_shipped_checkpoint_captions_name_the_largest_shape(numbers):
 
 
 def test_checkpoint_is_small_and_carded():
-    assert DEMO_CHECKPOINT.stat().st_size + CAPTIONER.stat().st_size < 30e6
-    card = (DEMO_CHECKPOINT.parent / "MODEL_CARD.md").read_text()
+    assert CLIP_CHECKPOINT.stat().st_size + CAPTIONER.stat().st_size < 30e6
+    card = (CLIP_CHECKPOINT.parent / "MODEL_CARD.md").read_text()
     for needle in ("AUROC", "seed", "minutes", "largest shape"):
         assert needle in card
 
 
 def test_index_with_the_shipped_checkpoint_like_real_weights(tmp_path):
     write_folder(tmp_path / "src", n_good=4, bad=False)
-    run_cli("index", str(tmp_path / "src"), "-w", str(tmp_path / "ws"), "--checkpoint", str(DEMO_CHECKPOINT))
+    run_cli("index", str(tmp_path / "src"), "-w", str(tmp_path / "ws"), "--checkpoint", str(CLIP_CHECKPOINT))
     stats = json.loads(run_cli("stats", "-w", str(tmp_path / "ws"), "--json").stdout)
     assert stats["samples"] == 4 and stats["model"]["model_id"].startswith("altlens-demo-clip@sha256:")
 

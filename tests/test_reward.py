@@ -6,7 +6,7 @@ import pytest
 from conftest import writable_copy
 from curation.labels import add_label, current, history
 from curation.reward import apply_reward, review_queue, train_reward
-from curation.reward_sim import (chooser_quality, held_out_auroc, held_out_split, simulate_labels,
+from demo.reward_sim import (chooser_quality, held_out_auroc, held_out_split, simulate_labels,
                                  simulate_preferences)
 from indexer.store import Workspace
 
@@ -43,7 +43,7 @@ def simulated(tmp_path_factory):
     from the truth labels 200 samples the queue chooses, with a best-caption preference for each; the reward
     and the caption chooser are trained on those and measured on the held-out samples."""
     from curation.chooser import save_chooser, train_chooser
-    from curation.demo import DemoConfig, build_demo
+    from demo.build import DemoConfig, build_demo
     target = tmp_path_factory.mktemp("reward") / "ws"
     build_demo(DemoConfig(workspace=str(target), n=1000, seed=2718, shard_size=250))
     with Workspace(target) as ws:

@@ -118,7 +118,7 @@ def test_defaults_inputs_are_validated():
 
 @pytest.fixture(scope="module")
 def map_q(demo_ws):
-    from curation.map_quality import map_quality
+    from demo.map_quality import map_quality
     root, summary = demo_ws
     assert summary["map"]["clusters"] >= 2
     with Workspace(root, read_only=True) as ws:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from curation.demo_world import EVAL_WORLD, SHAPES, SIZES, canonical_caption, random_scene, render, swap_caption
+from demo.world import EVAL_WORLD, SHAPES, SIZES, canonical_caption, random_scene, render, swap_caption
 
 
 def first_shape(text: str) -> str | None:

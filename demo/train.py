@@ -1,7 +1,7 @@
 """Train the shipped demo models from scratch on the demo world's training distribution (CPU, bf16 autocast).
 
-Reproducible: ``altlens demo-train`` writes ``curation/demo_model/altlens-demo-clip.safetensors``
-(an open_clip CLIP), ``altlens-demo-captioner.safetensors`` (see :mod:`curation.demo_captioner`)
+Reproducible: ``altlens demo-train`` writes ``demo/model/altlens-demo-clip.safetensors``
+(an open_clip CLIP), ``altlens-demo-captioner.safetensors`` (see :mod:`demo.captioner`)
 and ``MODEL_CARD.md`` with the config, seed, data size, time and the three quality
 numbers, measured by loading the written files through the same paths users get.
 """
@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
-from curation.demo_world import (JUNK, TRAIN_WORLD, NoiseConfig, alt_text, canonical_caption, knowledge_items,
+from demo import MODEL_DIR
+from demo.world import (JUNK, TRAIN_WORLD, NoiseConfig, alt_text, canonical_caption, knowledge_items,
                                  random_scene, render, swap_caption)
 
 log = logging.getLogger(__name__)
-MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 MODEL_NAME = "altlens-demo-clip"
 
 
@@ -45,7 +45,7 @@ class TrainConfig:
     junk_negatives: int = 16
     eval_n: int = 400
     threads: int = 2
-    # the separate captioner (see curation/demo_captioner.py), trained on the same rendered scenes
+    # the separate captioner (see demo/captioner.py), trained on the same rendered scenes
     captioner_steps: int = 800
     captioner_batch: int = 256
     captioner_lr: float = 2e-3
@@ -139,13 +139,13 @@ def train(cfg: TrainConfig = TrainConfig()) -> dict:
     save_clip(model, Path(cfg.out_dir))
     captioner_minutes = 0.0
     if cfg.captioner_steps:
-        from curation.demo_captioner import train_captioner
+        from demo.captioner import train_captioner
         captioner_minutes = train_captioner(cfg, pixels, scenes)
     return finish(model, cfg, minutes, captioner_minutes)
 
 
 def save_clip(model, out: Path) -> Path:
-    from curation.demo_captioner import save_fp16
+    from demo.captioner import save_fp16
     weights = save_fp16(model, out / f"{MODEL_NAME}.safetensors")
     if out != MODEL_DIR:
         (out / f"{MODEL_NAME}.json").write_text((MODEL_DIR / f"{MODEL_NAME}.json").read_text())
@@ -154,8 +154,8 @@ def save_clip(model, out: Path) -> Path:
 
 def finish(model, cfg: TrainConfig, minutes: float, captioner_minutes: float = 0.0) -> dict:
     """Reload both written files through the loading paths users get, measure, write the card."""
-    from curation.demo_captioner import CAPTIONER_NAME, load_captioner
-    from curation.demo_eval import evaluate_model
+    from demo.captioner import CAPTIONER_NAME, load_captioner
+    from demo.evaluate import evaluate_model
     from indexer.models import ModelSpec, load_model
 
     out = Path(cfg.out_dir)
@@ -174,7 +174,7 @@ def finish(model, cfg: TrainConfig, minutes: float, captioner_minutes: float = 0
 
 
 def write_card(out: Path, cfg: TrainConfig, numbers: dict, minutes: dict, sizes: dict) -> None:
-    from curation.demo_captioner import world_vocabulary
+    from demo.captioner import world_vocabulary
     config = (MODEL_DIR / f"{MODEL_NAME}.json").read_text()
     examples = "\n".join(f"- {c}" for c in numbers.get("caption_examples", []))
     card = f"""# altlens demo models: a tiny CLIP and a tiny captioner
@@ -184,14 +184,14 @@ have models that mean something without any download. They know only coloured sh
 backgrounds. Default behaviours are planted on purpose, for the defaults view to find: in the
 training scenes stars are yellow 90% of the time and squares large 85% (the demo dataset has 35% /
 40%), and the captioner's training captions carry a writer's habit on top (`CaptionHabits` in
-`curation/demo_world.py`): a star is called yellow 90% of the time and a square large 85% of the
+`demo/world.py`): a star is called yellow 90% of the time and a square large 85% of the
 time, whatever the picture shows. The CLIP learns from faithful captions, so the image side of a
 defaults check still shows the truth.
 
 - `{MODEL_NAME}.safetensors` + `{MODEL_NAME}.json`: an open_clip CLIP with a small ResNet image tower
   (open_clip's ModifiedResNet) and a 4-layer text tower with open_clip's tokenizer;
   {sizes['clip_params'] / 1e6:.1f} M parameters, {sizes['clip_bytes'] / 1e6:.1f} MB fp16. Loaded like any
-  user checkpoint: `altlens index SOURCE --checkpoint curation/demo_model/{MODEL_NAME}.safetensors`.
+  user checkpoint: `altlens index SOURCE --checkpoint demo/model/{MODEL_NAME}.safetensors`.
 - `altlens-demo-captioner.safetensors` + `.json`: a small CNN encoder + 3-layer transformer decoder
   over the world's {len(world_vocabulary())} words; {sizes.get('captioner_params', 0) / 1e6:.1f} M
   parameters, {sizes.get('captioner_bytes', 0) / 1e6:.1f} MB fp16. Used with `altlens caption --captioner demo`.

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from PIL import ImageEnhance
 
-from curation.demo_world import (DEMO_WORLD, NOISE_KINDS, NoiseConfig, WorldConfig, alt_text, canonical_caption,
+from demo.world import (DEMO_WORLD, NOISE_KINDS, NoiseConfig, WorldConfig, alt_text, canonical_caption,
                                  jpeg_bytes, knowledge_items, random_scene, render)
 
 

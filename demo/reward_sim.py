@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from curation.chooser import best_of, choose_sources
-from curation.demo_quality import fact_recall
+from demo.quality import fact_recall
 from curation.fusion import visual_pairs
 from curation.labels import add_label, current
 from curation.reward import features, predict, review_queue, save_model, train_reward

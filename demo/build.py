@@ -15,9 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from curation.demo_samples import DemoSample, generate_samples, sample_image
-from curation.demo_world import NoiseConfig
-from indexer.models import DEMO_CHECKPOINT, ModelSpec
+from demo.samples import DemoSample, generate_samples, sample_image
+from demo.world import NoiseConfig
+from demo import CLIP_CHECKPOINT
+from indexer.models import ModelSpec
 from indexer.runner import IndexConfig, run_index
 from indexer.sources import make_uid
 from indexer.store import Workspace
@@ -49,9 +50,9 @@ class DemoConfig:
 
 def demo_model_spec(precision: str = "fp32") -> ModelSpec:
     """The shipped demo CLIP, loaded exactly as a user's ``--checkpoint`` would be."""
-    if not DEMO_CHECKPOINT.is_file():
-        raise FileNotFoundError(f"the demo checkpoint {DEMO_CHECKPOINT} is missing; run 'altlens demo-train'")
-    return ModelSpec(checkpoint=str(DEMO_CHECKPOINT), precision=precision)
+    if not CLIP_CHECKPOINT.is_file():
+        raise FileNotFoundError(f"the demo checkpoint {CLIP_CHECKPOINT} is missing; run 'altlens demo-train'")
+    return ModelSpec(checkpoint=str(CLIP_CHECKPOINT), precision=precision)
 
 
 def write_demo_shards(samples: list[DemoSample], out: Path, shard_size: int) -> list[Path]:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from tqdm import tqdm
 
-from curation.demo_world import BACKGROUNDS, COLOURS, POSITION_PHRASE, SHAPES, SIZES, habit_caption
+from demo.world import BACKGROUNDS, COLOURS, POSITION_PHRASE, SHAPES, SIZES, habit_caption
 
 CAPTIONER_NAME = "altlens-demo-captioner"
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -238,7 +238,7 @@ def load_captioner(path: str | Path) -> DemoCaptionModel:
 
 def train_captioner(cfg, pixels: torch.Tensor, scenes: list[dict]) -> float:
     """Train on the CLIP's rendered scenes, captioned with the planted habits (see
-    :class:`curation.demo_world.CaptionHabits`); write the checkpoint; return minutes."""
+    :class:`demo.world.CaptionHabits`); write the checkpoint; return minutes."""
     torch.manual_seed(cfg.seed + 3)
     model = DemoCaptionModel(CaptionerConfig())
     rng = random.Random(cfg.seed + 4)
