@@ -12,12 +12,12 @@ import tarfile
 from pathlib import Path
 
 from app.handlers import Handlers, UserError, as_float, as_int, one_of
-from curation import labels as label_store
-from curation.chooser import train_from_labels
-from curation.export import FORMATS, ExportConfig, ExportError, run_export, verify_export
-from curation.reward import apply_reward, review_queue
-from curation.select import LABEL_FILTERS, POLICIES, SelectionRule, save_selection
-from curation.views import SCORE_SOURCES, reward_choices
+from curation.review import labels as label_store
+from curation.review.chooser import train_from_labels
+from curation.export.export import FORMATS, ExportConfig, ExportError, run_export, verify_export
+from curation.review.reward import apply_reward, review_queue
+from curation.export.select import LABEL_FILTERS, POLICIES, SelectionRule, save_selection
+from curation.views.gallery import SCORE_SOURCES, reward_choices
 
 QUEUES = {"most useful next": "useful", "lowest reward first": "lowest", "a cluster": "cluster",
           "a search": "search"}
@@ -113,7 +113,7 @@ class Curate:
 
     def apply(self):
         self._writable()
-        from curation.reward import load_model
+        from curation.review.reward import load_model
         model = load_model(self.ws)
         if model is None:
             raise UserError("no learned reward yet: label some samples and train first")

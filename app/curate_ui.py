@@ -9,8 +9,8 @@ import gradio as gr
 
 from app.curate import ACTIONS, QUEUES, Curate
 from app.handlers import CAPTION_COLUMNS
-from curation.export import FORMATS
-from curation.select import LABEL_FILTERS, POLICIES
+from curation.export.export import FORMATS
+from curation.export.select import LABEL_FILTERS, POLICIES
 
 KEYS = {"g": "good", "b": "bad", "s": "skip", "1": "best: alt", "2": "best: syn", "3": "best: fused"}
 BUTTON_IDS = {action: "review-" + action.replace(": ", "-") for action in ACTIONS}

@@ -10,10 +10,10 @@ import math
 from dataclasses import dataclass
 
 from app import charts
-from curation.defaults import DefaultsQuery, find_default, parse_axis, suggest
-from curation.mapview import COLOR_BY, map_frame, render_map
-from curation.search import Searcher
-from curation.views import (COMPARE_SORTS, PER_PAGE, SCORE_SOURCES, FilterIndex, Scope, ViewError, compare_rows,
+from curation.structure.defaults import DefaultsQuery, find_default, parse_axis, suggest
+from curation.structure.mapview import COLOR_BY, map_frame, render_map
+from curation.views.search import Searcher
+from curation.views.gallery import (COMPARE_SORTS, PER_PAGE, SCORE_SOURCES, FilterIndex, Scope, ViewError, compare_rows,
                             gallery_page, overview, sample_detail, score_values)
 from indexer.models import open_workspace_model
 from indexer.store import Workspace

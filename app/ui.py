@@ -14,7 +14,7 @@ import gradio as gr
 from app.curate import Curate
 from app.curate_ui import KEYS_JS, export_tab, review_tab, selection_choices, selection_panel
 from app.handlers import CAPTION_COLUMNS, Handlers, UserError
-from curation.views import COMPARE_SORTS
+from curation.views.gallery import COMPARE_SORTS
 from indexer.store import Workspace
 
 SOURCES = ["reward", "alt", "syn", "fused"]

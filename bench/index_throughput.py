@@ -24,7 +24,7 @@ from PIL import Image  # noqa: E402
 
 from demo.samples import generate_samples, sample_image  # noqa: E402
 from indexer.models import ModelSpec, load_model  # noqa: E402
-from indexer.runner import IndexConfig, model_only_rate, run_index  # noqa: E402
+from indexer.index import IndexConfig, model_only_rate, run_index  # noqa: E402
 
 
 def write_shard(path: Path, n: int) -> tuple[list[bytes], list[str]]:

@@ -51,7 +51,7 @@ def synthetic_workspace(root: Path, n: int, dim: int, centres: int = 300, seed: 
 
 
 def big_run(n: int, dim: int) -> dict:
-    from curation.structure import build_structure
+    from curation.structure.map import build_structure
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         ws = synthetic_workspace(Path(tmp) / "ws", n, dim)

@@ -26,7 +26,7 @@ import pyarrow as pa  # noqa: E402
 from demo.build import demo_model_spec  # noqa: E402
 from demo.samples import generate_samples  # noqa: E402
 from demo.world import render  # noqa: E402
-from curation.scores import ensure_schema  # noqa: E402
+from curation.scores.score import ensure_schema  # noqa: E402
 from indexer.models import open_workspace_model  # noqa: E402
 from indexer.store import Workspace, now  # noqa: E402
 from indexer.vectors import EmbeddingStore  # noqa: E402
@@ -111,7 +111,7 @@ def main() -> None:
         results = {
             "gallery_page_of_cluster": timed(lambda: h.browse(str(rng.choice(clusters)), int(rng.integers(0, 5))), args.repeats),
             "filter_change": timed(lambda: h.filter("reward", float(next(thresholds))), args.repeats),
-            "filter_counts_only": timed(lambda: __import__("curation.views", fromlist=["x"]).filter_effect(
+            "filter_counts_only": timed(lambda: __import__("curation.views.gallery", fromlist=["x"]).filter_effect(
                 ws, "reward", float(next(thresholds))), args.repeats),
             "text_search": timed(lambda: h.search_text(next(queries)), args.repeats),
             "map_picture": timed(lambda: h.map_picture("cluster"), max(3, args.repeats // 5)),

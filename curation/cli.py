@@ -67,7 +67,7 @@ def caption(
     limit: int = typer.Option(None, min=1, help="Caption at most this many pending images."),
 ):
     """Add synthetic captions (incremental: images that already have NUM from this captioner are skipped)."""
-    from curation.captions import CaptionConfig, run_captioning
+    from curation.captions.caption import CaptionConfig, run_captioning
 
     typer.echo(json.dumps(run_captioning(CaptionConfig(
         workspace=workspace, captioner=captioner, num=num, sampling=sampling, batch_size=batch_size,
@@ -83,7 +83,7 @@ def fuse(
     limit: int = typer.Option(None, min=1),
 ):
     """Fuse alt-text knowledge with synthetic captions into one caption per image."""
-    from curation.fuse import FuseConfig, run_fusion
+    from curation.captions.fuse import FuseConfig, run_fusion
 
     typer.echo(json.dumps(run_fusion(FuseConfig(workspace=workspace, fuser=fuser, syn=syn,
                                                 batch_size=batch_size, limit=limit))))
@@ -98,7 +98,7 @@ def score(
 ):
     """clip_score and cycle for every caption, alt/synthetic agreement, alt-text contrast, and the default
     per-sample reward."""
-    from curation.scores import score_workspace
+    from curation.scores.score import score_workspace
     from indexer.models import open_workspace_model
     from indexer.store import Workspace
 
@@ -116,7 +116,7 @@ def map_(
         0.85, help="Cosine above which two images are checked pixel by pixel as near-duplicates."),
 ):
     """Clusters, 2-D map, cluster summaries, near-duplicate groups and the map pictures."""
-    from curation.structure import build_structure
+    from curation.structure.map import build_structure
     from indexer.store import Workspace
 
     with Workspace(workspace) as ws:
@@ -134,7 +134,7 @@ def defaults(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Caption default behaviours: what captions say about a concept vs what the images show."""
-    from curation.defaults import DefaultsQuery, find_default, parse_axis, suggest
+    from curation.structure.defaults import DefaultsQuery, find_default, parse_axis, suggest
     from indexer.models import open_workspace_model
     from indexer.store import Workspace
 
@@ -170,7 +170,7 @@ app.add_typer(reward_app, name="reward")
 def reward_train(workspace: str = typer.Option(..., "--workspace", "-w")):
     """Fit the reward on the current good/bad labels (prints label counts and cross-validated AUROC), and the
     caption chooser on the best-caption preferences when there are enough (the ``best`` export policy uses it)."""
-    from curation.chooser import train_from_labels
+    from curation.review.chooser import train_from_labels
     from indexer.store import Workspace
 
     with Workspace(workspace) as ws:
@@ -189,7 +189,7 @@ def reward_train(workspace: str = typer.Option(..., "--workspace", "-w")):
 def reward_apply(workspace: str = typer.Option(..., "--workspace", "-w"),
                  activate: bool = typer.Option(True, help="Make it the reward the UI filters by.")):
     """Write the learned reward for every sample as a new reward version."""
-    from curation.reward import apply_reward, load_model
+    from curation.review.reward import apply_reward, load_model
     from indexer.store import Workspace
 
     with Workspace(workspace) as ws:
@@ -209,7 +209,7 @@ def label(
     who: str = typer.Option("local"),
 ):
     """Label a sample (history is kept; the latest label counts)."""
-    from curation.labels import add_label
+    from curation.review.labels import add_label
     from indexer.store import Workspace
 
     given = [(k, v) for k, v in (("alignment", alignment), ("tag", tag), ("preference", prefer)) if v]
@@ -237,7 +237,7 @@ def select(
     caption_policy: str = typer.Option("hybrid", help="alt, best, fused or hybrid (alt + synthetic)."),
 ):
     """Save a named selection (a rule set) and materialise its sample list."""
-    from curation.select import SelectionRule, save_selection
+    from curation.export.select import SelectionRule, save_selection
     from indexer.store import Workspace
 
     source_min = {k: v for k, v in (("alt", min_alt), ("syn", min_syn), ("fused", min_fused)) if v is not None}
@@ -259,7 +259,7 @@ def export(
     augmentations: int = typer.Option(0, min=0, help="Embed N random augmentations per image (datacompdr)."),
 ):
     """Export a selection as shards a trainer reads (deterministic, atomic, resumable)."""
-    from curation.export import ExportConfig, run_export
+    from curation.export.export import ExportConfig, run_export
 
     manifest = run_export(ExportConfig(workspace=workspace, selection=selection, out=out, format=format,
                                        shard_size=shard_size, augmentations=augmentations))
@@ -269,7 +269,7 @@ def export(
 @app.command("verify-export")
 def verify_export_cmd(out: str = typer.Argument(..., help="An export folder.")):
     """Re-read an export: checksums, counts and members; exits non-zero naming the bad shard."""
-    from curation.export import ExportError, verify_export
+    from curation.export.export import ExportError, verify_export
 
     try:
         typer.echo(json.dumps(verify_export(out)))

@@ -19,7 +19,7 @@ from demo.samples import DemoSample, generate_samples, sample_image
 from demo.world import NoiseConfig
 from demo import CLIP_CHECKPOINT
 from indexer.models import ModelSpec
-from indexer.runner import IndexConfig, run_index
+from indexer.index import IndexConfig, run_index
 from indexer.sources import make_uid
 from indexer.store import Workspace
 
@@ -104,25 +104,25 @@ def build_demo(cfg: DemoConfig) -> dict:
 
 
 def _caption(root: str, cfg: DemoConfig) -> dict:
-    from curation.captions import CaptionConfig, run_captioning
+    from curation.captions.caption import CaptionConfig, run_captioning
     return run_captioning(CaptionConfig(workspace=root, captioner="demo", num=5, sampling="top_p",
                                         precision=cfg.precision))
 
 
 def _fuse(root: str, cfg: DemoConfig) -> dict:
-    from curation.fuse import FuseConfig, run_fusion
+    from curation.captions.fuse import FuseConfig, run_fusion
     return run_fusion(FuseConfig(workspace=root, precision=cfg.precision))
 
 
 def _score(root: str, cfg: DemoConfig) -> dict:
-    from curation.scores import score_workspace
+    from curation.scores.score import score_workspace
     from indexer.models import open_workspace_model
     with Workspace(root) as ws:
         return score_workspace(ws, model=open_workspace_model(ws, None))
 
 
 def _map(root: str, cfg: DemoConfig) -> dict:
-    from curation.structure import build_structure
+    from curation.structure.map import build_structure
     with Workspace(root) as ws:
         return build_structure(ws)
 

@@ -6,7 +6,7 @@ import json
 
 from sklearn.metrics import normalized_mutual_info_score
 
-from curation.defaults import AXES, DefaultsQuery, find_default, suggest
+from curation.structure.defaults import AXES, DefaultsQuery, find_default, suggest
 from demo.world import COLOURS
 from indexer.models import open_workspace_model
 from indexer.store import Workspace

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from curation.captions import GenerativeCaptioner
+from curation.captions.caption import GenerativeCaptioner
 from demo import CAPTIONER_CHECKPOINT
 from demo.captioner import load_captioner, preprocess_for
 from indexer.models import ModelError, file_sha256

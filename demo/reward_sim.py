@@ -13,11 +13,11 @@ import random
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from curation.chooser import best_of, choose_sources
+from curation.review.chooser import best_of, choose_sources
 from demo.quality import fact_recall
-from curation.fusion import visual_pairs
-from curation.labels import add_label, current
-from curation.reward import features, predict, review_queue, save_model, train_reward
+from curation.captions.fusion_rules import visual_pairs
+from curation.review.labels import add_label, current
+from curation.review.reward import features, predict, review_queue, save_model, train_reward
 from indexer.store import Workspace
 
 GOOD = ("correct", "partial")  # partial alt-text is thin but true: an honest curator calls it aligned

@@ -42,7 +42,7 @@ def index(
     commit_every: int = typer.Option(1024, min=1, help="Samples per atomic commit (what a crash can cost)."),
 ):
     """Index images and their alt-text into a workspace (resumable; only new inputs are processed)."""
-    from indexer.runner import IndexConfig, run_index
+    from indexer.index import IndexConfig, run_index
 
     cfg = IndexConfig(sources=tuple(sources), workspace=workspace,
                       model=model_spec(model, pretrained, checkpoint, device, precision),
@@ -55,7 +55,7 @@ def index(
 @app.command()
 def stats(workspace: str = WorkspaceOpt, as_json: bool = typer.Option(False, "--json", help="One JSON object.")):
     """Samples by status and by source."""
-    from curation.stats import workspace_stats, format_stats
+    from curation.views.stats import workspace_stats, format_stats
     from indexer.store import Workspace
 
     with Workspace(workspace, read_only=True) as ws:
@@ -72,7 +72,7 @@ def search(
     device: str = typer.Option("auto"),
 ):
     """Nearest images to a text."""
-    from curation.search import Searcher
+    from curation.views.search import Searcher
     from indexer.store import Workspace
 
     with Workspace(workspace, read_only=True) as ws:

@@ -146,8 +146,8 @@ def test_captions_are_never_executed(tmp_path):
     write_folder(src, n_good=3, bad=False)
     for i, text in enumerate(nasty):
         (src / ("a" if i % 2 else "b") / f"{i:08d}.txt").write_text(text)
-    from curation.scores import score_workspace
-    from indexer.runner import IndexConfig, run_index
+    from curation.scores.score import score_workspace
+    from indexer.index import IndexConfig, run_index
     run_index(IndexConfig(sources=(str(src),), workspace=str(tmp_path / "ws"), model=tiny_coca_spec(), progress=False))
     with Workspace(tmp_path / "ws") as ws:
         score_workspace(ws)

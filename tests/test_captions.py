@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from conftest import tiny_coca_spec, tiny_spec, write_folder
-from curation.captions import CaptionConfig, GenerativeCaptioner, run_captioning
-from curation.fuse import FuseConfig, run_fusion
-from curation.fusion import (compose, conflict_alternatives, extract_knowledge, junk_reason, plan_fusion,
+from curation.captions.caption import CaptionConfig, GenerativeCaptioner, run_captioning
+from curation.captions.fuse import FuseConfig, run_fusion
+from curation.captions.fusion_rules import (compose, conflict_alternatives, extract_knowledge, junk_reason, plan_fusion,
                              visual_pairs)
-from curation.scores import score_workspace
+from curation.scores.score import score_workspace
 from indexer.models import ModelError
-from indexer.runner import IndexConfig, run_index
+from indexer.index import IndexConfig, run_index
 from indexer.store import Workspace
 from indexer.vectors import EmbeddingStore
 
@@ -115,7 +115,7 @@ def test_demo_captioner_through_the_caption_command(coca_ws, tmp_path):
 
 
 def test_llm_fuser_mechanics_and_prompt_cut(coca_ws, tmp_path):
-    from curation.hf_models import LLMFuser
+    from curation.captions.hf import LLMFuser
     from hf_tiny import tiny_causal_lm
     path = tiny_causal_lm(tmp_path / "tiny-lm")
     fuser = LLMFuser(str(path))

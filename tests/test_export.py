@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, writable_copy
-from curation.export import ExportConfig, run_export, verify_export
-from curation.select import SelectionRule, load_selection, save_selection
+from curation.export.export import ExportConfig, run_export, verify_export
+from curation.export.select import SelectionRule, load_selection, save_selection
 from indexer.store import Workspace
 from indexer.vectors import EmbeddingStore
 
@@ -86,7 +86,7 @@ def test_datacompdr_shards_read_back_in_order(ws_copy, tmp_path):
 
 
 def _expected_main_caption(ws, sid) -> tuple[int, str]:
-    from curation.fusion import junk_reason
+    from curation.captions.fusion_rules import junk_reason
     alt_id, alt_text = ws.rows("SELECT id, text FROM captions WHERE sample_id = ? AND source_kind = 'alt'", [sid])[0]
     if alt_text.strip() and junk_reason(alt_text) is None:
         return alt_id, alt_text
@@ -140,7 +140,7 @@ def test_export_is_deterministic(ws_copy, tmp_path):
 
 def test_augmented_views_can_be_recreated(ws_copy, tmp_path):
     from PIL import Image
-    from curation.augment import apply_params
+    from curation.export.augment import apply_params
     from indexer.models import open_workspace_model
     run_export(ExportConfig(str(ws_copy), "fused-best", str(tmp_path / "aug"), augmentations=2, progress=False))
     sample = read_shards(tmp_path / "aug")[0]

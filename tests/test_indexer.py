@@ -14,7 +14,7 @@ import pytest
 
 from conftest import TINY_ARGS, run_cli, tiny_spec, write_folder, write_shards, write_table
 from indexer.decode import caption_fields
-from indexer.runner import IndexConfig, run_index
+from indexer.index import IndexConfig, run_index
 from indexer.sources import read_member
 from indexer.store import Workspace, WorkspaceError
 from indexer.vectors import EmbeddingStore, index_ids, read_index

@@ -15,8 +15,8 @@ from app.curate import Curate
 from app.handlers import Handlers, UserError
 from browser import browser_page, served
 from conftest import writable_copy
-from curation.export import verify_export
-from curation.labels import history
+from curation.export.export import verify_export
+from curation.review.labels import history
 from indexer.store import Workspace
 
 

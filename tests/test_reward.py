@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import writable_copy
-from curation.labels import add_label, current, history
-from curation.reward import apply_reward, review_queue, train_reward
+from curation.review.labels import add_label, current, history
+from curation.review.reward import apply_reward, review_queue, train_reward
 from demo.reward_sim import (chooser_quality, held_out_auroc, held_out_split, simulate_labels,
                                  simulate_preferences)
 from indexer.store import Workspace
@@ -42,7 +42,7 @@ def simulated(tmp_path_factory):
     """Its own demo world (1,000 samples, a seed no bench uses), 40% held out at random; a curator simulated
     from the truth labels 200 samples the queue chooses, with a best-caption preference for each; the reward
     and the caption chooser are trained on those and measured on the held-out samples."""
-    from curation.chooser import save_chooser, train_chooser
+    from curation.review.chooser import save_chooser, train_chooser
     from demo.build import DemoConfig, build_demo
     target = tmp_path_factory.mktemp("reward") / "ws"
     build_demo(DemoConfig(workspace=str(target), n=1000, seed=2718, shard_size=250))
@@ -86,7 +86,7 @@ def test_caption_chooser_beats_every_fixed_policy(simulated):
 
 
 def test_chooser_refuses_with_too_few_preferences(demo_copy):
-    from curation.chooser import train_chooser
+    from curation.review.chooser import train_chooser
     with Workspace(demo_copy) as ws:
         for sample_id in range(5):
             add_label(ws, sample_id, "preference", "fused")
@@ -99,8 +99,8 @@ def test_best_policy_export_follows_preferences_then_the_chooser(simulated, tmp_
 
     from test_export import read_shards
 
-    from curation.export import ExportConfig, run_export
-    from curation.select import SelectionRule, save_selection
+    from curation.export.export import ExportConfig, run_export
+    from curation.export.select import SelectionRule, save_selection
     target = simulated[0]
     with Workspace(target) as ws:
         save_selection(ws, SelectionRule(name="all-best", caption_policy="best"))
@@ -118,7 +118,7 @@ def test_best_policy_export_follows_preferences_then_the_chooser(simulated, tmp_
 def test_contrast_variants_and_swapped_alt_text_loses_to_its_fix(demo_ws):
     from sklearn.metrics import roc_auc_score
 
-    from curation.contrast import variants
+    from curation.scores.contrast import variants
     out = variants("Acme sticker of a Purple Star on the left", ["purple", "yellow"], ["star", "circle"])
     assert out == ["Acme sticker of a yellow star on the left", "Acme sticker of a purple circle on the left"]
     assert variants("a photo of my dog", ["red"], ["star"]) == []

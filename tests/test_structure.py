@@ -8,14 +8,14 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from conftest import tiny_spec, write_folder
-from curation.clusters import MapConfig, default_k, run_map
-from curation.defaults import DefaultsQuery, distribution, parse_axis
-from curation.diversity import phrases, vendi
-from curation.duplicates import find_duplicates
-from curation.mapview import map_frame, render_map, sample_points
-from curation.structure import build_structure
-from curation.summaries import cluster_table, distinctive_terms
-from indexer.runner import IndexConfig, run_index
+from curation.structure.clusters import MapConfig, default_k, run_map
+from curation.structure.defaults import DefaultsQuery, distribution, parse_axis
+from curation.structure.diversity import phrases, vendi
+from curation.structure.duplicates import find_duplicates
+from curation.structure.mapview import map_frame, render_map, sample_points
+from curation.structure.map import build_structure
+from curation.structure.summaries import cluster_table, distinctive_terms
+from indexer.index import IndexConfig, run_index
 from indexer.store import Workspace
 
 
@@ -61,7 +61,7 @@ def test_map_mechanics_every_sample_placed(tiny_ws):
 
 
 def test_placed_points_sit_among_their_fitted_neighbours():
-    from curation.clusters import place_from_neighbours
+    from curation.structure.clusters import place_from_neighbours
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(3, 16))
     labels = rng.integers(0, 3, 300)
@@ -141,7 +141,7 @@ def test_demo_planted_default_is_found_and_suggested(map_q):
 
 
 def test_demo_set_difference_names_what_differs(demo_ws):
-    from curation.diversity import set_difference
+    from curation.structure.diversity import set_difference
     from indexer.models import open_workspace_model
     from indexer.vectors import EmbeddingStore
     root, _ = demo_ws

@@ -6,7 +6,7 @@ Stored, and computed only where missing (``recompute=True`` redoes them):
   the "A photo depicts" prefix: altlens' demo model was trained on bare captions);
 - ``caption_scores.cycle``: see :func:`cycle_scores`;
 - ``sample_scores.agreement`` = cos(alt-text embedding, mean of the sample's synthetic-caption embeddings);
-- ``alt_contrast.contrast``: the alt-text against its one-claim variants, see :mod:`curation.contrast`
+- ``alt_contrast.contrast``: the alt-text against its one-claim variants, see :mod:`curation.scores.contrast`
   (needs the text encoder, so only when a model is passed);
 - ``rewards``: one value per sample and reward version; version 1 is the alt caption's clip_score,
   later versions (learned rewards) are added beside it. ``meta.active_reward`` names the one the UI uses.
@@ -105,7 +105,7 @@ def score_workspace(ws: Workspace, recompute: bool = False, model=None, progress
     materialise_source_scores(ws)
     out = {"captions_scored": scored, "samples_with_agreement": agreements, "rewards_written": rewarded}
     if model is not None:
-        from curation.contrast import score_contrast
+        from curation.scores.contrast import score_contrast
         out["alt_contrast_scored"] = score_contrast(ws, model, progress=progress)
     return out
 

@@ -1,7 +1,7 @@
 """``altlens fuse``: for each sample, alt-text + synthetic captions -> one fused caption, stored with provenance.
 
-Fusers: ``rules`` (offline default, :mod:`curation.fusion`) and ``llm:PATH_OR_ID``
-(a local causal LM with the CapsFusion instruction, :mod:`curation.hf_models`).
+Fusers: ``rules`` (offline default, :mod:`curation.captions.fusion_rules`) and ``llm:PATH_OR_ID``
+(a local causal LM with the CapsFusion instruction, :mod:`curation.captions.hf`).
 Incremental: samples that already have a fused caption from the same fuser over
 the same synthetic producer are skipped.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from curation.fusion import RULES_VERSION, compose, conflict_alternatives, plan_fusion
+from curation.captions.fusion_rules import RULES_VERSION, compose, conflict_alternatives, plan_fusion
 from indexer.models import ModelError, ModelSpec, open_workspace_model
 from indexer.store import Workspace
 from indexer.vectors import EmbeddingStore
@@ -94,7 +94,7 @@ def run_fusion(cfg: FuseConfig) -> dict:
 
 
 class RulesFuser:
-    """:mod:`curation.fusion` rules; the image decides visual conflicts through the embedding model."""
+    """:mod:`curation.captions.fusion_rules` rules; the image decides visual conflicts through the embedding model."""
 
     version = RULES_VERSION
 
@@ -145,7 +145,7 @@ class RulesFuser:
 
 def _llm_fuser(arg: str):
     try:
-        from curation.hf_models import LLMFuser
+        from curation.captions.hf import LLMFuser
     except ImportError as exc:
         raise ModelError(f"the llm fuser needs transformers: {exc}") from exc
     return LLMFuser(arg.partition(":")[2])

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from curation.labels import current
-from curation.reward import (features, load_json_model, model_columns, pipeline, save_json_model, save_model,
+from curation.review.labels import current
+from curation.review.reward import (features, load_json_model, model_columns, pipeline, save_json_model, save_model,
                              train_reward)
 from indexer.store import Workspace, now
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from curation.chooser import best_of, choose_sources, load_chooser
-from curation.fusion import junk_reason
-from curation.select import load_selection
+from curation.review.chooser import best_of, choose_sources, load_chooser
+from curation.captions.fusion_rules import junk_reason
+from curation.export.select import load_selection
 from indexer.sources import read_member
 from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore, atomic_write
@@ -205,7 +205,7 @@ class SampleSource:
         if not self.augmentations:
             return np.asarray(self.images[[s["id"]]], dtype=np.float32), None
         if self._augmenter is None:
-            from curation.augment import Augmenter
+            from curation.export.augment import Augmenter
             self._augmenter = Augmenter(self.ws)
         return self._augmenter.embed(self.image_bytes(s), s["uid"], self.augmentations)
 

@@ -127,7 +127,7 @@ def conflict_alternatives(base: str, alt: str) -> list[str]:
     """Versions of ``base`` with one object's colour and shape taken from the alt-text where the two disagree.
 
     Each object the alt-text states and ``base`` does not may stand in for each object ``base``
-    states; the image decides which, if any, is right (see :mod:`curation.fuse`).
+    states; the image decides which, if any, is right (see :mod:`curation.captions.fuse`).
     """
     base_pairs = visual_pairs(base)
     out = []

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import time
 
-from curation.clusters import MapConfig, run_map
-from curation.duplicates import DupConfig, find_duplicates
-from curation.mapview import map_frame, render_map
-from curation.summaries import summarise_clusters
+from curation.structure.clusters import MapConfig, run_map
+from curation.structure.duplicates import DupConfig, find_duplicates
+from curation.structure.mapview import map_frame, render_map
+from curation.structure.summaries import summarise_clusters
 from indexer.store import Workspace
 from indexer.vectors import atomic_write
 

@@ -5,7 +5,7 @@ clip_score and cycle, alt/synthetic agreement, the best synthetic and fused
 clip_scores, junk and empty flags, and how many of the alt-text's visual claims
 ("purple star") the fused caption overruled (rules fusion lets the image decide
 conflicts, so an overruled claim is one the image contradicts), and the alt-text's
-contrast against its one-claim variants (:mod:`curation.contrast`; 0 where not
+contrast against its one-claim variants (:mod:`curation.scores.contrast`; 0 where not
 scored). Raw caption length is deliberately not a feature: it says how
 much a caption tells, not whether it is true, and from labels where thin-but-true
 alt-text counts as good it taught the model that short means aligned, which ranked
@@ -29,9 +29,9 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from curation.fusion import junk_reason, visual_pairs
-from curation.labels import current
-from curation.scores import ensure_schema, reward_version
+from curation.captions.fusion_rules import junk_reason, visual_pairs
+from curation.review.labels import current
+from curation.scores.score import ensure_schema, reward_version
 from indexer.store import Workspace, now
 from indexer.vectors import atomic_write
 

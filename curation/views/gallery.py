@@ -253,8 +253,8 @@ def filter_effect(ws: Workspace, source: str, threshold: float, preview: int = 1
 
 def overview(ws: Workspace) -> dict:
     """Counts by status and source, caption counts, map meta and the cluster table."""
-    from curation.stats import workspace_stats
-    from curation.summaries import cluster_table
+    from curation.views.stats import workspace_stats
+    from curation.structure.summaries import cluster_table
     stats = workspace_stats(ws)
     clusters = cluster_table(ws) if ws.has_table("cluster_summaries") else []
     return {"stats": stats, "clusters": clusters, "map": ws.get_meta("map"),

@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from curation.scores import ensure_schema as ensure_score_schema
+from curation.scores.score import ensure_schema as ensure_score_schema
 from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore, atomic_write
 

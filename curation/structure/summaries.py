@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
-from curation.diversity import vendi
+from curation.structure.diversity import vendi
 from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore
 

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from curation.fusion import COLOURS, SHAPES, visual_pairs
+from curation.captions.fusion_rules import COLOURS, SHAPES, visual_pairs
 from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore
 

@@ -124,7 +124,7 @@ def _openclip_factory(arg: str | None, ws_model, cfg: CaptionConfig) -> Captione
 
 
 def _hf_factory(arg: str, ws_model, cfg: CaptionConfig) -> Captioner:
-    from curation.hf_models import HFCaptioner
+    from curation.captions.hf import HFCaptioner
     return HFCaptioner(arg.partition(":")[2], cfg)
 
 

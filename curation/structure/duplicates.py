@@ -24,7 +24,7 @@ import pyarrow as pa
 from PIL import Image
 from tqdm import tqdm
 
-from curation.clusters import ok_embeddings
+from curation.structure.clusters import ok_embeddings
 from indexer.store import Workspace, now
 from indexer.vectors import build_index
 
