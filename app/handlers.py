@@ -16,6 +16,7 @@ from curation.views.search import Searcher
 from curation.views.gallery import (COMPARE_SORTS, PER_PAGE, SCORE_SOURCES, FilterIndex, Scope, ViewError, compare_rows,
                             gallery_page, overview, sample_detail, score_values)
 from indexer.models import open_workspace_model
+from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace
 
 CAPTION_COLUMNS = ["source", "producer", "#", "caption", "clip_score", "cycle"]
@@ -112,7 +113,7 @@ class Handlers:
                   _fmt(c["reward"].get("syn", {}).get("mean")), _fmt(c["reward"].get("fused", {}).get("mean")),
                   _fmt(c["flagged_share"]), _fmt(c["diversity"].get("image")), _fmt(c["syn_vs_alt_diversity"])]
                  for c in data["clusters"]]
-        hist = charts.histograms({s: score_values(self.ws, s) for s in ("alt", "syn", "fused")},
+        hist = charts.histograms({s: score_values(self.ws, s) for s in SOURCE_KINDS},
                                  title="clip_score per caption source (best caption per sample)")
         return counts, hist, self.map_picture(color_by), table
 
@@ -211,7 +212,7 @@ class Handlers:
         return [(self.thumb(thumbs.get(i)), f"{v} · #{i}") for v, i in ids if self.thumb(thumbs.get(i))]
 
     def suggestions(self, source: str):
-        one_of(source, ("alt", "syn", "fused"), "source")
+        one_of(source, SOURCE_KINDS, "source")
         return [[s["concept"], s["axis"], s["caption_top"], _fmt(s["caption_top_share"]),
                  _fmt(s["image_top_share_of_it"]), _fmt(s["entropy_drop"]), "yes" if s["flag"] else ""]
                 for s in suggest(self.ws, self.model, source=source, top=8)]

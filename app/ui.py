@@ -14,10 +14,9 @@ import gradio as gr
 from app.curate import Curate
 from app.curate_ui import KEYS_JS, export_tab, review_tab, selection_choices, selection_panel
 from app.handlers import CAPTION_COLUMNS, Handlers, UserError
-from curation.views.gallery import COMPARE_SORTS
+from curation.views.gallery import COMPARE_SORTS, SCORE_SOURCES
 from indexer.store import Workspace
 
-SOURCES = ["reward", "alt", "syn", "fused"]
 CSS = """.tile-gallery img, .big-sample img { image-rendering: pixelated; }
 .big-sample img { width: 100% !important; height: 100% !important; object-fit: contain; }"""
 
@@ -96,7 +95,7 @@ def _overview_tab(h: Handlers) -> dict:
 def _browser_tab(h: Handlers, clusters: list[str], tile_ids: gr.State) -> dict:
     with gr.Row():
         cluster = gr.Dropdown(clusters, value="all", label="Cluster")
-        source = gr.Dropdown(SOURCES, value="reward", label="Score shown")
+        source = gr.Dropdown(list(SCORE_SOURCES), value="reward", label="Score shown")
         order = gr.Dropdown(["default", "score_asc", "score_desc"], value="default", label="Order")
         page = gr.Number(value=0, precision=0, label="Page (from 0)", minimum=0)
     with gr.Row():

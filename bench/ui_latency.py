@@ -26,7 +26,6 @@ import pyarrow as pa  # noqa: E402
 from demo.build import demo_model_spec  # noqa: E402
 from demo.samples import generate_samples  # noqa: E402
 from demo.world import render  # noqa: E402
-from curation.scores.score import ensure_schema  # noqa: E402
 from indexer.models import open_workspace_model  # noqa: E402
 from indexer.store import Workspace, now  # noqa: E402
 from indexer.vectors import EmbeddingStore  # noqa: E402
@@ -56,10 +55,7 @@ def build(root: Path, n: int, k: int = 300, seed: int = 0) -> None:
     reward = np.clip(rng.normal(0.8, 0.35, n), 0, 2.5)
     centre_xy = rng.uniform(-10, 10, size=(k, 2))
     xy = centre_xy[labels] + rng.normal(scale=0.6, size=(n, 2))
-    ensure_schema(ws)
     with ws.transaction() as cur:
-        cur.execute("CREATE TABLE IF NOT EXISTS clusters (sample_id BIGINT PRIMARY KEY, cluster INTEGER NOT NULL, distance DOUBLE)")
-        cur.execute("CREATE TABLE IF NOT EXISTS map_coords (sample_id BIGINT PRIMARY KEY, x DOUBLE, y DOUBLE)")
         ws.insert_arrow("samples", pa.table({
             "id": ids, "uid": [f"{i:032x}" for i in ids], "source": ["synthetic"] * n, "key": [str(i) for i in ids],
             "status": ["ok"] * n, "caption_status": ["ok"] * n, "thumb": [thumbs[i % len(thumbs)] for i in ids],
@@ -73,10 +69,9 @@ def build(root: Path, n: int, k: int = 300, seed: int = 0) -> None:
         ws.set_meta("active_reward", 1, cur=cur)
     # per-source scores as 'altlens score' materialises them: alt = the reward, syn/fused = noisy copies
     with ws.transaction() as cur:
-        cur.register("_s", pa.table({"sample_id": ids, "alt": reward, "syn": np.clip(reward + rng.normal(0, .2, n), 0, 2.5),
-                                     "fused": np.clip(reward + rng.normal(.1, .2, n), 0, 2.5)}))
-        cur.execute("CREATE OR REPLACE TABLE sample_source_scores AS SELECT * FROM _s")
-        cur.unregister("_s")
+        ws.insert_arrow("sample_source_scores", pa.table({
+            "sample_id": ids, "alt": reward, "syn": np.clip(reward + rng.normal(0, .2, n), 0, 2.5),
+            "fused": np.clip(reward + rng.normal(.1, .2, n), 0, 2.5)}), cur=cur)
     rebuild_index_if_stale(ws)
     ws.close()
 

@@ -19,16 +19,16 @@ from demo.samples import DemoSample, generate_samples, sample_image
 from demo.world import NoiseConfig
 from demo import CLIP_CHECKPOINT
 from indexer.models import ModelSpec
+from indexer.schema import Table, register_table
 from indexer.index import IndexConfig, run_index
 from indexer.sources import make_uid
 from indexer.store import Workspace
 
 log = logging.getLogger(__name__)
 
-TRUTH_SCHEMA = """CREATE TABLE IF NOT EXISTS demo_truth (
-    uid VARCHAR PRIMARY KEY, key VARCHAR NOT NULL, scene_json VARCHAR NOT NULL, canonical VARCHAR NOT NULL,
-    alt VARCHAR NOT NULL, noise VARCHAR NOT NULL, knowledge_json VARCHAR NOT NULL,
-    dup_of VARCHAR, dup_kind VARCHAR)"""
+TRUTH = register_table(Table("demo_truth", "demo", """uid VARCHAR PRIMARY KEY, key VARCHAR NOT NULL,
+    scene_json VARCHAR NOT NULL, canonical VARCHAR NOT NULL, alt VARCHAR NOT NULL, noise VARCHAR NOT NULL,
+    knowledge_json VARCHAR NOT NULL, dup_of VARCHAR, dup_kind VARCHAR"""))
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,8 @@ def store_truth(ws: Workspace, samples: list[DemoSample], source: str, shard_siz
     rows = [(uid(s), s.key, json.dumps(s.scene), s.caption, s.alt, s.noise, json.dumps(s.knowledge),
              uid(by_key[s.dup_of]) if s.dup_of else None, s.dup_kind) for s in samples]
     with ws.transaction() as cur:
-        cur.execute(TRUTH_SCHEMA)
+        for statement in TRUTH.statements():
+            cur.execute(statement)
         cur.executemany("INSERT INTO demo_truth VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
 
 

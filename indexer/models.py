@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.errors import ModelError
+
 if os.environ.get("ALTLENS_ALLOW_DOWNLOAD") != "1":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -32,10 +34,6 @@ DEFAULT_MODEL = "MobileCLIP2-S0"
 DEFAULT_PRETRAINED = "dfndr2b"
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class ModelError(ValueError):
-    """A model could not be resolved or loaded; the message names the bad value."""
 
 
 @dataclass(frozen=True)

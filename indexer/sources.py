@@ -22,6 +22,8 @@ from typing import Callable, Iterator
 
 from braceexpand import braceexpand
 
+from indexer.errors import SourceError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
@@ -30,10 +32,6 @@ IMAGE_COLUMNS = ("image", "path", "file_name", "filename", "image_path", "file",
 CAPTION_COLUMNS = ("caption", "text", "alt", "alt_text", "txt", "title")
 URL_COLUMNS = ("url", "image_url", "source_url")
 MAX_MEMBER_BYTES = 256 << 20
-
-
-class SourceError(ValueError):
-    """A source argument that cannot be read; the message names the value and what is allowed."""
 
 
 @dataclass(frozen=True)

@@ -22,45 +22,10 @@ from pathlib import Path
 
 import duckdb
 
-SCHEMA_VERSION = 1
+from indexer.errors import WorkspaceError
+from indexer.schema import PRODUCT_TABLES, SCHEMA_VERSION, TABLES, create_statements
+
 DB_NAME = "altlens.duckdb"
-
-SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
-    """CREATE TABLE IF NOT EXISTS sources (
-        source VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, location VARCHAR NOT NULL, added_at TIMESTAMP)""",
-    """CREATE TABLE IF NOT EXISTS samples (
-        id BIGINT PRIMARY KEY, uid VARCHAR NOT NULL UNIQUE, source VARCHAR NOT NULL, key VARCHAR NOT NULL,
-        status VARCHAR NOT NULL, reason VARCHAR,
-        path VARCHAR, member_offset BIGINT, member_size BIGINT,
-        width INTEGER, height INTEGER, format VARCHAR, sha256 VARCHAR,
-        url VARCHAR, meta_json VARCHAR, caption_status VARCHAR, thumb VARCHAR, ingested_at TIMESTAMP)""",
-    """CREATE TABLE IF NOT EXISTS captions (
-        id BIGINT PRIMARY KEY, sample_id BIGINT NOT NULL, uid VARCHAR NOT NULL,
-        source_kind VARCHAR NOT NULL, producer VARCHAR NOT NULL, params VARCHAR, idx INTEGER NOT NULL,
-        text VARCHAR NOT NULL, status VARCHAR NOT NULL DEFAULT 'ok', created_at TIMESTAMP)""",
-    "CREATE INDEX IF NOT EXISTS captions_sample ON captions (sample_id)",
-    """CREATE TABLE IF NOT EXISTS emb_chunks (
-        kind VARCHAR NOT NULL, start_id BIGINT NOT NULL, n BIGINT NOT NULL, file VARCHAR NOT NULL,
-        PRIMARY KEY (kind, start_id))""",
-    """CREATE TABLE IF NOT EXISTS ingest_files (
-        path VARCHAR PRIMARY KEY, source VARCHAR NOT NULL, size BIGINT, mtime DOUBLE,
-        n_samples BIGINT, error VARCHAR, done_at TIMESTAMP)""",
-    """CREATE TABLE IF NOT EXISTS runs (
-        id BIGINT PRIMARY KEY, command VARCHAR, args VARCHAR, started_at TIMESTAMP,
-        finished_at TIMESTAMP, counts VARCHAR)""",
-]
-
-
-# Tables the workspace may hold (curation modules add theirs with CREATE TABLE IF NOT EXISTS).
-TABLES = {"meta", "sources", "samples", "captions", "emb_chunks", "ingest_files", "runs", "caption_scores",
-          "sample_scores", "reward_versions", "rewards", "demo_truth", "producer_failures", "clusters",
-          "map_coords", "dup_groups", "cluster_summaries", "sample_source_scores", "labels", "selections", "selection_members",
-          "alt_contrast"}
-
-
-class WorkspaceError(RuntimeError):
-    """The workspace is missing, locked, or of a schema this altlens does not know."""
 
 
 def now() -> datetime:
@@ -165,8 +130,9 @@ class Workspace:
 
     # ------------------------------------------------------------ schema
     def _migrate(self) -> None:
+        """Create every product table that is missing (all of them in a new workspace)."""
         with self.transaction() as cur:
-            for statement in SCHEMA:
+            for statement in create_statements():
                 cur.execute(statement)
             cur.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING", [str(SCHEMA_VERSION)])
             cur.execute("INSERT INTO meta VALUES ('created_at', ?) ON CONFLICT DO NOTHING", [now().isoformat()])
@@ -179,9 +145,24 @@ class Workspace:
         if found > SCHEMA_VERSION:
             raise WorkspaceError(f"workspace {self.root} has schema version {found}, newer than this altlens "
                                  f"understands ({SCHEMA_VERSION}); upgrade altlens to open it")
+        if self.read_only:
+            present = {r[0] for r in self.rows("SELECT table_name FROM information_schema.tables")}
+            missing = sorted(t.name for t in PRODUCT_TABLES if t.name not in present)
+            if missing:
+                raise WorkspaceError(f"workspace {self.root} was made by an older altlens and lacks the tables "
+                                     f"{', '.join(missing[:4])}; open it once for writing (any command that writes, "
+                                     "such as 'altlens score') to add them")
 
     def has_table(self, name: str) -> bool:
         return bool(self.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]))
+
+    def require(self, table: str, what: str | None = None) -> None:
+        """Raise a one-line error naming the command to run first when ``table`` is still empty."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        if self.scalar(f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1)") == 0:
+            raise WorkspaceError(f"no {what or table} in {self.root} yet; run 'altlens {TABLES[table].owner} "
+                                 f"--workspace {self.root}' first")
 
     def get_meta(self, key: str, default=None):
         value = self.scalar("SELECT value FROM meta WHERE key = ?", [key])

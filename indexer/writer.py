@@ -15,6 +15,7 @@ import os
 import numpy as np
 import pyarrow as pa
 
+from indexer.schema import ALT
 from indexer.sources import Source
 from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore, build_index, choose_index_kind, write_index
@@ -124,7 +125,7 @@ class SampleWriter:
                 "sha256": s.get("sha256"), "url": s.get("url"), "meta_json": s.get("meta_json"),
                 "caption_status": s["caption_status"], "thumb": s.get("thumb"), "ingested_at": stamp})
             captions.append({
-                "id": start_c + i, "sample_id": start_s + i, "uid": s["__uid__"], "source_kind": "alt",
+                "id": start_c + i, "sample_id": start_s + i, "uid": s["__uid__"], "source_kind": ALT,
                 "producer": ALT_PRODUCER, "params": json.dumps({"source": s["__source__"]}), "idx": 0,
                 "text": s["caption"], "status": s["caption_status"], "created_at": stamp})
         return samples, captions

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from curation.registry import Registry
 from indexer.decode import open_image
 from indexer.models import ModelError, ModelSpec, load_model, open_workspace_model
+from indexer.schema import SYN
 from indexer.sources import read_member
 from indexer.store import Workspace, now
 from indexer.writer import insert_captions
@@ -35,8 +36,6 @@ from indexer.writer import insert_captions
 log = logging.getLogger(__name__)
 
 SAMPLINGS = ("top_p", "beam", "diverse_beam")
-FAILURES_SCHEMA = """CREATE TABLE IF NOT EXISTS producer_failures (
-    sample_id BIGINT NOT NULL, producer VARCHAR NOT NULL, reason VARCHAR NOT NULL, created_at TIMESTAMP)"""
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,6 @@ def pending_samples(ws: Workspace, producer: str, num: int, limit: int | None) -
 def run_captioning(cfg: CaptionConfig) -> dict:
     """Caption every pending sample; return counts."""
     with Workspace(cfg.workspace) as ws:
-        ws.execute(FAILURES_SCHEMA)
         embedder = open_workspace_model(ws, ModelSpec(device=cfg.device, precision=cfg.precision)
                                         if (cfg.device, cfg.precision) != ("auto", "fp32") else None)
         captioner = make_captioner(cfg.captioner, embedder, cfg)
@@ -221,7 +219,7 @@ def _store(ws: Workspace, rows: list[dict], texts: list[list[str]], captioner, e
     for row, captions in zip(rows, texts):
         for idx in range(row["have"], cfg.num):
             text = captions[idx] if idx < len(captions) else ""
-            records.append({"sample_id": row["id"], "uid": row["uid"], "source_kind": "syn",
+            records.append({"sample_id": row["id"], "uid": row["uid"], "source_kind": SYN,
                             "producer": captioner.producer, "params": params, "idx": idx, "text": text})
             flat.append(text)
     if records:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from curation.captions.fusion_rules import RULES_VERSION, compose, conflict_alternatives, plan_fusion
 from indexer.models import ModelError, ModelSpec, open_workspace_model
+from indexer.schema import FUSED
 from indexer.store import Workspace
 from indexer.vectors import EmbeddingStore
 from indexer.writer import insert_captions
@@ -85,7 +86,7 @@ def run_fusion(cfg: FuseConfig) -> dict:
                 failed += len(batch)
                 bar.update(len(batch))
                 continue
-            rows = [{"sample_id": r["id"], "uid": r["uid"], "source_kind": "fused", "producer": producer,
+            rows = [{"sample_id": r["id"], "uid": r["uid"], "source_kind": FUSED, "producer": producer,
                      "params": json.dumps(plan), "idx": 0, "text": plan["text"]} for r, plan in zip(batch, plans)]
             insert_captions(ws, rows, embedder.encode_texts([p["text"] for p in plans]))
             bar.update(len(batch))

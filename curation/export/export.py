@@ -29,6 +29,7 @@ from tqdm import tqdm
 from curation.review.chooser import best_of, choose_sources, load_chooser
 from curation.captions.fusion_rules import junk_reason
 from curation.export.select import load_selection
+from indexer.schema import ALT, FUSED, SYN
 from indexer.sources import read_member
 from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore, atomic_write
@@ -121,8 +122,7 @@ class SampleSource:
                                   c.producer, c.idx""", [ids]):
             captions.setdefault(c["sample_id"], []).append(c)
         prefs = dict(self.ws.rows("""SELECT sample_id, arg_max(value, id) FROM labels WHERE kind = 'preference'
-                                     AND list_contains(?, sample_id) GROUP BY 1""", [ids])) \
-            if self.ws.has_table("labels") else {}
+                                     AND list_contains(?, sample_id) GROUP BY 1""", [ids]))
         guesses = self._chooser_guesses(ids, captions, prefs)
         return [self._assemble(samples[i], captions.get(i, []), prefs.get(i), guesses.get(i)) for i in ids]
 
@@ -133,18 +133,18 @@ class SampleSource:
         available = {}
         for i in ids:
             caps = captions.get(i, [])
-            if i not in prefs and any(c["source_kind"] == "alt" for c in caps):  # the chooser reads alt signals
+            if i not in prefs and any(c["source_kind"] == ALT for c in caps):  # the chooser reads alt signals
                 available[i] = {c["source_kind"] for c in caps if c["source_kind"] != "alt" or usable_alt(c)}
         return choose_sources(self.ws, self.chooser, available)
 
     def _assemble(self, s: dict, caps: list[dict], preferred: str | None, guess: str | None = None) -> dict:
-        alt = next((c for c in caps if c["source_kind"] == "alt"), None)
+        alt = next((c for c in caps if c["source_kind"] == ALT), None)
         syn_by_producer: dict[str, list[dict]] = {}
         for c in caps:
-            if c["source_kind"] == "syn":
+            if c["source_kind"] == SYN:
                 syn_by_producer.setdefault(c["producer"], []).append(c)
         main_syn = max(syn_by_producer, key=lambda p: (len(syn_by_producer[p]), p)) if syn_by_producer else None
-        fused = [c for c in caps if c["source_kind"] == "fused"]
+        fused = [c for c in caps if c["source_kind"] == FUSED]
         chosen, how = self._choose(alt, syn_by_producer.get(main_syn, []), fused, preferred, guess)
         return {"sample": s, "alt": alt, "main_syn": main_syn, "syn": syn_by_producer, "fused": fused,
                 "chosen": chosen, "chosen_by": how}
@@ -211,7 +211,7 @@ class SampleSource:
 
     def metadata(self, item: dict) -> dict:
         s = item["sample"]
-        scores = {c["source_kind"] + (f"_{c['idx']}" if c["source_kind"] == "syn" else ""): c["clip_score"]
+        scores = {c["source_kind"] + (f"_{c['idx']}" if c["source_kind"] == SYN else ""): c["clip_score"]
                   for c in ([item["alt"]] if item["alt"] else []) + item["syn"].get(item["main_syn"], []) + item["fused"]}
         return {"uid": s["uid"], "sha256": s["sha256"], "key": s["key"], "source": s["source"],
                 "width": s["width"], "height": s["height"], "reward": s["reward"], "reward_version": self.version,

@@ -13,16 +13,11 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
+from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace, now
 
 POLICIES = ("alt", "best", "fused", "hybrid")
 LABEL_FILTERS = ("any", "good_only", "exclude_bad")
-SOURCES = ("alt", "syn", "fused")
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS selections (
-        name VARCHAR PRIMARY KEY, rule VARCHAR NOT NULL, counts VARCHAR NOT NULL, created_at TIMESTAMP)""",
-    """CREATE TABLE IF NOT EXISTS selection_members (name VARCHAR NOT NULL, sample_id BIGINT NOT NULL)""",
-]
 
 
 @dataclass(frozen=True)
@@ -48,8 +43,8 @@ class SelectionRule:
         if self.labels not in LABEL_FILTERS:
             raise ValueError(f"unknown label filter {self.labels!r}; allowed: {', '.join(LABEL_FILTERS)}")
         for source, value in self.source_min.items():
-            if source not in SOURCES:
-                raise ValueError(f"unknown caption source {source!r} in a threshold; allowed: {', '.join(SOURCES)}")
+            if source not in SOURCE_KINDS:
+                raise ValueError(f"unknown caption source {source!r} in a threshold; allowed: {', '.join(SOURCE_KINDS)}")
             float(value)
         if self.per_cluster_k is not None and self.per_cluster_k < 1:
             raise ValueError(f"--per-cluster must be >= 1, got {self.per_cluster_k}")
@@ -73,24 +68,19 @@ def _where(ws: Workspace, rule: SelectionRule) -> tuple[list[str], list]:
     if rule.clusters_out:
         where.append("s.id NOT IN (SELECT sample_id FROM clusters WHERE list_contains(?, cluster))")
         params.append([int(c) for c in rule.clusters_out])
-    if rule.drop_duplicates and ws.has_table("dup_groups"):
+    if rule.drop_duplicates:
         where.append("s.id NOT IN (SELECT sample_id FROM dup_groups WHERE NOT representative)")
-    if rule.labels != "any" and ws.has_table("labels"):
+    if rule.labels != "any":
         latest = "(SELECT sample_id, arg_max(value, id) AS value FROM labels WHERE kind = 'alignment' GROUP BY 1)"
         if rule.labels == "good_only":
             where.append(f"s.id IN (SELECT sample_id FROM {latest} WHERE value = 'good')")
         else:
             where.append(f"s.id NOT IN (SELECT sample_id FROM {latest} WHERE value = 'bad')")
-    elif rule.labels == "good_only":
-        where.append("false")
     return where, params
 
 
 def save_selection(ws: Workspace, rule: SelectionRule) -> dict:
     """Materialise the rule into ``selection_members`` (replacing a selection of the same name)."""
-    with ws.transaction() as cur:
-        for statement in SCHEMA:
-            cur.execute(statement)
     where, params = _where(ws, rule)
     sql = f"SELECT s.id FROM samples s WHERE {' AND '.join(where)}"
     if rule.per_cluster_k:
@@ -112,8 +102,6 @@ def save_selection(ws: Workspace, rule: SelectionRule) -> dict:
 
 
 def load_selection(ws: Workspace, name: str) -> tuple[SelectionRule, list[int]]:
-    if not ws.has_table("selections"):
-        raise ValueError("no selections yet; create one with 'altlens select'")
     row = ws.scalar("SELECT rule FROM selections WHERE name = ?", [name])
     if row is None:
         names = [r[0] for r in ws.rows("SELECT name FROM selections ORDER BY name")]

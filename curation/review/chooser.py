@@ -19,9 +19,9 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from curation.review.labels import current
 from curation.review.reward import (features, load_json_model, model_columns, pipeline, save_json_model, save_model,
                              train_reward)
+from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace, now
 
-SOURCES = ("alt", "syn", "fused")
 MIN_PREFERENCES = 12
 MIN_PER_SOURCE = 4
 
@@ -34,8 +34,8 @@ def best_of(pool: list[dict]) -> dict | None:
 def train_chooser(ws: Workspace, folds: int = 5) -> dict:
     """Fit on the current preference labels; refuses with a clear message when there are too few."""
     prefs = current(ws, "preference")
-    counts = {s: sum(v == s for v in prefs.values()) for s in SOURCES}
-    usable = [s for s in SOURCES if counts[s] >= MIN_PER_SOURCE]
+    counts = {s: sum(v == s for v in prefs.values()) for s in SOURCE_KINDS}
+    usable = [s for s in SOURCE_KINDS if counts[s] >= MIN_PER_SOURCE]
     if len(prefs) < MIN_PREFERENCES or len(usable) < 2:
         raise ValueError(f"need at least {MIN_PREFERENCES} best-caption preferences, with {MIN_PER_SOURCE} or more "
                          f"for two sources, to train a caption chooser; have {counts}")

@@ -7,17 +7,11 @@ from __future__ import annotations
 
 import re
 
+from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace, now
 
-SCHEMA = """CREATE TABLE IF NOT EXISTS labels (
-    id BIGINT PRIMARY KEY, sample_id BIGINT NOT NULL, kind VARCHAR NOT NULL, value VARCHAR NOT NULL,
-    who VARCHAR NOT NULL, view VARCHAR, created_at TIMESTAMP NOT NULL)"""
-KINDS = {"alignment": ("good", "bad"), "preference": ("alt", "syn", "fused")}
+KINDS = {"alignment": ("good", "bad"), "preference": SOURCE_KINDS}
 TAG = re.compile(r"[\w][\w .:/-]{0,63}")
-
-
-def ensure_schema(ws: Workspace) -> None:
-    ws.execute(SCHEMA)
 
 
 def add_label(ws: Workspace, sample_id: int, kind: str, value: str, who: str = "local", view: str = "cli") -> int:
@@ -31,7 +25,6 @@ def add_label(ws: Workspace, sample_id: int, kind: str, value: str, who: str = "
         raise ValueError(f"{kind} must be one of {', '.join(KINDS[kind])}, got {value!r}")
     if not ws.scalar("SELECT count(*) FROM samples WHERE id = ? AND status = 'ok'", [int(sample_id)]):
         raise ValueError(f"no ok sample with id {sample_id}")
-    ensure_schema(ws)
     with ws.transaction() as cur:
         label_id = int(cur.execute("SELECT coalesce(max(id) + 1, 0) FROM labels").fetchone()[0])
         cur.execute("INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -41,23 +34,17 @@ def add_label(ws: Workspace, sample_id: int, kind: str, value: str, who: str = "
 
 def current(ws: Workspace, kind: str = "alignment") -> dict[int, str]:
     """The latest label of ``kind`` per sample."""
-    if not ws.has_table("labels"):
-        return {}
     return dict(ws.rows("""SELECT sample_id, arg_max(value, id) FROM labels WHERE kind = ?
                            GROUP BY sample_id""", [kind]))
 
 
 def history(ws: Workspace, sample_id: int) -> list[dict]:
-    if not ws.has_table("labels"):
-        return []
     return ws.dicts("SELECT kind, value, who, view, created_at FROM labels WHERE sample_id = ? ORDER BY id",
                     [int(sample_id)])
 
 
 def current_of(ws: Workspace, sample_id: int, kind: str = "alignment") -> str | None:
     """The latest label of ``kind`` for one sample, or None."""
-    if not ws.has_table("labels"):
-        return None
     return ws.scalar("SELECT arg_max(value, id) FROM labels WHERE sample_id = ? AND kind = ?", [int(sample_id), kind])
 
 

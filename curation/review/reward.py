@@ -31,7 +31,7 @@ from sklearn.preprocessing import StandardScaler
 
 from curation.captions.fusion_rules import junk_reason, visual_pairs
 from curation.review.labels import current
-from curation.scores.score import ensure_schema, reward_version
+from curation.scores.score import reward_version
 from indexer.store import Workspace, now
 from indexer.vectors import atomic_write
 
@@ -49,19 +49,16 @@ class Features:
 
 def features(ws: Workspace, ids: list[int] | None = None) -> Features:
     """Feature matrix for ok samples (all of them, or ``ids`` in that order)."""
-    if not ws.read_only:
-        ensure_schema(ws)
-    contrast = ws.has_table("alt_contrast")
-    rows = ws.dicts(f"""SELECT s.id, a.id AS alt_id, a.text, cs.clip_score AS alt_clip, cs.cycle AS alt_cycle,
+    rows = ws.dicts("""SELECT s.id, a.id AS alt_id, a.text, cs.clip_score AS alt_clip, cs.cycle AS alt_cycle,
                               ss.agreement, sss.syn AS syn_clip, sss.fused AS fused_clip,
-                              {"ac.contrast" if contrast else "NULL"} AS alt_contrast,
+                              ac.contrast AS alt_contrast,
                               (SELECT f.text FROM captions f WHERE f.sample_id = s.id AND f.source_kind = 'fused'
                                ORDER BY f.id LIMIT 1) AS fused_text
                        FROM samples s JOIN captions a ON a.sample_id = s.id AND a.source_kind = 'alt'
                        LEFT JOIN caption_scores cs ON cs.caption_id = a.id
                        LEFT JOIN sample_scores ss ON ss.sample_id = s.id
                        LEFT JOIN sample_source_scores sss ON sss.sample_id = s.id
-                       {"LEFT JOIN alt_contrast ac ON ac.sample_id = s.id" if contrast else ""}
+                       LEFT JOIN alt_contrast ac ON ac.sample_id = s.id
                        WHERE s.status = 'ok' ORDER BY s.id""")
     if ids is not None:
         by_id = {r["id"]: r for r in rows}

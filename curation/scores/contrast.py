@@ -24,8 +24,6 @@ from curation.captions.fusion_rules import COLOURS, SHAPES, visual_pairs
 from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore
 
-SCHEMA = """CREATE TABLE IF NOT EXISTS alt_contrast (
-    sample_id BIGINT PRIMARY KEY, contrast DOUBLE, claims INTEGER, variants INTEGER, computed_at TIMESTAMP)"""
 MAX_CLAIMS = 4
 MAX_CHARS = 2000
 
@@ -56,7 +54,6 @@ def variants(text: str, colours: list[str], shapes: list[str]) -> list[str]:
 
 def score_contrast(ws: Workspace, model, batch: int = 1024, progress: bool = True) -> int:
     """Fill ``alt_contrast`` for ok samples missing it; returns how many were written."""
-    ws.execute(SCHEMA)
     rows = ws.rows("""SELECT s.id, a.text FROM samples s JOIN captions a ON a.sample_id = s.id AND a.source_kind = 'alt'
                       WHERE s.status = 'ok' AND s.id NOT IN (SELECT sample_id FROM alt_contrast) ORDER BY s.id""")
     if not rows:

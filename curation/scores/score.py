@@ -25,23 +25,7 @@ from indexer.vectors import EmbeddingStore, build_index, search
 log = logging.getLogger(__name__)
 
 CYCLE_K = 15
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS caption_scores (
-        caption_id BIGINT PRIMARY KEY, clip_score DOUBLE, cosine DOUBLE, cycle DOUBLE, computed_at TIMESTAMP)""",
-    """CREATE TABLE IF NOT EXISTS sample_scores (
-        sample_id BIGINT PRIMARY KEY, agreement DOUBLE, computed_at TIMESTAMP)""",
-    """CREATE TABLE IF NOT EXISTS reward_versions (
-        version INTEGER PRIMARY KEY, kind VARCHAR NOT NULL, provenance VARCHAR, created_at TIMESTAMP)""",
-    """CREATE TABLE IF NOT EXISTS rewards (
-        sample_id BIGINT NOT NULL, version INTEGER NOT NULL, value DOUBLE, PRIMARY KEY (sample_id, version))""",
-]
 ALT_CLIP_REWARD = "clip_score:alt"
-
-
-def ensure_schema(ws: Workspace) -> None:
-    with ws.transaction() as cur:
-        for statement in SCHEMA:
-            cur.execute(statement)
 
 
 def clip_score(cosine: np.ndarray) -> np.ndarray:
@@ -91,13 +75,12 @@ def cycle_scores(images: np.ndarray, texts: np.ndarray, ok_ids: np.ndarray, pool
 def score_workspace(ws: Workspace, recompute: bool = False, model=None, progress: bool = True) -> dict:
     """Fill clip_score, cycle, agreement, the default reward and (with ``model``, the workspace's
     embedding model) the alt-text contrast for everything missing them."""
-    ensure_schema(ws)
     images = EmbeddingStore(ws, "image").load()
     texts = EmbeddingStore(ws, "text").load()
     if recompute:
         ws.execute("DELETE FROM caption_scores")
         ws.execute("DELETE FROM sample_scores")
-        if model is not None and ws.has_table("alt_contrast"):  # without a model it could not be refilled
+        if model is not None:  # without a model it could not be refilled
             ws.execute("DELETE FROM alt_contrast")
     scored = _score_captions(ws, images, texts)
     agreements = _score_agreement(ws, texts)
@@ -160,7 +143,8 @@ def _score_agreement(ws: Workspace, texts) -> int:
 def materialise_source_scores(ws: Workspace) -> None:
     """One row per sample with the best clip_score of each caption source: what filters read at 1 M rows."""
     with ws.transaction() as cur:
-        cur.execute("""CREATE OR REPLACE TABLE sample_source_scores AS
+        cur.execute("DELETE FROM sample_source_scores")
+        cur.execute("""INSERT INTO sample_source_scores
             SELECT c.sample_id,
                    max(cs.clip_score) FILTER (WHERE c.source_kind = 'alt') AS alt,
                    max(cs.clip_score) FILTER (WHERE c.source_kind = 'syn') AS syn,

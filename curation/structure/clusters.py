@@ -15,17 +15,10 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from curation.scores.score import ensure_schema as ensure_score_schema
 from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore, atomic_write
 
 log = logging.getLogger(__name__)
-
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS clusters (
-        sample_id BIGINT PRIMARY KEY, cluster INTEGER NOT NULL, distance DOUBLE)""",
-    """CREATE TABLE IF NOT EXISTS map_coords (sample_id BIGINT PRIMARY KEY, x DOUBLE, y DOUBLE)""",
-]
 
 
 @dataclass(frozen=True)
@@ -138,10 +131,6 @@ def place_from_neighbours(vectors, fit, fitted, rest, cfg: MapConfig, block: int
 def run_map(ws: Workspace, cfg: MapConfig = MapConfig()) -> dict:
     """Cluster, lay out and summarise the workspace; return counts and per-stage wall times."""
     times: dict = {}
-    ensure_score_schema(ws)  # summaries and the reward map read score tables, empty until 'altlens score'
-    with ws.transaction() as cur:
-        for statement in SCHEMA:
-            cur.execute(statement)
     t0 = time.perf_counter()
     ids, vectors = ok_embeddings(ws)
     times["load_s"] = round(time.perf_counter() - t0, 2)

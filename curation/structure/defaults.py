@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from indexer.store import Workspace
+from indexer.schema import SOURCE_KINDS
 from indexer.vectors import EmbeddingStore
 
 DEFAULT_SHARE = 0.8
@@ -32,7 +33,6 @@ AXES = {
     "material": ("wooden", "metal", "plastic", "glass", "paper", "stone", "leather", "cotton"),
     "count": ("one", "two", "three", "four", "five"),
 }
-SOURCES = ("alt", "syn", "fused")
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ class DefaultsQuery:
             raise ValueError(f"concept must be a word or two of letters, got {self.concept!r}")
         if len(self.values) < 2 or len(set(self.values)) != len(self.values):
             raise ValueError(f"give at least two distinct axis values, got {list(self.values)}")
-        if self.source not in SOURCES:
-            raise ValueError(f"unknown caption source {self.source!r}; allowed: {', '.join(SOURCES)}")
+        if self.source not in SOURCE_KINDS:
+            raise ValueError(f"unknown caption source {self.source!r}; allowed: {', '.join(SOURCE_KINDS)}")
         if self.images not in ("captions", "retrieval"):
             raise ValueError(f"unknown image selection {self.images!r}; allowed: captions, retrieval")
 

@@ -30,9 +30,6 @@ from indexer.vectors import build_index
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """CREATE TABLE IF NOT EXISTS dup_groups (
-    sample_id BIGINT PRIMARY KEY, group_id BIGINT NOT NULL, representative BOOLEAN NOT NULL,
-    similarity DOUBLE, method VARCHAR)"""
 RANGE_SEARCH_MAX = 100_000
 
 
@@ -102,7 +99,6 @@ def find_duplicates(ws: Workspace, cfg: DupConfig = DupConfig()) -> dict:
     groups = _union_find(pairs)
     rows = _group_rows(ws, groups, pairs)
     with ws.transaction() as cur:
-        cur.execute(SCHEMA)
         cur.execute("DELETE FROM dup_groups")
         if rows["sample_id"]:
             ws.insert_arrow("dup_groups", pa.table(rows), cur=cur)

@@ -18,9 +18,6 @@ from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore
 
 DEFAULT_FLAG_THRESHOLD = 0.625
-SCHEMA = """CREATE TABLE IF NOT EXISTS cluster_summaries (
-    cluster INTEGER PRIMARY KEY, size BIGINT, exemplars VARCHAR, terms VARCHAR, reward VARCHAR,
-    flagged_share DOUBLE, diversity VARCHAR, computed_at TIMESTAMP)"""
 STOP = {"a", "an", "the", "on", "in", "at", "of", "and", "with", "to", "is", "for", "by", "from", "this"}
 
 
@@ -88,7 +85,6 @@ def summarise_clusters(ws: Workspace, exemplars: int = 6, max_diversity_rows: in
                      "flagged_share": float(np.mean(flagged)) if flagged else None,
                      "diversity": json.dumps(diversity), "computed_at": now()})
     with ws.transaction() as cur:
-        cur.execute(SCHEMA)
         cur.execute("DELETE FROM cluster_summaries")
         ws.insert_arrow("cluster_summaries", pa.Table.from_pylist(rows), cur=cur)
     return len(rows)

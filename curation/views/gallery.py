@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace
 
 PER_PAGE = 48
-SCORE_SOURCES = ("reward", "alt", "syn", "fused")
+SCORE_SOURCES = ("reward", *SOURCE_KINDS)
 COMPARE_SORTS = {
     "syn_minus_alt": "syn - alt DESC", "alt_minus_syn": "alt - syn DESC",
     "fused_minus_alt": "fused - alt DESC", "fused_minus_syn": "fused - syn DESC",
@@ -32,30 +33,10 @@ def _score_sql(source: str) -> str:
     return "r.value" if source == "reward" else f"sss.{source}"
 
 
-# Optional tables (filled by score and map) and empty stand-ins, so an unscored workspace still browses.
-OPTIONAL = {
-    "rewards": "(SELECT NULL::BIGINT AS sample_id, NULL::INTEGER AS version, NULL::DOUBLE AS value WHERE false)",
-    "sample_source_scores": "(SELECT NULL::BIGINT AS sample_id, NULL::DOUBLE AS alt, NULL::DOUBLE AS syn, "
-                            "NULL::DOUBLE AS fused WHERE false)",
-    "clusters": "(SELECT NULL::BIGINT AS sample_id, NULL::INTEGER AS cluster, NULL::DOUBLE AS distance WHERE false)",
-    "sample_scores": "(SELECT NULL::BIGINT AS sample_id, NULL::DOUBLE AS agreement WHERE false)",
-    "caption_scores": "(SELECT NULL::BIGINT AS caption_id, NULL::DOUBLE AS clip_score, NULL::DOUBLE AS cycle "
-                      "WHERE false)",
-    "dup_groups": "(SELECT NULL::BIGINT AS sample_id, NULL::BIGINT AS group_id, NULL::BOOLEAN AS representative "
-                  "WHERE false)",
-}
-
-
-def _t(ws: Workspace, name: str) -> str:
-    """A table name, or its empty stand-in when the step that fills it has not run."""
-    return name if ws.has_table(name) else OPTIONAL[name]
-
-
-def _joins(ws: Workspace) -> str:
-    return f"""FROM samples s
-              LEFT JOIN {_t(ws, "rewards")} r ON r.sample_id = s.id AND r.version = ?
-              LEFT JOIN {_t(ws, "sample_source_scores")} sss ON sss.sample_id = s.id
-              LEFT JOIN {_t(ws, "clusters")} k ON k.sample_id = s.id"""
+JOINS = """FROM samples s
+           LEFT JOIN rewards r ON r.sample_id = s.id AND r.version = ?
+           LEFT JOIN sample_source_scores sss ON sss.sample_id = s.id
+           LEFT JOIN clusters k ON k.sample_id = s.id"""
 
 
 def _version(ws: Workspace) -> int:
@@ -99,7 +80,7 @@ def gallery_page(ws: Workspace, scope: Scope, page: int = 0, per_page: int = PER
              "score_desc": f"{score} DESC NULLS LAST, s.id"}[scope.order]
     if scope.ids is not None and scope.order == "default":
         order = "list_position(?, s.id)"
-    sql = f"SELECT s.id, s.uid, s.thumb, {score} AS score, k.cluster {_joins(ws)} WHERE {' AND '.join(where)}"
+    sql = f"SELECT s.id, s.uid, s.thumb, {score} AS score, k.cluster {JOINS} WHERE {' AND '.join(where)}"
     total = int(ws.scalar(f"SELECT count(*) FROM ({sql})", params))
     order_params = [[int(i) for i in scope.ids]] if "list_position" in order else []
     rows = ws.dicts(f"{sql} ORDER BY {order} LIMIT ? OFFSET ?", params + order_params + [per_page, page * per_page])
@@ -108,31 +89,28 @@ def gallery_page(ws: Workspace, scope: Scope, page: int = 0, per_page: int = PER
 
 def sample_detail(ws: Workspace, sample_id: int) -> dict:
     """Everything the sample panel shows: fields, every caption with its scores, duplicates, cluster."""
-    rows = ws.dicts(f"""SELECT s.id, s.uid, s.source, s.key, s.status, s.reason, s.width, s.height, s.url,
+    rows = ws.dicts("""SELECT s.id, s.uid, s.source, s.key, s.status, s.reason, s.width, s.height, s.url,
                               s.thumb, s.caption_status, k.cluster, k.distance, ss.agreement, r.value AS reward
-                       FROM samples s LEFT JOIN {_t(ws, "clusters")} k ON k.sample_id = s.id
-                       LEFT JOIN {_t(ws, "sample_scores")} ss ON ss.sample_id = s.id
-                       LEFT JOIN {_t(ws, "rewards")} r ON r.sample_id = s.id AND r.version = ?
+                       FROM samples s LEFT JOIN clusters k ON k.sample_id = s.id
+                       LEFT JOIN sample_scores ss ON ss.sample_id = s.id
+                       LEFT JOIN rewards r ON r.sample_id = s.id AND r.version = ?
                        WHERE s.id = ?""", [_version(ws), int(sample_id)])
     if not rows:
         raise ViewError(f"no sample with id {sample_id}")
     detail = rows[0]
-    detail["captions"] = ws.dicts(f"""SELECT c.source_kind, c.producer, c.idx, c.text, cs.clip_score, cs.cycle
-                                     FROM captions c LEFT JOIN {_t(ws, "caption_scores")} cs ON cs.caption_id = c.id
+    detail["captions"] = ws.dicts("""SELECT c.source_kind, c.producer, c.idx, c.text, cs.clip_score, cs.cycle
+                                     FROM captions c LEFT JOIN caption_scores cs ON cs.caption_id = c.id
                                      WHERE c.sample_id = ? ORDER BY CASE c.source_kind WHEN 'alt' THEN 0
                                      WHEN 'fused' THEN 1 ELSE 2 END, c.producer, c.idx""", [int(sample_id)])
-    dups = _t(ws, "dup_groups")
-    detail["duplicates"] = ws.dicts(f"""SELECT s.id, s.thumb, d.representative FROM {dups} d
+    detail["duplicates"] = ws.dicts("""SELECT s.id, s.thumb, d.representative FROM dup_groups d
                                        JOIN samples s ON s.id = d.sample_id
-                                       WHERE d.group_id = (SELECT group_id FROM {dups} WHERE sample_id = ?)
+                                       WHERE d.group_id = (SELECT group_id FROM dup_groups WHERE sample_id = ?)
                                        AND d.sample_id <> ? ORDER BY s.id""", [int(sample_id), int(sample_id)])
     return detail
 
 
 def compare_rows(ws: Workspace, sort: str = "syn_minus_alt", limit: int = 50, offset: int = 0) -> list[dict]:
     """Samples with their alt, best synthetic and fused caption and scores, sorted by a gap between sources."""
-    if not ws.has_table("sample_source_scores"):
-        return []
     if sort not in COMPARE_SORTS:
         raise ViewError(f"unknown sort {sort!r}; allowed: {', '.join(COMPARE_SORTS)}")
     if not 1 <= limit <= 500 or offset < 0:
@@ -154,7 +132,7 @@ def compare_rows(ws: Workspace, sort: str = "syn_minus_alt", limit: int = 50, of
 
 def score_values(ws: Workspace, source: str) -> np.ndarray:
     score = _score_sql(source)
-    rows = ws.execute(f"SELECT {score} AS v {_joins(ws)} WHERE s.status = 'ok' AND {score} IS NOT NULL",
+    rows = ws.execute(f"SELECT {score} AS v {JOINS} WHERE s.status = 'ok' AND {score} IS NOT NULL",
                       [_version(ws)]).fetchnumpy()
     return np.asarray(rows["v"], dtype=np.float64)
 
@@ -168,7 +146,7 @@ class FilterIndex:
     def __init__(self, ws: Workspace):
         self.ws = ws
         frame = ws.execute(f"""SELECT s.id, k.cluster, r.value AS reward, sss.alt, sss.syn, sss.fused
-                               {_joins(ws)} WHERE s.status = 'ok' ORDER BY s.id""", [_version(ws)]).fetchnumpy()
+                               {JOINS} WHERE s.status = 'ok' ORDER BY s.id""", [_version(ws)]).fetchnumpy()
         self.ids = np.asarray(frame["id"], dtype=np.int64)
         cluster = frame["cluster"]
         self.cluster = np.asarray(cluster.filled(-1) if hasattr(cluster, "filled") else cluster, dtype=np.int64)
@@ -182,8 +160,7 @@ class FilterIndex:
         version = _reward_at(source)
         if version is None:
             _score_sql(source)  # raises with the allowed names
-        if not self.ws.has_table("reward_versions") or not self.ws.scalar(
-                "SELECT count(*) FROM reward_versions WHERE version = ?", [version]):
+        if not self.ws.scalar("SELECT count(*) FROM reward_versions WHERE version = ?", [version]):
             raise ViewError(f"no reward version {version}")
         frame = self.ws.execute("""SELECT s.id, r.value FROM samples s LEFT JOIN rewards r
                                    ON r.sample_id = s.id AND r.version = ? WHERE s.status = 'ok' ORDER BY s.id""",
@@ -233,8 +210,6 @@ def _reward_at(source: str) -> int | None:
 
 def reward_choices(ws: Workspace) -> list[tuple[str, str]]:
     """(label, value) for every stored reward version, the active one marked."""
-    if not ws.has_table("reward_versions"):
-        return []
     active = _version(ws)
     return [(f"reward v{v}: {kind}" + (" (active)" if v == active else ""), f"reward@{v}")
             for v, kind in ws.rows("SELECT version, kind FROM reward_versions ORDER BY version")]
@@ -256,6 +231,6 @@ def overview(ws: Workspace) -> dict:
     from curation.views.stats import workspace_stats
     from curation.structure.summaries import cluster_table
     stats = workspace_stats(ws)
-    clusters = cluster_table(ws) if ws.has_table("cluster_summaries") else []
+    clusters = cluster_table(ws)
     return {"stats": stats, "clusters": clusters, "map": ws.get_meta("map"),
             "demo": ws.get_meta("demo") is not None, "captions": stats["captions"]}
