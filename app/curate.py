@@ -12,11 +12,11 @@ import tarfile
 from pathlib import Path
 
 from app.handlers import Handlers, UserError, as_float, as_int, one_of
-from curation.review import labels as label_store
-from curation.review.chooser import train_from_labels
-from curation.export.export import FORMATS, ExportConfig, ExportError, run_export, verify_export
-from curation.review.reward import apply_reward, review_queue
+from curation.export.export import FORMATS, ExportConfig, ExportError, run, verify_export
 from curation.export.select import LABEL_FILTERS, POLICIES, SelectionRule, save_selection
+from curation.review import labels as label_store
+from curation.review.queue import review_queue
+from curation.review.reward import apply_reward, load_model, train_from_labels
 from curation.views.gallery import SCORE_SOURCES, reward_choices
 
 QUEUES = {"most useful next": "useful", "lowest reward first": "lowest", "a cluster": "cluster",
@@ -113,7 +113,6 @@ class Curate:
 
     def apply(self):
         self._writable()
-        from curation.review.reward import load_model
         model = load_model(self.ws)
         if model is None:
             raise UserError("no learned reward yet: label some samples and train first")
@@ -157,11 +156,11 @@ class Curate:
         self._writable()
         one_of(name, self.selection_names(), "selection")
         one_of(fmt, FORMATS, "format")
-        cfg = ExportConfig(workspace=str(self.ws.root), selection=name, format=fmt,
+        cfg = ExportConfig(selection=name, format=fmt,
                            out=str(self.ws.root / "exports" / f"{name}-{fmt}"),
                            shard_size=as_int(shard_size, "shard size", 1, 10**7),
                            augmentations=as_int(augmentations or 0, "augmentations", 0, 16))
-        manifest = run_export(cfg, ws=self.ws)
+        manifest = run(self.ws, cfg)
         try:
             verify_export(cfg.out)
             verdict = "every file verified"

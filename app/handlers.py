@@ -12,9 +12,20 @@ from dataclasses import dataclass
 from app import charts
 from curation.structure.defaults import DefaultsQuery, find_default, parse_axis, suggest
 from curation.structure.mapview import COLOR_BY, map_frame, render_map
+from curation.views.gallery import (
+    COMPARE_SORTS,
+    PER_PAGE,
+    SCORE_SOURCES,
+    FilterIndex,
+    Scope,
+    ViewError,
+    compare_rows,
+    gallery_page,
+    overview,
+    sample_detail,
+    score_values,
+)
 from curation.views.search import Searcher
-from curation.views.gallery import (COMPARE_SORTS, PER_PAGE, SCORE_SOURCES, FilterIndex, Scope, ViewError, compare_rows,
-                            gallery_page, overview, sample_detail, score_values)
 from indexer.models import open_workspace_model
 from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace

@@ -22,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from PIL import Image  # noqa: E402
 
+from curation.pipeline import run_stage  # noqa: E402
 from demo.samples import generate_samples, sample_image  # noqa: E402
+from indexer.index import IndexConfig, model_only_rate  # noqa: E402
 from indexer.models import ModelSpec, load_model  # noqa: E402
-from indexer.index import IndexConfig, model_only_rate, run_index  # noqa: E402
 
 
 def write_shard(path: Path, n: int) -> tuple[list[bytes], list[str]]:
@@ -54,8 +55,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shard = Path(tmp) / "00000.tar"
         images, captions = write_shard(shard, args.n)
-        report = run_index(IndexConfig(sources=(str(shard),), workspace=str(Path(tmp) / "ws"), model=spec,
-                                       batch_size=args.batch_size, workers=args.workers))
+        report = run_stage("index", Path(tmp) / "ws", IndexConfig(sources=(str(shard),), model=spec,
+                                                                  batch_size=args.batch_size, workers=args.workers))
         model = load_model(spec)
         pixels = [model.preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in images]
         model.encode_images(pixels[0].unsqueeze(0))  # warm-up

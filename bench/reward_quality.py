@@ -23,10 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from curation.review.chooser import train_chooser  # noqa: E402
-from demo.build import DemoConfig, build_demo  # noqa: E402
 from curation.review.labels import current  # noqa: E402
-from demo.reward_sim import (chooser_quality, held_out_auroc, held_out_split, simulate_labels,  # noqa: E402
-                                 simulate_preferences)
+from demo.build import DemoConfig, build_demo  # noqa: E402
+from demo.reward_sim import chooser_quality, held_out_auroc, held_out_split, simulate_labels, simulate_preferences  # noqa: E402
 from indexer.store import Workspace  # noqa: E402
 
 

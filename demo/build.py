@@ -15,12 +15,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from curation.captions.caption import CaptionConfig
+from curation.captions.fuse import FuseConfig
+from curation.pipeline import run_after_index, stage
+from demo import CLIP_CHECKPOINT
 from demo.samples import DemoSample, generate_samples, sample_image
 from demo.world import NoiseConfig
-from demo import CLIP_CHECKPOINT
+from indexer.index import IndexConfig
 from indexer.models import ModelSpec
 from indexer.schema import Table, register_table
-from indexer.index import IndexConfig, run_index
 from indexer.sources import make_uid
 from indexer.store import Workspace
 
@@ -89,45 +92,23 @@ def store_truth(ws: Workspace, samples: list[DemoSample], source: str, shard_siz
         cur.executemany("INSERT INTO demo_truth VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
 
 
+def stage_configs(cfg: DemoConfig) -> dict:
+    """How the demo runs each stage after index: the demo captioner (a plugin) and otherwise the defaults."""
+    return {"caption": CaptionConfig(captioner="demo", num=5, sampling="top_p", precision=cfg.precision),
+            "fuse": FuseConfig(precision=cfg.precision)}
+
+
 def build_demo(cfg: DemoConfig) -> dict:
-    """Generate, index and curate the demo workspace; return a summary."""
+    """Generate, index and curate the demo workspace through the pipeline's stages; return their reports."""
     root = Path(cfg.workspace).resolve()
     samples = generate_samples(cfg.n, cfg.seed, noise=cfg.noise)
     shard_dir = root / "source"
     shards = write_demo_shards(samples, shard_dir, cfg.shard_size)
-    report = run_index(IndexConfig(sources=tuple(str(p) for p in shards), workspace=str(root),
-                                   model=demo_model_spec(cfg.precision), batch_size=cfg.batch_size))
-    with Workspace(root) as ws:
+    index_cfg = IndexConfig(sources=tuple(str(p) for p in shards), model=demo_model_spec(cfg.precision),
+                            batch_size=cfg.batch_size)
+    with Workspace(root, create=True) as ws:
+        report = {"index": stage("index").run(ws, index_cfg)}
         store_truth(ws, samples, str(shard_dir), cfg.shard_size)
         ws.set_meta("demo", asdict(cfg) | {"noise": asdict(cfg.noise)})
-    steps = {name: step(str(root), cfg) for name, step in curation_steps()}
-    return {"workspace": str(root), "shards": [str(p) for p in shards], "index": report, **steps}
-
-
-def _caption(root: str, cfg: DemoConfig) -> dict:
-    from curation.captions.caption import CaptionConfig, run_captioning
-    return run_captioning(CaptionConfig(workspace=root, captioner="demo", num=5, sampling="top_p",
-                                        precision=cfg.precision))
-
-
-def _fuse(root: str, cfg: DemoConfig) -> dict:
-    from curation.captions.fuse import FuseConfig, run_fusion
-    return run_fusion(FuseConfig(workspace=root, precision=cfg.precision))
-
-
-def _score(root: str, cfg: DemoConfig) -> dict:
-    from curation.scores.score import score_workspace
-    from indexer.models import open_workspace_model
-    with Workspace(root) as ws:
-        return score_workspace(ws, model=open_workspace_model(ws, None))
-
-
-def _map(root: str, cfg: DemoConfig) -> dict:
-    from curation.structure.map import build_structure
-    with Workspace(root) as ws:
-        return build_structure(ws)
-
-
-def curation_steps() -> list:
-    """Every curation step that exists, in order: (name, step(workspace, cfg) -> report)."""
-    return [("caption", _caption), ("fuse", _fuse), ("score", _score), ("map", _map)]
+        report |= run_after_index(ws, stage_configs(cfg))
+    return {"workspace": str(root), "shards": [str(p) for p in shards], **report}

@@ -13,11 +13,14 @@ import random
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from curation.review.chooser import best_of, choose_sources
-from demo.quality import fact_recall
 from curation.captions.fusion_rules import visual_pairs
+from curation.review.chooser import best_of, choose_sources
+from curation.review.features import features
 from curation.review.labels import add_label, current
-from curation.review.reward import features, predict, review_queue, save_model, train_reward
+from curation.review.models import predict
+from curation.review.queue import review_queue
+from curation.review.reward import save_model, train_reward
+from demo.quality import fact_recall
 from indexer.store import Workspace
 
 GOOD = ("correct", "partial")  # partial alt-text is thin but true: an honest curator calls it aligned

@@ -6,8 +6,18 @@ from dataclasses import dataclass, field
 
 from PIL import ImageEnhance
 
-from demo.world import (DEMO_WORLD, NOISE_KINDS, NoiseConfig, WorldConfig, alt_text, canonical_caption,
-                                 jpeg_bytes, knowledge_items, random_scene, render)
+from demo.world import (
+    DEMO_WORLD,
+    NOISE_KINDS,
+    NoiseConfig,
+    WorldConfig,
+    alt_text,
+    canonical_caption,
+    jpeg_bytes,
+    knowledge_items,
+    random_scene,
+    render,
+)
 
 
 @dataclass

@@ -22,8 +22,17 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from demo import MODEL_DIR
-from demo.world import (JUNK, TRAIN_WORLD, NoiseConfig, alt_text, canonical_caption, knowledge_items,
-                                 random_scene, render, swap_caption)
+from demo.world import (
+    JUNK,
+    TRAIN_WORLD,
+    NoiseConfig,
+    alt_text,
+    canonical_caption,
+    knowledge_items,
+    random_scene,
+    render,
+    swap_caption,
+)
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "altlens-demo-clip"

@@ -1,4 +1,4 @@
-"""The indexer runner: wires read -> decode -> embed -> write, resumable, and times each stage.
+"""``altlens index``: wires read -> decode -> embed -> write, resumable, and times each step.
 
 Decoding (file reads, Pillow, preprocessing, thumbnails) runs in a thread pool
 a few batches ahead of the model, so the end-to-end rate stays close to the
@@ -36,7 +36,6 @@ class IndexConfig:
     """Everything ``altlens index`` needs; validated on creation."""
 
     sources: tuple[str, ...]
-    workspace: str
     model: ModelSpec | None = None
     batch_size: int = 64
     workers: int = 2
@@ -74,37 +73,38 @@ class StageTimes:
                 "write_s": round(self.write, 3), "samples_per_s": round(self.samples / wall, 2) if wall else 0.0}
 
 
-def run_index(cfg: IndexConfig) -> dict:
-    """Index ``cfg.sources`` into ``cfg.workspace``; return stage times and counts."""
-    sources = [resolve_source(s, cfg.image_column, cfg.caption_column) for s in cfg.sources]
-    ws = Workspace(cfg.workspace, create=True)
-    try:
-        model = open_workspace_model(ws, cfg.model)
-        writer = SampleWriter(ws, model.dim, commit_rows=cfg.commit_rows)
-        run_id = _start_run(ws, cfg)
-        times = StageTimes()
-        decode_cfg = DecodeConfig(cfg.decode.max_pixels, cfg.decode.thumb_size, str(ws.thumbs_dir))
-        stream = _new_samples(ws, sources, writer)
-        bar = tqdm(desc="index", unit="img", disable=not cfg.progress, total=_estimate_total(ws, sources))
-        for batch in _decoded_batches(stream, cfg, decode_cfg, model.preprocess, times):
-            images, texts = _embed(model, batch, times)
-            t0 = time.perf_counter()
-            writer.add(batch, images, texts)
-            times.write += time.perf_counter() - t0
-            n = sum(1 for s in batch if "__key__" in s)
-            times.samples += n
-            times.ok += sum(1 for s in batch if s.get("status") == "ok")
-            bar.update(n)
-        writer.flush()
-        bar.close()
-        for kind in ("image", "text"):
-            EmbeddingStore(ws, kind).compact()
-        rebuild_index_if_stale(ws, cfg.index_type)
-        report = times.as_dict()
-        _finish_run(ws, run_id, report)
-        return report
-    finally:
-        ws.close()
+def resolve_sources(cfg: IndexConfig) -> list[Source]:
+    """The sources ``cfg`` names, checked (a missing file or an unknown kind raises SourceError)."""
+    return [resolve_source(s, cfg.image_column, cfg.caption_column) for s in cfg.sources]
+
+
+def run(ws: Workspace, cfg: IndexConfig) -> dict:
+    """Index ``cfg.sources`` into the open workspace ``ws``; return step times and counts."""
+    sources = resolve_sources(cfg)
+    model = open_workspace_model(ws, cfg.model)
+    writer = SampleWriter(ws, model.dim, commit_rows=cfg.commit_rows)
+    run_id = _start_run(ws, cfg)
+    times = StageTimes()
+    decode_cfg = DecodeConfig(cfg.decode.max_pixels, cfg.decode.thumb_size, str(ws.thumbs_dir))
+    stream = _new_samples(ws, sources, writer)
+    bar = tqdm(desc="index", unit="img", disable=not cfg.progress, total=_estimate_total(ws, sources))
+    for batch in _decoded_batches(stream, cfg, decode_cfg, model.preprocess, times):
+        images, texts = _embed(model, batch, times)
+        t0 = time.perf_counter()
+        writer.add(batch, images, texts)
+        times.write += time.perf_counter() - t0
+        n = sum(1 for s in batch if "__key__" in s)
+        times.samples += n
+        times.ok += sum(1 for s in batch if s.get("status") == "ok")
+        bar.update(n)
+    writer.flush()
+    bar.close()
+    for kind in ("image", "text"):
+        EmbeddingStore(ws, kind).compact()
+    rebuild_index_if_stale(ws, cfg.index_type)
+    report = times.as_dict()
+    _finish_run(ws, run_id, report)
+    return report
 
 
 def _estimate_total(ws: Workspace, sources: list[Source]) -> int | None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import logging
-from contextlib import contextmanager
 import os
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -260,6 +260,11 @@ def clean_generated(text: str) -> str:
     text = text.replace("<start_of_text>", "").split("<end_of_text>")[0]
     text = re.sub(r"\s+([,;:!?])", r"\1", text)  # the BPE decoder puts a space before punctuation
     return text.split(".")[0].strip()
+
+
+def run_spec(device: str = "auto", precision: str = "fp32") -> ModelSpec | None:
+    """The spec to reopen a workspace's own model with on this run's device and precision (None: defaults)."""
+    return None if (device, precision) == ("auto", "fp32") else ModelSpec(device=device, precision=precision)
 
 
 def load_model(spec: ModelSpec) -> EmbeddingModel:

@@ -23,8 +23,14 @@ def tiny_tokenizer(out: Path):
 def tiny_image_captioner(out: Path) -> Path:
     """A VisionEncoderDecoder (ViT encoder + GPT-2 decoder) with a ViT image processor."""
     import torch
-    from transformers import (GPT2Config, GPT2LMHeadModel, ViTConfig, ViTImageProcessor, ViTModel,
-                              VisionEncoderDecoderModel)
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+        ViTModel,
+    )
     torch.manual_seed(0)
     tok = tiny_tokenizer(out)
     encoder = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,

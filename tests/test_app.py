@@ -4,10 +4,10 @@ from __future__ import annotations
 import re
 
 import pytest
-
-from app.handlers import Handlers, UserError
 from browser import browser_page, served
 from conftest import tiny_coca_spec, write_folder
+
+from app.handlers import Handlers, UserError
 from indexer.store import Workspace
 
 VIEWS = ["Overview", "Browser", "Compare captions", "Filter", "Defaults", "Search"]
@@ -146,9 +146,10 @@ def test_captions_are_never_executed(tmp_path):
     write_folder(src, n_good=3, bad=False)
     for i, text in enumerate(nasty):
         (src / ("a" if i % 2 else "b") / f"{i:08d}.txt").write_text(text)
+    from curation.pipeline import run_stage
     from curation.scores.score import score_workspace
-    from indexer.index import IndexConfig, run_index
-    run_index(IndexConfig(sources=(str(src),), workspace=str(tmp_path / "ws"), model=tiny_coca_spec(), progress=False))
+    from indexer.index import IndexConfig
+    run_stage("index", tmp_path / "ws", IndexConfig(sources=(str(src),), model=tiny_coca_spec(), progress=False))
     with Workspace(tmp_path / "ws") as ws:
         score_workspace(ws)
     with served(tmp_path / "ws") as url, browser_page() as page:

@@ -5,15 +5,22 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import tiny_coca_spec, tiny_spec, write_folder
-from curation.captions.caption import CaptionConfig, GenerativeCaptioner, run_captioning
-from curation.captions.fuse import FuseConfig, run_fusion
-from curation.captions.fusion_rules import (compose, conflict_alternatives, extract_knowledge, junk_reason, plan_fusion,
-                             visual_pairs)
+
+from curation.captions.caption import CaptionConfig, GenerativeCaptioner
+from curation.captions.fuse import FuseConfig
+from curation.captions.fusion_rules import (
+    compose,
+    conflict_alternatives,
+    extract_knowledge,
+    junk_reason,
+    plan_fusion,
+    visual_pairs,
+)
+from curation.pipeline import run_stage
 from curation.scores.score import score_workspace
+from indexer.index import IndexConfig
 from indexer.models import ModelError
-from indexer.index import IndexConfig, run_index
 from indexer.store import Workspace
 from indexer.vectors import EmbeddingStore
 
@@ -21,13 +28,13 @@ from indexer.vectors import EmbeddingStore
 @pytest.fixture()
 def coca_ws(tmp_path):
     write_folder(tmp_path / "src", n_good=10, bad=True)
-    run_index(IndexConfig(sources=(str(tmp_path / "src"),), workspace=str(tmp_path / "ws"), model=tiny_coca_spec(),
+    run_stage("index", tmp_path / "ws", IndexConfig(sources=(str(tmp_path / "src"),), model=tiny_coca_spec(),
                           progress=False))
     return tmp_path / "ws"
 
 
 def caption(ws, **kw):
-    return run_captioning(CaptionConfig(workspace=str(ws), progress=False, batch_size=4, **kw))
+    return run_stage("caption", ws, CaptionConfig(progress=False, batch_size=4, **kw))
 
 
 def test_captions_are_incremental_with_provenance(coca_ws):
@@ -83,12 +90,12 @@ def test_unknown_captioner_and_missing_local_model_are_clear(coca_ws, tmp_path):
     with pytest.raises(ModelError, match="nothing is downloaded"):
         caption(coca_ws, captioner=f"hf:{tmp_path / 'no-such-model'}")
     with pytest.raises(ValueError, match="unknown sampling"):
-        CaptionConfig(workspace="x", sampling="greedy")
+        CaptionConfig(sampling="greedy")
 
 
 def test_clip_model_without_decoder_refuses_to_caption(tmp_path):
     write_folder(tmp_path / "src", n_good=2, bad=False)
-    run_index(IndexConfig(sources=(str(tmp_path / "src"),), workspace=str(tmp_path / "ws"), model=tiny_spec(),
+    run_stage("index", tmp_path / "ws", IndexConfig(sources=(str(tmp_path / "src"),), model=tiny_spec(),
                           progress=False))
     with pytest.raises(ModelError, match="cannot caption"):
         caption(tmp_path / "ws")
@@ -115,15 +122,16 @@ def test_demo_captioner_through_the_caption_command(coca_ws, tmp_path):
 
 
 def test_llm_fuser_mechanics_and_prompt_cut(coca_ws, tmp_path):
-    from curation.captions.hf import LLMFuser
     from hf_tiny import tiny_causal_lm
+
+    from curation.captions.hf import LLMFuser
     path = tiny_causal_lm(tmp_path / "tiny-lm")
     fuser = LLMFuser(str(path))
     prompt = fuser.prompt("red star " * 500, "a blue star on the left")
     assert len(fuser.tokenizer(prompt)["input_ids"]) <= 256
     assert "Sentence 2: a blue star on the left" in prompt, "the alt-text is cut first"
     caption(coca_ws, num=2)
-    report = run_fusion(FuseConfig(workspace=str(coca_ws), fuser=f"llm:{path}", progress=False))
+    report = run_stage("fuse", coca_ws, FuseConfig(fuser=f"llm:{path}", progress=False))
     assert report["fused"] == 13 and report["producer"].startswith("llm:tiny-lm@")
 
 
@@ -156,7 +164,7 @@ def test_untrusted_captions_stored_verbatim_and_scored(tmp_path):
     for i, text in enumerate(nasty):
         sub = "a" if i % 2 else "b"
         (src / sub / f"{i:08d}.txt").write_text(text)
-    run_index(IndexConfig(sources=(str(src),), workspace=str(tmp_path / "ws"), model=tiny_coca_spec(), progress=False))
+    run_stage("index", tmp_path / "ws", IndexConfig(sources=(str(src),), model=tiny_coca_spec(), progress=False))
     caption(tmp_path / "ws", num=1)
     with Workspace(tmp_path / "ws") as ws:
         score_workspace(ws)
@@ -168,7 +176,7 @@ def test_untrusted_captions_stored_verbatim_and_scored(tmp_path):
 
 def test_scores_match_their_definitions(coca_ws):
     caption(coca_ws, num=3)
-    run_fusion(FuseConfig(workspace=str(coca_ws), progress=False))
+    run_stage("fuse", coca_ws, FuseConfig(progress=False))
     with Workspace(coca_ws) as ws:
         first = score_workspace(ws)
         assert first["captions_scored"] == 13 * 5

@@ -4,15 +4,15 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import run_cli, write_folder
-from demo import CAPTIONER_CHECKPOINT as CAPTIONER, CLIP_CHECKPOINT
+
+from demo import CAPTIONER_CHECKPOINT as CAPTIONER
+from demo import CLIP_CHECKPOINT
 from demo.captioner import load_captioner
 from demo.evaluate import evaluate_model
 from demo.samples import generate_samples, sample_image
 from demo.world import DEMO_WORLD, TRAIN_WORLD, NoiseConfig, canonical_caption, habit_caption, random_scene
 from indexer.models import ModelSpec, load_model
-
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, writable_copy
-from curation.export.export import ExportConfig, run_export, verify_export
+
+from curation.export.export import ExportConfig, run, verify_export
 from curation.export.select import SelectionRule, load_selection, save_selection
 from indexer.store import Workspace
 from indexer.vectors import EmbeddingStore
 
+
+def export(workspace, cfg: ExportConfig) -> dict:
+    """Run the export stage on a workspace opened read-only, as ``altlens export`` does."""
+    with Workspace(workspace, read_only=True) as ws:
+        return run(ws, cfg)
 
 @pytest.fixture(scope="module")
 def ws_copy(demo_ws, tmp_path_factory):
@@ -58,7 +63,7 @@ def test_selection_rules_are_validated_and_saved(ws_copy):
 
 
 def test_datacompdr_shards_read_back_in_order(ws_copy, tmp_path):
-    manifest = run_export(ExportConfig(str(ws_copy), "clean", str(tmp_path / "dr"), shard_size=40, progress=False))
+    manifest = export(ws_copy, ExportConfig("clean", str(tmp_path / "dr"), shard_size=40, progress=False))
     assert verify_export(tmp_path / "dr")["samples"] == manifest["samples"]
     samples = read_shards(tmp_path / "dr")
     assert len(samples) == manifest["samples"]
@@ -98,7 +103,7 @@ def test_hybrid_never_exports_an_empty_or_junk_main_caption(ws_copy, tmp_path):
     with Workspace(ws_copy) as ws:
         save_selection(ws, SelectionRule(name="everything", caption_policy="hybrid"))
         kinds = dict(ws.rows("SELECT s.uid, t.noise FROM samples s JOIN demo_truth t ON t.uid = s.uid"))
-    run_export(ExportConfig(str(ws_copy), "everything", str(tmp_path / "all"), format="webdataset", progress=False))
+    export(ws_copy, ExportConfig("everything", str(tmp_path / "all"), format="webdataset", progress=False))
     samples = read_shards(tmp_path / "all")
     by_kind: dict[str, list[dict]] = {}
     for sample in samples:
@@ -111,7 +116,7 @@ def test_hybrid_never_exports_an_empty_or_junk_main_caption(ws_copy, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["webdataset", "parquet", "uids"])
 def test_other_formats(ws_copy, tmp_path, fmt):
-    manifest = run_export(ExportConfig(str(ws_copy), "fused-best", str(tmp_path / fmt), format=fmt, progress=False))
+    manifest = export(ws_copy, ExportConfig("fused-best", str(tmp_path / fmt), format=fmt, progress=False))
     assert verify_export(tmp_path / fmt)["format"] == fmt
     with Workspace(ws_copy, read_only=True) as ws:
         _, ids = load_selection(ws, "fused-best")
@@ -131,7 +136,7 @@ def test_other_formats(ws_copy, tmp_path, fmt):
 
 def test_export_is_deterministic(ws_copy, tmp_path):
     for name in ("a", "b"):
-        run_export(ExportConfig(str(ws_copy), "fused-best", str(tmp_path / name), shard_size=30, progress=False))
+        export(ws_copy, ExportConfig("fused-best", str(tmp_path / name), shard_size=30, progress=False))
     shards = sorted(p.name for p in (tmp_path / "a").glob("*.tar"))
     assert shards and shards == sorted(p.name for p in (tmp_path / "b").glob("*.tar"))
     for name in shards:
@@ -140,9 +145,10 @@ def test_export_is_deterministic(ws_copy, tmp_path):
 
 def test_augmented_views_can_be_recreated(ws_copy, tmp_path):
     from PIL import Image
+
     from curation.export.augment import apply_params
     from indexer.models import open_workspace_model
-    run_export(ExportConfig(str(ws_copy), "fused-best", str(tmp_path / "aug"), augmentations=2, progress=False))
+    export(ws_copy, ExportConfig("fused-best", str(tmp_path / "aug"), augmentations=2, progress=False))
     sample = read_shards(tmp_path / "aug")[0]
     arrays = np.load(io.BytesIO(sample["npz"]))
     params = json.loads(sample["paug.json"])["param_aug"]
@@ -171,7 +177,7 @@ def test_kill9_during_export_then_rerun_verifies(ws_copy, tmp_path):
 
 
 def test_verify_names_the_bad_shard(ws_copy, tmp_path):
-    run_export(ExportConfig(str(ws_copy), "fused-best", str(tmp_path / "v"), shard_size=20, progress=False))
+    export(ws_copy, ExportConfig("fused-best", str(tmp_path / "v"), shard_size=20, progress=False))
     shard = sorted((tmp_path / "v").glob("*.tar"))[1]
     data = bytearray(shard.read_bytes())
     data[700] ^= 0xFF

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TINY_ARGS, run_cli, tiny_spec, write_folder, write_shards, write_table
+
+from curation.pipeline import run_stage
 from indexer.decode import caption_fields
-from indexer.index import IndexConfig, run_index
+from indexer.index import IndexConfig
 from indexer.sources import read_member
 from indexer.store import Workspace, WorkspaceError
 from indexer.vectors import EmbeddingStore, index_ids, read_index
@@ -22,7 +23,7 @@ from indexer.writer import rebuild_index_if_stale
 
 
 def index(sources, ws, **kw):
-    return run_index(IndexConfig(sources=tuple(str(s) for s in sources), workspace=str(ws), model=tiny_spec(),
+    return run_stage("index", ws, IndexConfig(sources=tuple(str(s) for s in sources), model=tiny_spec(),
                                  progress=False, **kw))
 
 
@@ -144,8 +145,9 @@ def test_other_model_is_refused(tmp_path):
     index([tmp_path / "src"], tmp_path / "ws")
     from indexer.models import ModelError, ModelSpec
     with pytest.raises(ModelError, match="was indexed with"):
-        run_index(IndexConfig(sources=(str(tmp_path / "src"),), workspace=str(tmp_path / "ws"),
-                              model=ModelSpec(name="ViT-B-32", pretrained="none"), progress=False))
+        run_stage("index", tmp_path / "ws", IndexConfig(sources=(str(tmp_path / "src"),),
+                                                        model=ModelSpec(name="ViT-B-32", pretrained="none"),
+                                                        progress=False))
 
 
 def test_index_files_atomic_and_rebuildable(tmp_path, monkeypatch):

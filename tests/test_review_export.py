@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from browser import browser_page, served
+from conftest import writable_copy
 
 from app.curate import Curate
 from app.handlers import Handlers, UserError
-from browser import browser_page, served
-from conftest import writable_copy
 from curation.export.export import verify_export
 from curation.review.labels import history
 from indexer.store import Workspace

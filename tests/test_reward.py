@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import writable_copy
+
 from curation.review.labels import add_label, current, history
-from curation.review.reward import apply_reward, review_queue, train_reward
-from demo.reward_sim import (chooser_quality, held_out_auroc, held_out_split, simulate_labels,
-                                 simulate_preferences)
+from curation.review.queue import review_queue
+from curation.review.reward import apply_reward, train_reward
+from demo.reward_sim import chooser_quality, held_out_auroc, held_out_split, simulate_labels, simulate_preferences
 from indexer.store import Workspace
 
 
@@ -99,13 +99,14 @@ def test_best_policy_export_follows_preferences_then_the_chooser(simulated, tmp_
 
     from test_export import read_shards
 
-    from curation.export.export import ExportConfig, run_export
+    from curation.export.export import ExportConfig, run
     from curation.export.select import SelectionRule, save_selection
     target = simulated[0]
     with Workspace(target) as ws:
         save_selection(ws, SelectionRule(name="all-best", caption_policy="best"))
         prefs = {ws.scalar("SELECT uid FROM samples WHERE id = ?", [i]): v for i, v in current(ws, "preference").items()}
-    run_export(ExportConfig(str(target), "all-best", str(tmp_path / "best"), format="webdataset", progress=False))
+    with Workspace(target, read_only=True) as ws:
+        run(ws, ExportConfig("all-best", str(tmp_path / "best"), format="webdataset", progress=False))
     metas = [json.loads(sample["json"]) for sample in read_shards(tmp_path / "best")]
     labelled = [m for m in metas if m["uid"] in prefs]
     assert labelled and all(m["caption_chosen_by"] == "preference" and m["caption_source"] == prefs[m["uid"]]

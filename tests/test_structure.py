@@ -5,17 +5,19 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_spec, write_folder
 from PIL import Image, ImageEnhance
 
-from conftest import tiny_spec, write_folder
-from curation.structure.clusters import MapConfig, default_k, run_map
+from curation.pipeline import run_stage
+from curation.structure.clusters import ClusterConfig, cluster_and_layout, default_k
 from curation.structure.defaults import DefaultsQuery, distribution, parse_axis
 from curation.structure.diversity import phrases, vendi
 from curation.structure.duplicates import find_duplicates
+from curation.structure.map import MapConfig
+from curation.structure.map import run as run_map
 from curation.structure.mapview import map_frame, render_map, sample_points
-from curation.structure.map import build_structure
 from curation.structure.summaries import cluster_table, distinctive_terms
-from indexer.index import IndexConfig, run_index
+from indexer.index import IndexConfig
 from indexer.store import Workspace
 
 
@@ -28,7 +30,7 @@ def tiny_ws(tmp_path):
     (src / "copy.txt").write_text("the same bytes again")
     brighter = ImageEnhance.Brightness(Image.open(original)).enhance(1.08)
     brighter.save(src / "brighter.jpg", quality=75)
-    run_index(IndexConfig(sources=(str(src),), workspace=str(tmp_path / "ws"), model=tiny_spec(), progress=False))
+    run_stage("index", tmp_path / "ws", IndexConfig(sources=(str(src),), model=tiny_spec(), progress=False))
     return tmp_path / "ws"
 
 
@@ -45,7 +47,7 @@ def test_vendi_score_bounds_and_dual_form():
 
 def test_map_mechanics_every_sample_placed(tiny_ws):
     with Workspace(tiny_ws) as ws:
-        report = run_map(ws, MapConfig(clusters=4, fit_max=20))
+        report = cluster_and_layout(ws, ClusterConfig(clusters=4, fit_max=20))
         assert report["clusters"] == 4 and report["samples"] == 42
         n = ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok'")
         assert ws.scalar("SELECT count(*) FROM map_coords") == n == ws.scalar("SELECT count(*) FROM clusters")
@@ -70,7 +72,7 @@ def test_placed_points_sit_among_their_fitted_neighbours():
     fit = np.arange(0, 300, 3)
     fitted = np.array([[10.0 * c, -5.0 * c] for c in labels[fit]], dtype=np.float32)
     rest = np.setdiff1d(np.arange(300), fit)
-    placed = place_from_neighbours(x, fit, fitted, rest, MapConfig(pca_dim=8))
+    placed = place_from_neighbours(x, fit, fitted, rest, ClusterConfig(pca_dim=8))
     expected = np.array([[10.0 * c, -5.0 * c] for c in labels[rest]])
     assert np.abs(placed - expected).max() < 1.0, "each point lands on its own cluster's fitted spot"
 
@@ -90,7 +92,7 @@ def test_duplicates_find_copies_not_lookalikes(tiny_ws):
 
 def test_structure_summaries_and_terms(tiny_ws):
     with Workspace(tiny_ws) as ws:
-        report = build_structure(ws, clusters=3)
+        report = run_map(ws, MapConfig(layout=ClusterConfig(clusters=3)))
         table = cluster_table(ws)
     assert report["summaries"] == 3 and sum(r["size"] for r in table) == 42
     assert all(r["diversity"]["image"] >= 1.0 for r in table)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from curation.registry import Registry
 from indexer.decode import open_image
-from indexer.models import ModelError, ModelSpec, load_model, open_workspace_model
+from indexer.models import ModelError, ModelSpec, load_model, open_workspace_model, run_spec
 from indexer.schema import SYN
 from indexer.sources import read_member
 from indexer.store import Workspace, now
@@ -42,7 +42,6 @@ SAMPLINGS = ("top_p", "beam", "diverse_beam")
 class CaptionConfig:
     """``altlens caption`` settings."""
 
-    workspace: str
     captioner: str | None = None
     num: int = 5
     sampling: str = "top_p"
@@ -164,29 +163,27 @@ def pending_samples(ws: Workspace, producer: str, num: int, limit: int | None) -
     return rows
 
 
-def run_captioning(cfg: CaptionConfig) -> dict:
-    """Caption every pending sample; return counts."""
-    with Workspace(cfg.workspace) as ws:
-        embedder = open_workspace_model(ws, ModelSpec(device=cfg.device, precision=cfg.precision)
-                                        if (cfg.device, cfg.precision) != ("auto", "fp32") else None)
-        captioner = make_captioner(cfg.captioner, embedder, cfg)
-        todo = pending_samples(ws, captioner.producer, cfg.num, cfg.limit)
-        done = failed = 0
-        bar = tqdm(total=len(todo), desc=f"caption ({captioner.producer})", unit="img", disable=not cfg.progress)
-        for rows, pixels in _decoded(todo, captioner, cfg):
-            try:
-                texts = captioner.caption(pixels, cfg.num, seed=cfg.seed + rows[0]["id"]) if rows else []
-            except Exception as exc:  # a failing captioner batch is recorded, the run goes on
-                _record_failure(ws, rows, captioner.producer, f"{type(exc).__name__}: {exc}")
-                failed += len(rows)
-                bar.update(len(rows))
-                continue
-            _store(ws, rows, texts, captioner, embedder, cfg)
-            done += len(rows)
+def run(ws: Workspace, cfg: CaptionConfig) -> dict:
+    """Caption every pending sample of ``ws``; return counts."""
+    embedder = open_workspace_model(ws, run_spec(cfg.device, cfg.precision))
+    captioner = make_captioner(cfg.captioner, embedder, cfg)
+    todo = pending_samples(ws, captioner.producer, cfg.num, cfg.limit)
+    done = failed = 0
+    bar = tqdm(total=len(todo), desc=f"caption ({captioner.producer})", unit="img", disable=not cfg.progress)
+    for rows, pixels in _decoded(todo, captioner, cfg):
+        try:
+            texts = captioner.caption(pixels, cfg.num, seed=cfg.seed + rows[0]["id"]) if rows else []
+        except Exception as exc:  # a failing captioner batch is recorded, the run goes on
+            _record_failure(ws, rows, captioner.producer, f"{type(exc).__name__}: {exc}")
+            failed += len(rows)
             bar.update(len(rows))
-        bar.close()
-        return {"producer": captioner.producer, "captioned": done, "failed": failed,
-                "skipped_already_done": int(ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok'")) - len(todo)}
+            continue
+        _store(ws, rows, texts, captioner, embedder, cfg)
+        done += len(rows)
+        bar.update(len(rows))
+    bar.close()
+    return {"producer": captioner.producer, "captioned": done, "failed": failed,
+            "skipped_already_done": int(ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok'")) - len(todo)}
 
 
 def _decoded(todo: list[dict], captioner: Captioner, cfg: CaptionConfig):

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
 from curation.captions.fusion_rules import RULES_VERSION, compose, conflict_alternatives, plan_fusion
-from indexer.models import ModelError, ModelSpec, open_workspace_model
+from curation.registry import Registry
+from indexer.models import ModelError, open_workspace_model, run_spec
 from indexer.schema import FUSED
 from indexer.store import Workspace
 from indexer.vectors import EmbeddingStore
@@ -28,7 +30,6 @@ log = logging.getLogger(__name__)
 class FuseConfig:
     """``altlens fuse`` settings."""
 
-    workspace: str
     fuser: str = "rules"
     syn: str | None = None
     batch_size: int = 256
@@ -38,8 +39,8 @@ class FuseConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.fuser != "rules" and not self.fuser.startswith("llm:"):
-            raise ValueError(f"unknown fuser {self.fuser!r}; allowed: rules, llm:PATH_OR_ID")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
 
 
 def syn_producer(ws: Workspace, requested: str | None) -> str:
@@ -65,33 +66,33 @@ def pending(ws: Workspace, syn: str, producer: str, limit: int | None) -> list[d
     return ws.dicts(sql + (" LIMIT ?" if limit else ""), [syn, producer] + ([limit] if limit else []))
 
 
-def run_fusion(cfg: FuseConfig) -> dict:
-    with Workspace(cfg.workspace) as ws:
-        syn = syn_producer(ws, cfg.syn)
-        embedder = open_workspace_model(ws, ModelSpec(device=cfg.device, precision=cfg.precision)
-                                        if (cfg.device, cfg.precision) != ("auto", "fp32") else None)
-        fuser = RulesFuser(embedder) if cfg.fuser == "rules" else _llm_fuser(cfg.fuser)
-        producer = f"{fuser.version}({syn})"
-        todo = pending(ws, syn, producer, cfg.limit)
-        images = EmbeddingStore(ws, "image").load()
-        texts = EmbeddingStore(ws, "text").load()
-        bar = tqdm(total=len(todo), desc=f"fuse ({fuser.version})", unit="img", disable=not cfg.progress)
-        failed = 0
-        for start in range(0, len(todo), cfg.batch_size):
-            batch = todo[start:start + cfg.batch_size]
-            try:
-                plans = fuser.fuse(batch, images, texts)
-            except (RuntimeError, ValueError, OSError) as exc:  # a failing batch is recorded, the run goes on
-                log.warning("fuser %s failed on %d samples: %s", fuser.version, len(batch), exc)
-                failed += len(batch)
-                bar.update(len(batch))
-                continue
-            rows = [{"sample_id": r["id"], "uid": r["uid"], "source_kind": FUSED, "producer": producer,
-                     "params": json.dumps(plan), "idx": 0, "text": plan["text"]} for r, plan in zip(batch, plans)]
-            insert_captions(ws, rows, embedder.encode_texts([p["text"] for p in plans]))
+def run(ws: Workspace, cfg: FuseConfig) -> dict:
+    """One fused caption for every ok sample of ``ws`` that has synthetic captions and no fused one yet."""
+    syn = syn_producer(ws, cfg.syn)
+    factory = fuser_factory(cfg.fuser)  # an unknown fuser is refused before any model loads
+    embedder = open_workspace_model(ws, run_spec(cfg.device, cfg.precision))
+    fuser = factory(cfg.fuser, embedder)
+    producer = f"{fuser.version}({syn})"
+    todo = pending(ws, syn, producer, cfg.limit)
+    images = EmbeddingStore(ws, "image").load()
+    texts = EmbeddingStore(ws, "text").load()
+    bar = tqdm(total=len(todo), desc=f"fuse ({fuser.version})", unit="img", disable=not cfg.progress)
+    failed = 0
+    for start in range(0, len(todo), cfg.batch_size):
+        batch = todo[start:start + cfg.batch_size]
+        try:
+            plans = fuser.fuse(batch, images, texts)
+        except (RuntimeError, ValueError, OSError) as exc:  # a failing batch is recorded, the run goes on
+            log.warning("fuser %s failed on %d samples: %s", fuser.version, len(batch), exc)
+            failed += len(batch)
             bar.update(len(batch))
-        bar.close()
-        return {"producer": producer, "fused": len(todo) - failed, "failed": failed}
+            continue
+        rows = [{"sample_id": r["id"], "uid": r["uid"], "source_kind": FUSED, "producer": producer,
+                 "params": json.dumps(plan), "idx": 0, "text": plan["text"]} for r, plan in zip(batch, plans)]
+        insert_captions(ws, rows, embedder.encode_texts([p["text"] for p in plans]))
+        bar.update(len(batch))
+    bar.close()
+    return {"producer": producer, "fused": len(todo) - failed, "failed": failed}
 
 
 class RulesFuser:
@@ -144,9 +145,28 @@ class RulesFuser:
         return (vecs * np.asarray(images[sample_ids], dtype=np.float32)).sum(1)
 
 
-def _llm_fuser(arg: str):
+def _rules_fuser(arg: str, embedder) -> RulesFuser:
+    return RulesFuser(embedder)
+
+
+def _llm_fuser(arg: str, embedder):
     try:
         from curation.captions.hf import LLMFuser
     except ImportError as exc:
         raise ModelError(f"the llm fuser needs transformers: {exc}") from exc
     return LLMFuser(arg.partition(":")[2])
+
+
+# A factory takes (the --fuser value, the workspace's embedding model) and returns an object with ``version``
+# and ``fuse(batch, images, texts) -> plans``. Plugins add theirs under the ``altlens.fusers`` entry point.
+FUSERS: Registry[Callable] = Registry("fuser", "altlens.fusers")
+FUSERS.register("rules", _rules_fuser)
+FUSERS.register("llm", _llm_fuser)
+
+
+def fuser_factory(arg: str) -> Callable:
+    """The factory of the fuser named by ``--fuser`` (``rules``, ``llm:PATH_OR_ID`` or a plugin's ``NAME[:VALUE]``)."""
+    factory = FUSERS.find(arg.partition(":")[0])
+    if factory is None:
+        raise ValueError(f"unknown fuser {arg!r}; allowed: {', '.join(FUSERS.names())} (llm as llm:PATH_OR_ID)")
+    return factory

@@ -14,7 +14,6 @@ written last; only shards it lists count.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -26,9 +25,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from curation.review.chooser import best_of, choose_sources, load_chooser
 from curation.captions.fusion_rules import junk_reason
 from curation.export.select import load_selection
+from curation.review.chooser import best_of, choose_sources, load_chooser
+from curation.scores.rewards import active_reward
+from indexer.errors import AltlensError
 from indexer.schema import ALT, FUSED, SYN
 from indexer.sources import read_member
 from indexer.store import Workspace, now
@@ -38,13 +39,14 @@ FORMATS = ("datacompdr", "webdataset", "parquet", "uids")
 IMAGE_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 
 
-class ExportError(RuntimeError):
+class ExportError(AltlensError, RuntimeError):
     """An export directory that does not match the plan, or a shard that fails verification."""
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    workspace: str
+    """``altlens export`` settings: which saved selection, where to, in which format."""
+
     selection: str
     out: str
     format: str = "datacompdr"
@@ -104,8 +106,7 @@ class SampleSource:
         self.images = EmbeddingStore(ws, "image").load()
         self.texts = EmbeddingStore(ws, "text").load()
         self.model = ws.get_meta("model") or {}
-        version = ws.get_meta("active_reward")
-        self.version = version
+        self.version = active_reward(ws)
         self.chooser = load_chooser(ws) if policy == "best" else None
         self._augmenter = None
 
@@ -227,24 +228,22 @@ def _slug(producer: str) -> str:
 
 # ---------------------------------------------------------------- shards
 
-def run_export(cfg: ExportConfig, ws: Workspace | None = None) -> dict:
-    """Write (or finish writing) the export; returns the manifest. ``ws``: an already open workspace
-    (the web app's); otherwise ``cfg.workspace`` is opened read-only."""
+def run(ws: Workspace, cfg: ExportConfig) -> dict:
+    """Write (or finish writing) the export of a saved selection of ``ws`` (read only); returns the manifest."""
     out = Path(cfg.out)
+    rule, ids = load_selection(ws, cfg.selection)
+    source = SampleSource(ws, rule.caption_policy, cfg.augmentations)
+    uid_of = dict(ws.rows("SELECT id, uid FROM samples WHERE list_contains(?, id)", [ids]))
+    ordered = sorted(ids, key=lambda i: uid_of[i])
+    plan = {"selection": cfg.selection, "rule": asdict(rule), "format": cfg.format,
+            "shard_size": cfg.shard_size, "augmentations": cfg.augmentations, "samples": len(ordered),
+            "workspace": str(ws.root), "embedding_model": (ws.get_meta("model") or {}).get("model_id")}
     out.mkdir(parents=True, exist_ok=True)
-    with contextlib.nullcontext(ws) if ws is not None else Workspace(cfg.workspace, read_only=True) as ws:
-        rule, ids = load_selection(ws, cfg.selection)
-        source = SampleSource(ws, rule.caption_policy, cfg.augmentations)
-        uid_of = dict(ws.rows("SELECT id, uid FROM samples WHERE list_contains(?, id)", [ids]))
-        ordered = sorted(ids, key=lambda i: uid_of[i])
-        plan = {"selection": cfg.selection, "rule": asdict(rule), "format": cfg.format,
-                "shard_size": cfg.shard_size, "augmentations": cfg.augmentations, "samples": len(ordered),
-                "workspace": str(ws.root), "embedding_model": (ws.get_meta("model") or {}).get("model_id")}
-        _check_plan(out, plan)
-        if cfg.format in ("parquet", "uids"):
-            files = WRITERS[cfg.format](out, source, ordered)
-        else:
-            files = _write_shards(out, source, ordered, cfg)
+    _check_plan(out, plan)
+    if cfg.format in ("parquet", "uids"):
+        files = WRITERS[cfg.format](out, source, ordered)
+    else:
+        files = _write_shards(out, source, ordered, cfg)
     manifest = {**plan, "files": files, "written_at": now().isoformat()}
     atomic_write(out / "manifest.json", lambda fh: fh.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
     return manifest

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
+from curation.scores.rewards import active_reward
 from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace, now
 
@@ -51,7 +52,7 @@ class SelectionRule:
 
 
 def _where(ws: Workspace, rule: SelectionRule) -> tuple[list[str], list]:
-    version = rule.reward_version or ws.get_meta("active_reward")
+    version = rule.reward_version or active_reward(ws)
     if rule.reward_version is not None and not ws.scalar("SELECT count(*) FROM reward_versions WHERE version = ?",
                                                          [rule.reward_version]):
         raise ValueError(f"no reward version {rule.reward_version}")

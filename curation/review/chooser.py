@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
+from curation.review.features import features
 from curation.review.labels import current
-from curation.review.reward import (features, load_json_model, model_columns, pipeline, save_json_model, save_model,
-                             train_reward)
+from curation.review.models import load_json_model, pipeline, save_json_model, standardised
 from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace, now
 
@@ -57,7 +57,7 @@ def train_chooser(ws: Workspace, folds: int = 5) -> dict:
 
 def predict_sources(model: dict, x: np.ndarray, available: list[set[str]] | None = None) -> list[str | None]:
     """The chosen source per row; ``available`` restricts each row to the sources it has (None if none)."""
-    z = (model_columns(model, x) - np.array(model["mean"])) / np.array(model["scale"])
+    z = standardised(model, x)
     logits = z @ np.array(model["coef"]).T + np.array(model["intercept"])
     out = []
     for row, scores in enumerate(logits):
@@ -73,21 +73,6 @@ def save_chooser(ws: Workspace, model: dict) -> str:
 
 def load_chooser(ws: Workspace) -> dict | None:
     return load_json_model(ws, "chooser")
-
-
-def train_from_labels(ws: Workspace) -> dict:
-    """What ``altlens reward train`` and the Review view's button do: fit and save the reward, then the
-    caption chooser when there are enough preferences (else say why not)."""
-    reward = train_reward(ws)
-    out = {"reward": reward, "reward_file": save_model(ws, reward), "chooser": None, "chooser_file": None,
-           "chooser_skipped": None}
-    try:
-        out["chooser"] = train_chooser(ws)
-    except ValueError as exc:
-        out["chooser_skipped"] = str(exc)
-    else:
-        out["chooser_file"] = save_chooser(ws, out["chooser"])
-    return out
 
 
 def choose_sources(ws: Workspace, model: dict, available: dict[int, set[str]]) -> dict[int, str | None]:

@@ -1,80 +1,51 @@
-"""Alignment scores: captions + image embeddings -> clip_score, cycle, agreement and the per-sample reward.
+"""``altlens score``: captions + image embeddings -> stored clip_score, cycle, agreement, contrast, default reward.
 
-Stored, and computed only where missing (``recompute=True`` redoes them):
+Stored, and computed only where missing (``recompute`` redoes them):
 
-- ``caption_scores.clip_score`` = 2.5 * max(cos(image, caption), 0) (Hessel et al.'s CLIPScore, without
-  the "A photo depicts" prefix: altlens' demo model was trained on bare captions);
-- ``caption_scores.cycle``: see :func:`cycle_scores`;
+- ``caption_scores``: clip_score and cycle of every caption (:mod:`curation.scores.alignment`);
 - ``sample_scores.agreement`` = cos(alt-text embedding, mean of the sample's synthetic-caption embeddings);
-- ``alt_contrast.contrast``: the alt-text against its one-claim variants, see :mod:`curation.scores.contrast`
-  (needs the text encoder, so only when a model is passed);
-- ``rewards``: one value per sample and reward version; version 1 is the alt caption's clip_score,
-  later versions (learned rewards) are added beside it. ``meta.active_reward`` names the one the UI uses.
+- ``sample_source_scores``: the best clip_score per caption source and sample, what filters read;
+- ``alt_contrast``: the alt-text against its one-claim variants (:mod:`curation.scores.contrast`);
+- reward version 1, the alt caption's clip_score (:mod:`curation.scores.rewards`).
 """
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
+from curation.scores.alignment import clip_score, cycle_scores, row_cosines
+from curation.scores.contrast import score_contrast
+from curation.scores.rewards import write_default
+from indexer.models import open_workspace_model, run_spec
 from indexer.store import Workspace, now
-from indexer.vectors import EmbeddingStore, build_index, search
+from indexer.vectors import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
-CYCLE_K = 15
-ALT_CLIP_REWARD = "clip_score:alt"
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """``altlens score`` settings. ``contrast`` loads the workspace's model for the text encoder."""
+
+    recompute: bool = False
+    contrast: bool = True
+    device: str = "auto"
+    precision: str = "fp32"
+    progress: bool = True
 
 
-def clip_score(cosine: np.ndarray) -> np.ndarray:
-    return 2.5 * np.maximum(cosine, 0.0)
-
-
-def row_cosines(images: np.ndarray, texts: np.ndarray, sample_ids: np.ndarray, caption_ids: np.ndarray,
-                block: int = 65536) -> np.ndarray:
-    """cos(image[sample_id], text[caption_id]) for aligned id arrays, in blocks (float16 stays on disk)."""
-    out = np.empty(len(caption_ids), dtype=np.float32)
-    for i in range(0, len(caption_ids), block):
-        a = np.asarray(images[sample_ids[i:i + block]], dtype=np.float32)
-        b = np.asarray(texts[caption_ids[i:i + block]], dtype=np.float32)
-        out[i:i + block] = (a * b).sum(1)
-    return out
-
-
-def cycle_scores(images: np.ndarray, texts: np.ndarray, ok_ids: np.ndarray, pool_ids: np.ndarray,
-                 pool_samples: np.ndarray, k: int = CYCLE_K) -> np.ndarray:
-    """Cycle consistency (SynC) for every caption of one pool (one caption source kind).
-
-    For image i, retrieve its top-2 captions from the pool. A caption c of image i
-    that is among them scores 1 (first) or 0.5 (second) if, retrieving the top-``k``
-    images for c, image i comes back among them; every other caption scores 0.
-    Only the captions an image retrieves can score, so the cost is one image query
-    per image plus at most two caption queries per image, not one per caption.
-    """
-    out = np.zeros(len(pool_ids), dtype=np.float32)
-    if not len(pool_ids) or not len(ok_ids):
-        return out
-    text_vecs = np.asarray(texts[pool_ids], dtype=np.float32)
-    image_vecs = np.asarray(images[ok_ids], dtype=np.float32)
-    caption_index = build_index(text_vecs, np.arange(len(pool_ids)))
-    _, top2 = search(caption_index, image_vecs, min(2, len(pool_ids)))
-    own = pool_samples[np.clip(top2, 0, None)] == ok_ids[:, None]
-    rows, ranks = np.nonzero(own & (top2 >= 0))
-    if not len(rows):
-        return out
-    candidates = top2[rows, ranks]
-    image_index = build_index(image_vecs, ok_ids)
-    _, back = search(image_index, text_vecs[candidates], min(k, len(ok_ids)))
-    returned = (back == ok_ids[rows][:, None]).any(1)
-    out[candidates[returned]] = np.where(ranks[returned] == 0, 1.0, 0.5)
-    return out
+def run(ws: Workspace, cfg: ScoreConfig = ScoreConfig()) -> dict:
+    """Fill clip_score, cycle, agreement, the default reward and (``cfg.contrast``) the alt-text contrast
+    for everything in ``ws`` missing them; ``cfg.recompute`` redoes them all."""
+    model = open_workspace_model(ws, run_spec(cfg.device, cfg.precision)) if cfg.contrast else None
+    return score_workspace(ws, cfg.recompute, model, cfg.progress)
 
 
 def score_workspace(ws: Workspace, recompute: bool = False, model=None, progress: bool = True) -> dict:
-    """Fill clip_score, cycle, agreement, the default reward and (with ``model``, the workspace's
-    embedding model) the alt-text contrast for everything missing them."""
+    """The work of :func:`run` with an already loaded model (None: no contrast)."""
     images = EmbeddingStore(ws, "image").load()
     texts = EmbeddingStore(ws, "text").load()
     if recompute:
@@ -84,11 +55,10 @@ def score_workspace(ws: Workspace, recompute: bool = False, model=None, progress
             ws.execute("DELETE FROM alt_contrast")
     scored = _score_captions(ws, images, texts)
     agreements = _score_agreement(ws, texts)
-    rewarded = _default_reward(ws)
+    rewarded = write_default(ws)
     materialise_source_scores(ws)
     out = {"captions_scored": scored, "samples_with_agreement": agreements, "rewards_written": rewarded}
     if model is not None:
-        from curation.scores.contrast import score_contrast
         out["alt_contrast_scored"] = score_contrast(ws, model, progress=progress)
     return out
 
@@ -150,28 +120,3 @@ def materialise_source_scores(ws: Workspace) -> None:
                    max(cs.clip_score) FILTER (WHERE c.source_kind = 'syn') AS syn,
                    max(cs.clip_score) FILTER (WHERE c.source_kind = 'fused') AS fused
             FROM captions c JOIN caption_scores cs ON cs.caption_id = c.id GROUP BY c.sample_id""")
-
-
-def reward_version(ws: Workspace, kind: str, provenance: dict | None = None, create: bool = True) -> int | None:
-    """The version number of a reward kind, created on first use."""
-    found = ws.scalar("SELECT max(version) FROM reward_versions WHERE kind = ?", [kind])
-    if found is not None or not create:
-        return found
-    version = int(ws.scalar("SELECT coalesce(max(version), 0) + 1 FROM reward_versions"))
-    ws.execute("INSERT INTO reward_versions VALUES (?, ?, ?, ?)", [version, kind, json.dumps(provenance or {}), now()])
-    return version
-
-
-def active_reward(ws: Workspace) -> int | None:
-    return ws.get_meta("active_reward")
-
-
-def _default_reward(ws: Workspace) -> int:
-    version = reward_version(ws, ALT_CLIP_REWARD, {"definition": "clip_score of the sample's alt caption"})
-    if ws.get_meta("active_reward") is None:
-        ws.set_meta("active_reward", version)
-    before = ws.scalar("SELECT count(*) FROM rewards WHERE version = ?", [version])
-    ws.execute("""INSERT INTO rewards SELECT c.sample_id, ?, cs.clip_score FROM captions c
-                  JOIN caption_scores cs ON cs.caption_id = c.id
-                  WHERE c.source_kind = 'alt' ON CONFLICT DO NOTHING""", [version])
-    return int(ws.scalar("SELECT count(*) FROM rewards WHERE version = ?", [version])) - int(before)

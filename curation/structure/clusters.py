@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class MapConfig:
-    """``altlens map`` settings."""
+class ClusterConfig:
+    """Clustering and 2-D layout settings of ``altlens map``."""
 
     clusters: int | None = None
     fit_max: int = 50_000
@@ -66,7 +66,7 @@ def kmeans(vectors: np.ndarray, k: int, seed: int, iters: int,
     return km.centroids, labels[:, 0].astype(np.int32), (1.0 - sims[:, 0]).astype(np.float64)
 
 
-def umap_coords(vectors: np.ndarray, cfg: MapConfig, times: dict) -> np.ndarray:
+def umap_coords(vectors: np.ndarray, cfg: ClusterConfig, times: dict) -> np.ndarray:
     """2-D coordinates: UMAP on a sample of at most ``fit_max`` rows, the rest placed from neighbours."""
     n = len(vectors)
     rng = np.random.default_rng(cfg.seed)
@@ -102,7 +102,7 @@ def _pca(vectors: np.ndarray, dim: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def place_from_neighbours(vectors, fit, fitted, rest, cfg: MapConfig, block: int = 100_000) -> np.ndarray:
+def place_from_neighbours(vectors, fit, fitted, rest, cfg: ClusterConfig, block: int = 100_000) -> np.ndarray:
     """Similarity-weighted mean of the ``neighbours`` nearest fitted points, searched after PCA."""
     dim = cfg.pca_dim
     if dim >= vectors.shape[1] or len(fit) <= dim:  # nothing to gain (or too few points to fit a PCA)
@@ -128,8 +128,8 @@ def place_from_neighbours(vectors, fit, fitted, rest, cfg: MapConfig, block: int
     return out
 
 
-def run_map(ws: Workspace, cfg: MapConfig = MapConfig()) -> dict:
-    """Cluster, lay out and summarise the workspace; return counts and per-stage wall times."""
+def cluster_and_layout(ws: Workspace, cfg: ClusterConfig = ClusterConfig()) -> dict:
+    """Cluster and lay out the workspace's ok images, store both; return counts and per-step wall times."""
     times: dict = {}
     t0 = time.perf_counter()
     ids, vectors = ok_embeddings(ws)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.store import Workspace
 from indexer.schema import SOURCE_KINDS
+from indexer.store import Workspace
 from indexer.vectors import EmbeddingStore
 
 DEFAULT_SHARE = 0.8

@@ -24,6 +24,7 @@ import pyarrow as pa
 from PIL import Image
 from tqdm import tqdm
 
+from curation.scores.rewards import reward_values
 from curation.structure.clusters import ok_embeddings
 from indexer.store import Workspace, now
 from indexer.vectors import build_index
@@ -144,8 +145,7 @@ def _group_rows(ws: Workspace, groups: dict[int, list[int]], pairs) -> dict[str,
         for x in (a, b):
             if sim > best_sim.get(x, (-1.0, ""))[0]:
                 best_sim[x] = (sim, method)
-    version = ws.get_meta("active_reward")
-    reward = dict(ws.rows("SELECT sample_id, value FROM rewards WHERE version = ?", [version])) if version else {}
+    reward = reward_values(ws)
     rows: dict[str, list] = {"sample_id": [], "group_id": [], "representative": [], "similarity": [], "method": []}
     for gid, members in groups.items():
         rep = max(members, key=lambda m: (reward.get(m) or 0.0, -m))

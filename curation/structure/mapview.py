@@ -12,6 +12,7 @@ import colorsys
 import numpy as np
 from PIL import Image
 
+from curation.scores.rewards import active_reward
 from indexer.store import Workspace
 
 COLOR_BY = ("cluster", "reward")
@@ -19,7 +20,7 @@ COLOR_BY = ("cluster", "reward")
 
 def map_frame(ws: Workspace) -> dict[str, np.ndarray]:
     """Coordinates, cluster and active reward of every mapped sample, as column arrays."""
-    version = ws.get_meta("active_reward")
+    version = active_reward(ws)
     cur = ws.execute("""SELECT m.sample_id, m.x, m.y, k.cluster, r.value FROM map_coords m
                         JOIN clusters k ON k.sample_id = m.sample_id
                         LEFT JOIN rewards r ON r.sample_id = m.sample_id AND r.version = ?""", [version or -1])

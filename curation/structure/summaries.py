@@ -13,6 +13,7 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
+from curation.scores.rewards import reward_values
 from curation.structure.diversity import vendi
 from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore
@@ -61,8 +62,7 @@ def summarise_clusters(ws: Workspace, exemplars: int = 6, max_diversity_rows: in
         texts[cluster].append(text)
         per_source.setdefault((cluster, kind), []).append((cid, clip))
     terms = distinctive_terms(texts)
-    version = ws.get_meta("active_reward")
-    reward = dict(ws.rows("SELECT sample_id, value FROM rewards WHERE version = ?", [version])) if version else {}
+    reward = reward_values(ws)
     threshold = flag_threshold(ws)
     images = EmbeddingStore(ws, "image").load()
     text_vecs = EmbeddingStore(ws, "text").load()

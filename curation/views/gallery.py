@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from curation.scores.rewards import active_reward
 from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace
 
@@ -40,7 +41,8 @@ JOINS = """FROM samples s
 
 
 def _version(ws: Workspace) -> int:
-    return ws.get_meta("active_reward") or -1
+    version = active_reward(ws)
+    return -1 if version is None else version
 
 
 @dataclass(frozen=True)
@@ -228,8 +230,8 @@ def filter_effect(ws: Workspace, source: str, threshold: float, preview: int = 1
 
 def overview(ws: Workspace) -> dict:
     """Counts by status and source, caption counts, map meta and the cluster table."""
-    from curation.views.stats import workspace_stats
     from curation.structure.summaries import cluster_table
+    from curation.views.stats import workspace_stats
     stats = workspace_stats(ws)
     clusters = cluster_table(ws)
     return {"stats": stats, "clusters": clusters, "map": ws.get_meta("map"),

@@ -1,14 +1,13 @@
-"""``altlens serve``, registered on the indexer's Typer app."""
+"""``altlens serve``: a workspace in the browser."""
 from __future__ import annotations
 
 import typer
 
-from indexer.cli import app
+from cli.options import WORKSPACE
 
 
-@app.command()
 def serve(
-    workspace: str = typer.Option(..., "--workspace", "-w"),
+    workspace: str = WORKSPACE,
     host: str = typer.Option("127.0.0.1", help="Interface to bind (127.0.0.1 keeps it on this machine)."),
     port: int = typer.Option(7860, min=1, max=65535),
     auth: str = typer.Option(None, help="USER:PASS required to open the app."),
@@ -16,6 +15,7 @@ def serve(
     read_only: bool = typer.Option(False, "--read-only", help="No writes (labels) from the browser."),
 ):
     """Serve the curation UI for a workspace."""
-    from app.server import serve as run
+    from app.serve import serve as run
+
     typer.echo(f"altlens: serving {workspace} on http://{host}:{port}")
     run(workspace, host=host, port=port, auth=auth, auth_file=auth_file, read_only=read_only)

@@ -1,0 +1,66 @@
+"""``altlens select``, ``export`` and ``verify-export``: save a selection and write it as shards a trainer reads."""
+from __future__ import annotations
+
+from typing import List
+
+import typer
+
+from cli.options import WORKSPACE, echo_json
+
+
+def select(
+    workspace: str = WORKSPACE,
+    name: str = typer.Option(..., help="Selection name (letters, digits, - _ .)."),
+    min_reward: float = typer.Option(None, help="Keep samples whose reward is at least this."),
+    reward_version: int = typer.Option(None, help="Which reward version (default: the active one)."),
+    min_alt: float = typer.Option(None, help="Minimum clip_score of the alt caption."),
+    min_syn: float = typer.Option(None, help="Minimum best clip_score of the synthetic captions."),
+    min_fused: float = typer.Option(None, help="Minimum clip_score of the fused caption."),
+    cluster: List[int] = typer.Option(None, help="Keep only these clusters (repeatable)."),
+    exclude_cluster: List[int] = typer.Option(None, help="Drop these clusters (repeatable)."),
+    keep_duplicates: bool = typer.Option(False, help="Keep near-duplicates (default: keep one per group)."),
+    labels: str = typer.Option("exclude_bad", help="any, good_only or exclude_bad."),
+    per_cluster: int = typer.Option(None, help="Keep at most K samples per cluster, nearest the centroid."),
+    caption_policy: str = typer.Option("hybrid", help="alt, best, fused or hybrid (alt + synthetic)."),
+):
+    """Save a named selection (a rule set) and materialise its sample list."""
+    from curation.export.select import SelectionRule, save_selection
+    from indexer.store import Workspace
+
+    source_min = {k: v for k, v in (("alt", min_alt), ("syn", min_syn), ("fused", min_fused)) if v is not None}
+    rule = SelectionRule(name=name, min_reward=min_reward, reward_version=reward_version, source_min=source_min,
+                         clusters_in=tuple(cluster or ()), clusters_out=tuple(exclude_cluster or ()),
+                         drop_duplicates=not keep_duplicates, labels=labels, per_cluster_k=per_cluster,
+                         caption_policy=caption_policy)
+    with Workspace(workspace) as ws:
+        echo_json(save_selection(ws, rule))
+
+
+def export(
+    workspace: str = WORKSPACE,
+    selection: str = typer.Option(..., help="A saved selection."),
+    out: str = typer.Option(..., help="Output folder."),
+    format: str = typer.Option("datacompdr", "--format", help="datacompdr, webdataset, parquet or uids."),
+    shard_size: int = typer.Option(10_000, min=1),
+    augmentations: int = typer.Option(0, min=0, help="Embed N random augmentations per image (datacompdr)."),
+):
+    """Export a selection as shards a trainer reads (deterministic, atomic, resumable)."""
+    from curation.export.export import ExportConfig, run
+    from indexer.store import Workspace
+
+    cfg = ExportConfig(selection=selection, out=out, format=format, shard_size=shard_size,
+                       augmentations=augmentations)
+    with Workspace(workspace, read_only=True) as ws:
+        manifest = run(ws, cfg)
+    echo_json({"files": len(manifest["files"]), "samples": manifest["samples"], "out": out})
+
+
+def verify_export(out: str = typer.Argument(..., help="An export folder.")):
+    """Re-read an export: checksums, counts and members; exits non-zero naming the bad shard."""
+    from curation.export.export import ExportError, verify_export
+
+    try:
+        echo_json(verify_export(out))
+    except ExportError as exc:
+        typer.echo(f"altlens: export is bad: {exc}", err=True)
+        raise typer.Exit(1)

@@ -1,0 +1,41 @@
+"""``altlens demo`` and ``altlens demo-train``: the generated demo world, end to end, and its models."""
+from __future__ import annotations
+
+import typer
+
+from cli.options import PRECISION, echo_json
+
+
+def demo(
+    workspace: str = typer.Option("demo-workspace", "--workspace", "-w"),
+    n: int = typer.Option(3000, min=1, help="Samples in the demo dataset."),
+    seed: int = typer.Option(0),
+    precision: str = PRECISION,
+    no_serve: bool = typer.Option(False, "--no-serve", help="Build the workspace, do not start the UI."),
+):
+    """Build the demo world offline: shards -> index with the shipped model -> curation -> UI."""
+    from demo.build import DemoConfig, build_demo
+
+    summary = build_demo(DemoConfig(workspace=workspace, n=n, seed=seed, precision=precision))
+    echo_json(summary["index"])
+    typer.echo(f"demo workspace ready: {summary['workspace']}")
+    if not no_serve:
+        from app.serve import serve
+        serve(summary["workspace"])
+
+
+def demo_train(
+    out_dir: str = typer.Option(None, help="Where to write the checkpoint (default: the shipped location)."),
+    steps: int = typer.Option(1200, min=1, help="CLIP training steps."),
+    captioner_steps: int = typer.Option(800, min=0, help="Captioner training steps (0: CLIP only)."),
+    n_train: int = typer.Option(40000, min=100),
+    seed: int = typer.Option(20261128),
+):
+    """Train the demo CLIP and captioner from scratch on CPU (about 45 minutes on 2 cores); write the model card."""
+    from demo import MODEL_DIR
+    from demo.train import TrainConfig, train
+
+    cfg = TrainConfig(out_dir=out_dir or str(MODEL_DIR), steps=steps, n_train=n_train, seed=seed,
+                      captioner_steps=captioner_steps)
+    numbers = train(cfg)
+    echo_json({k: v for k, v in numbers.items() if k != "caption_examples"})

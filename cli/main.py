@@ -1,0 +1,63 @@
+"""``altlens``: registers every command explicitly (name -> function) and turns user errors into one line.
+
+The command modules import nothing heavy at import time, so ``altlens --help``
+stays fast; each command imports the library code it runs.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from cli import curate, deliver, demos, ingest, review, web
+from indexer.errors import AltlensError
+
+COMMANDS = (
+    ("index", ingest.index), ("stats", ingest.stats), ("search", ingest.search),
+    ("caption", curate.caption), ("fuse", curate.fuse), ("score", curate.score), ("map", curate.map_),
+    ("defaults", curate.defaults),
+    ("label", review.label),
+    ("select", deliver.select), ("export", deliver.export), ("verify-export", deliver.verify_export),
+    ("serve", web.serve),
+    ("demo", demos.demo), ("demo-train", demos.demo_train),
+)
+REWARD_COMMANDS = (("train", review.reward_train), ("apply", review.reward_apply))
+USER_ERRORS = (AltlensError, ValueError, FileNotFoundError)
+
+
+def build() -> typer.Typer:
+    app = typer.Typer(add_completion=False, no_args_is_help=True,
+                      help="altlens: curate image-caption datasets (index, score, cluster, review, export).")
+    for name, command in COMMANDS:
+        app.command(name)(command)
+    reward = typer.Typer(help="Learn a reward from curator labels and apply it.", no_args_is_help=True)
+    for name, command in REWARD_COMMANDS:
+        reward.command(name)(command)
+    app.add_typer(reward, name="reward")
+    return app
+
+
+def main() -> None:
+    """Entry point: user mistakes become one clear line on stderr and exit code 2, never a traceback."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code = build()(standalone_mode=False)  # click returns (not raises) an Exit's code in this mode
+    except USER_ERRORS as exc:
+        typer.echo(f"altlens: error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own message
+        import click
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

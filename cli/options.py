@@ -1,0 +1,15 @@
+"""Options every command shares, and how commands print their reports."""
+from __future__ import annotations
+
+import json
+
+import typer
+
+WORKSPACE = typer.Option(..., "--workspace", "-w", help="Workspace directory.")
+DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
+PRECISION = typer.Option("fp32", help="fp32 or bf16.")
+
+
+def echo_json(report) -> None:
+    """A command's report as one JSON line (what scripts read)."""
+    typer.echo(json.dumps(report, default=str))
