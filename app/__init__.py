@@ -1,1 +1,1 @@
-"""altlens app package."""
+"""The curation UI: a Gradio app over plain handler functions; it renders what curation/ returns."""

@@ -8,16 +8,19 @@ reward, select, export), the same code the CLI runs. A server started with
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 from app.handlers import Handlers, UserError, as_float, as_int, one_of
-from curation.export.export import FORMATS, ExportConfig, ExportError, run, verify_export
-from curation.export.select import LABEL_FILTERS, POLICIES, SelectionRule, save_selection
+from curation.export.export import ExportConfig, run
+from curation.export.formats import format_names
+from curation.export.policy import ExportError
+from curation.export.select import LABEL_FILTERS, POLICIES, SelectionRule, save_selection, selection_names
+from curation.export.verify import read_back, verify_export
 from curation.review import labels as label_store
 from curation.review.queue import review_queue
 from curation.review.reward import apply_reward, load_model, train_from_labels
-from curation.views.gallery import SCORE_SOURCES, reward_choices
+from curation.views.filter import reward_choices
+from curation.views.gallery import SCORE_SOURCES
 
 QUEUES = {"most useful next": "useful", "lowest reward first": "lowest", "a cluster": "cluster",
           "a search": "search"}
@@ -147,15 +150,13 @@ class Curate:
         return f"selection {result['name']!r} saved: {result['selected']} of {result['ok_samples']} samples ({result['share']:.1%})"
 
     def selection_names(self) -> list[str]:
-        if not self.ws.has_table("selections"):
-            return []
-        return [r[0] for r in self.ws.rows("SELECT name FROM selections ORDER BY created_at DESC, name")]
+        return selection_names(self.ws)
 
     def export(self, name: str, fmt: str, shard_size, augmentations):
         """Export into ``<workspace>/exports/<selection>-<format>`` (the browser never picks a server path)."""
         self._writable()
         one_of(name, self.selection_names(), "selection")
-        one_of(fmt, FORMATS, "format")
+        one_of(fmt, format_names(), "format")
         cfg = ExportConfig(selection=name, format=fmt,
                            out=str(self.ws.root / "exports" / f"{name}-{fmt}"),
                            shard_size=as_int(shard_size, "shard size", 1, 10**7),
@@ -168,27 +169,5 @@ class Curate:
             verdict = f"VERIFY FAILED: {exc}"
         files = [[f["file"], f["samples"], f["sha256"][:16]] for f in manifest["files"]]
         summary = f"wrote {manifest['samples']} samples in {len(files)} file(s) to {cfg.out}; {verdict}"
-        return summary, files, preview(Path(cfg.out), manifest), json.dumps(
+        return summary, files, read_back(Path(cfg.out), manifest), json.dumps(
             {k: v for k, v in manifest.items() if k != "files"}, indent=1, default=str)
-
-
-def preview(out: Path, manifest: dict, n: int = 8) -> list[list[str]]:
-    """A few written samples read back from the first file: (key, caption or uid)."""
-    first = manifest["files"][0] if manifest["files"] else None
-    if first is None:
-        return []
-    path = out / first["file"]
-    if path.suffix == ".tar":
-        rows = []
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if member.name.endswith(".txt") and not member.name.endswith(".url.txt"):
-                    rows.append([member.name.rsplit(".", 1)[0], tar.extractfile(member).read().decode("utf-8", "replace")])
-                if len(rows) >= n:
-                    break
-        return rows
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-        table = pq.read_table(path).slice(0, n).to_pylist()
-        return [[str(r.get("uid")), str(r.get("caption") or r.get("text") or "")] for r in table]
-    return []

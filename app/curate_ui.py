@@ -9,7 +9,7 @@ import gradio as gr
 
 from app.curate import ACTIONS, QUEUES, Curate
 from app.handlers import CAPTION_COLUMNS
-from curation.export.export import FORMATS
+from curation.export.formats import format_names
 from curation.export.select import LABEL_FILTERS, POLICIES
 
 KEYS = {"g": "good", "b": "bad", "s": "skip", "1": "best: alt", "2": "best: syn", "3": "best: fused"}
@@ -107,7 +107,7 @@ def export_tab(c: Curate, friendly) -> gr.Dropdown:
         selection = gr.Dropdown(names, label="Selection", elem_id="export-selection", allow_custom_value=False,
                                 info=NO_SELECTION if not names else f"{len(names)} saved, newest first")
         refresh = gr.Button("↻ selections")
-        fmt = gr.Dropdown(list(FORMATS), value="datacompdr", label="Format")
+        fmt = gr.Dropdown(format_names(), value="datacompdr", label="Format")
         shard = gr.Number(value=10000, precision=0, minimum=1, label="Samples per shard")
         augment = gr.Number(value=0, precision=0, minimum=0, maximum=16, label="Augmented views (datacompdr)")
     run = gr.Button("Export", variant="primary", elem_id="export-run")

@@ -11,22 +11,11 @@ from dataclasses import dataclass
 
 from app import charts
 from curation.structure.defaults import DefaultsQuery, find_default, parse_axis, suggest
-from curation.structure.mapview import COLOR_BY, map_frame, render_map
-from curation.views.gallery import (
-    COMPARE_SORTS,
-    PER_PAGE,
-    SCORE_SOURCES,
-    FilterIndex,
-    Scope,
-    ViewError,
-    compare_rows,
-    gallery_page,
-    overview,
-    sample_detail,
-    score_values,
-)
+from curation.structure.mapview import COLOR_BY, has_map, map_frame, render_map
+from curation.views.filter import FilterIndex, score_values
+from curation.views.gallery import (COMPARE_SORTS, PER_PAGE, SCORE_SOURCES, Scope, ViewError, cluster_ids,
+                                    compare_rows, gallery_page, overview, sample_detail, thumbs_of)
 from curation.views.search import Searcher
-from indexer.models import open_workspace_model
 from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace
 
@@ -72,7 +61,6 @@ class Handlers:
 
     def __post_init__(self):
         self._searcher: Searcher | None = None
-        self._model = None
         self._filter: FilterIndex | None = None
         self._histograms: dict[str, charts.HistogramWithLine] = {}
         self.thumbs = self.ws.thumbs_dir
@@ -95,21 +83,18 @@ class Handlers:
         return out
 
     @property
-    def model(self):
-        if self._model is None:
-            self._model = open_workspace_model(self.ws, None)
-        return self._model
-
-    @property
     def searcher(self) -> Searcher:
+        """The workspace's FAISS index and (loaded on first use) its embedding model."""
         if self._searcher is None:
-            self._searcher = Searcher(self.ws, model=self.model)
+            self._searcher = Searcher(self.ws)
         return self._searcher
 
+    @property
+    def model(self):
+        return self.searcher.model
+
     def clusters(self) -> list[int]:
-        if not self.ws.has_table("clusters"):
-            return []
-        return [r[0] for r in self.ws.rows("SELECT DISTINCT cluster FROM clusters ORDER BY cluster")]
+        return cluster_ids(self.ws)
 
     # ------------------------------------------------------------ overview
     def overview(self, color_by: str = "cluster"):
@@ -130,7 +115,7 @@ class Handlers:
 
     def map_picture(self, color_by: str = "cluster"):
         one_of(color_by, COLOR_BY, "map colouring")
-        if not self.ws.has_table("map_coords"):
+        if not has_map(self.ws):
             return None
         return render_map(map_frame(self.ws), color_by)
 
@@ -219,7 +204,7 @@ class Handlers:
 
     def _example_tiles(self, examples: dict[str, list[int]]) -> list[tuple[str, str]]:
         ids = [(v, i) for v, items in examples.items() for i in items[:3]]
-        thumbs = dict(self.ws.rows("SELECT id, thumb FROM samples WHERE list_contains(?, id)", [[i for _, i in ids]]))
+        thumbs = thumbs_of(self.ws, [i for _, i in ids])
         return [(self.thumb(thumbs.get(i)), f"{v} · #{i}") for v, i in ids if self.thumb(thumbs.get(i))]
 
     def suggestions(self, source: str):

@@ -57,7 +57,8 @@ def export(
 
 def verify_export(out: str = typer.Argument(..., help="An export folder.")):
     """Re-read an export: checksums, counts and members; exits non-zero naming the bad shard."""
-    from curation.export.export import ExportError, verify_export
+    from curation.export.policy import ExportError
+    from curation.export.verify import verify_export
 
     try:
         echo_json(verify_export(out))

@@ -208,7 +208,7 @@ def preprocess_for(cfg: CaptionerConfig):
 
 def save_fp16(model: nn.Module, weights: Path) -> Path:
     """A model's weights as fp16 safetensors, written atomically (temp file, fsync, rename)."""
-    from indexer.vectors import atomic_write
+    from indexer.files import atomic_write
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     atomic_write(weights, lambda fh: fh.write(save(state)))
     return weights

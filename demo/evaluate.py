@@ -54,7 +54,11 @@ def evaluate_model(model, n: int = 300, seed: int = 777, caption_n: int | None =
         "auroc_random": _auroc(pos, other),
         "auroc_swapped": _auroc(pos, swap),
     }
-    generator = captioner if captioner is not None else (model if model.can_caption else None)
+    if captioner is not None:
+        generator = captioner
+    else:
+        from indexer.caption_decode import CocaDecoder
+        generator = CocaDecoder(model) if model.can_caption else None
     if generator is not None:
         m = caption_n or n
         captions = []

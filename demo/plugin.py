@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from curation.captions.caption import GenerativeCaptioner
+from curation.captions.captioners import GenerativeCaptioner
 from demo import CAPTIONER_CHECKPOINT
 from demo.captioner import load_captioner, preprocess_for
-from indexer.models import ModelError, file_sha256
+from indexer.files import file_sha256
+from indexer.models import ModelError
 
 
 def captioner(arg: str, ws_model, cfg) -> GenerativeCaptioner:

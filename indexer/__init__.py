@@ -1,1 +1,1 @@
-"""altlens indexer package."""
+"""Raw data -> workspace: read, decode, embed, write; the workspace store, schema, FAISS and model edges."""

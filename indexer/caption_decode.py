@@ -1,5 +1,8 @@
 """CoCa caption decoding for a loaded :class:`indexer.models.EmbeddingModel`: top-p, beam and diverse beam search.
 
+:class:`CocaDecoder` wraps the model with the ``generate`` / ``generate_diverse``
+interface every captioner in :mod:`curation.captions.captioners` decodes through.
+
 open_clip's CoCa ``generate`` projects every position onto the 49,408-token
 vocabulary at every step, which dominates captioning on a CPU. Here the decoder
 blocks run as in ``MultimodalTransformer.forward`` and only the position being
@@ -7,12 +10,34 @@ decoded is projected (about 3x faster end to end, identical distributions).
 """
 from __future__ import annotations
 
+import re
+
 import open_clip
 import torch
 
-from indexer.models import ModelError, clean_generated, decoder_hidden
+from indexer.errors import ModelError
 
 SOT, EOT = 49406, 49407
+
+
+class CocaDecoder:
+    """Captions from an open_clip CoCa held by an ``EmbeddingModel``."""
+
+    def __init__(self, em):
+        _check(em)
+        self.em = em
+
+    @torch.inference_mode()
+    def generate(self, pixels: torch.Tensor, sampling: str = "top_p", seq_len: int | None = None,
+                 top_p: float = 0.9, seed: int | None = None) -> list[str]:
+        """One caption per image; text kept up to the first period (DataCompDR)."""
+        return generate(self.em, pixels, sampling, seq_len, top_p, seed)
+
+    @torch.inference_mode()
+    def generate_diverse(self, pixels: torch.Tensor, num: int, beams_per_group: int = 2,
+                         penalty: float = 0.5, seq_len: int | None = None) -> list[list[str]]:
+        """``num`` distinct captions per image by diverse beam search."""
+        return diverse_beam(self.em, pixels, num, beams_per_group, penalty, seq_len)
 
 
 def _check(em) -> None:
@@ -117,3 +142,23 @@ def _beam_logprobs(logits: torch.Tensor, last: torch.Tensor, pad: int, step: int
     logp[done] = float("-inf")
     logp[done, pad] = 0.0
     return logp
+
+
+def decoder_hidden(dec, image_embs: torch.Tensor, token_embs: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    """CoCa's multimodal decoder up to its final norm (``MultimodalTransformer.forward`` without the projection)."""
+    x, img, seq_len = token_embs, image_embs, token_embs.shape[1]
+    if not dec.batch_first:
+        x, img = x.permute(1, 0, 2), img.permute(1, 0, 2)
+    for resblock, cross_attn in zip(dec.resblocks, dec.cross_attn):
+        x = resblock(x, attn_mask=dec.attn_mask[:seq_len, :seq_len])
+        x = cross_attn(x, k_x=img, v_x=img)
+    if not dec.batch_first:
+        x = x.permute(1, 0, 2)
+    return dec.ln_final(x[:, -1] if last_only else x)
+
+
+def clean_generated(text: str) -> str:
+    """Strip CoCa's special tokens and keep the text before the first period."""
+    text = text.replace("<start_of_text>", "").split("<end_of_text>")[0]
+    text = re.sub(r"\s+([,;:!?])", r"\1", text)  # the BPE decoder puts a space before punctuation
+    return text.split(".")[0].strip()

@@ -8,11 +8,9 @@ tool should never fetch weights behind the user's back.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.errors import ModelError
+from indexer.files import file_sha256
 
 if os.environ.get("ALTLENS_ALLOW_DOWNLOAD") != "1":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -116,14 +115,6 @@ def _register_hf_style(config: Path) -> str:
     name = config.parent.name
     open_clip.factory._MODEL_CONFIGS[name] = model_cfg  # what add_model_config does per file
     return name
-
-
-def file_sha256(path: str | Path, limit: int | None = None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:limit] if limit else digest.hexdigest()
 
 
 def pick_device(device: str) -> str:
@@ -226,40 +217,6 @@ class EmbeddingModel:
         with self._autocast():
             feats = self.model.encode_text(tokens.to(self.device), normalize=True)
         return feats.float().cpu().numpy()
-
-    @torch.inference_mode()
-    def generate(self, pixels: torch.Tensor, sampling: str = "top_p", seq_len: int | None = None,
-                 top_p: float = 0.9, seed: int | None = None) -> list[str]:
-        """One caption per image (CoCa only); text kept up to the first period (DataCompDR)."""
-        from indexer.caption_decode import generate
-        return generate(self, pixels, sampling, seq_len, top_p, seed)
-
-    @torch.inference_mode()
-    def generate_diverse(self, pixels: torch.Tensor, num: int, beams_per_group: int = 2,
-                         penalty: float = 0.5, seq_len: int | None = None) -> list[list[str]]:
-        """``num`` distinct captions per image by diverse beam search (see :mod:`indexer.caption_decode`)."""
-        from indexer.caption_decode import diverse_beam
-        return diverse_beam(self, pixels, num, beams_per_group, penalty, seq_len)
-
-
-def decoder_hidden(dec, image_embs: torch.Tensor, token_embs: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-    """CoCa's multimodal decoder up to its final norm (``MultimodalTransformer.forward`` without the projection)."""
-    x, img, seq_len = token_embs, image_embs, token_embs.shape[1]
-    if not dec.batch_first:
-        x, img = x.permute(1, 0, 2), img.permute(1, 0, 2)
-    for resblock, cross_attn in zip(dec.resblocks, dec.cross_attn):
-        x = resblock(x, attn_mask=dec.attn_mask[:seq_len, :seq_len])
-        x = cross_attn(x, k_x=img, v_x=img)
-    if not dec.batch_first:
-        x = x.permute(1, 0, 2)
-    return dec.ln_final(x[:, -1] if last_only else x)
-
-
-def clean_generated(text: str) -> str:
-    """Strip CoCa's special tokens and keep the text before the first period."""
-    text = text.replace("<start_of_text>", "").split("<end_of_text>")[0]
-    text = re.sub(r"\s+([,;:!?])", r"\1", text)  # the BPE decoder puts a space before punctuation
-    return text.split(".")[0].strip()
 
 
 def run_spec(device: str = "auto", precision: str = "fp32") -> ModelSpec | None:

@@ -9,38 +9,18 @@ FAISS index can always be rebuilt from it.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from indexer.files import atomic_write
 from indexer.store import Workspace
 
 log = logging.getLogger(__name__)
 
 INDEX_KINDS = ("auto", "flat", "hnsw", "ivf")
 FLAT_MAX = 100_000
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temp file beside ``path``, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class EmbeddingStore:

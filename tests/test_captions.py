@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import tiny_coca_spec, tiny_spec, write_folder
 
-from curation.captions.caption import CaptionConfig, GenerativeCaptioner
+from curation.captions.caption import CaptionConfig
+from curation.captions.captioners import GenerativeCaptioner
 from curation.captions.fuse import FuseConfig
 from curation.captions.fusion_rules import (
     compose,

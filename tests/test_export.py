@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from conftest import run_cli, writable_copy
 
-from curation.export.export import ExportConfig, run, verify_export
+from curation.export.export import ExportConfig, run
 from curation.export.select import SelectionRule, load_selection, save_selection
+from curation.export.verify import verify_export
 from indexer.store import Workspace
 from indexer.vectors import EmbeddingStore
 

@@ -155,12 +155,12 @@ def test_index_files_atomic_and_rebuildable(tmp_path, monkeypatch):
     index([tmp_path / "src"], tmp_path / "ws")
     ws_path = tmp_path / "ws"
     before = (ws_path / "index" / "image.faiss").read_bytes()
-    import indexer.vectors as vectors
+    import indexer.files as files
 
     def crash(*_):
         raise OSError("disk vanished mid-rename")
     with Workspace(ws_path) as ws:
-        monkeypatch.setattr(vectors.os, "replace", crash)
+        monkeypatch.setattr(files.os, "replace", crash)
         with pytest.raises(OSError):
             rebuild_index_if_stale(ws, force=True)
         monkeypatch.undo()

@@ -15,7 +15,7 @@ from conftest import writable_copy
 
 from app.curate import Curate
 from app.handlers import Handlers, UserError
-from curation.export.export import verify_export
+from curation.export.verify import verify_export
 from curation.review.labels import history
 from indexer.store import Workspace
 

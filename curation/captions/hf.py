@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from indexer.models import ModelError, clean_generated
+from indexer.caption_decode import clean_generated
+from indexer.errors import ModelError
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""export"""
+"""From a decision to shards: saved selections, the caption policy, export formats, verification."""

@@ -105,9 +105,14 @@ def save_selection(ws: Workspace, rule: SelectionRule) -> dict:
 def load_selection(ws: Workspace, name: str) -> tuple[SelectionRule, list[int]]:
     row = ws.scalar("SELECT rule FROM selections WHERE name = ?", [name])
     if row is None:
-        names = [r[0] for r in ws.rows("SELECT name FROM selections ORDER BY name")]
+        names = sorted(selection_names(ws))
         raise ValueError(f"no selection {name!r}; saved selections: {', '.join(names) or 'none'}")
     data = json.loads(row)
     data["clusters_in"], data["clusters_out"] = tuple(data["clusters_in"]), tuple(data["clusters_out"])
     ids = [r[0] for r in ws.rows("SELECT sample_id FROM selection_members WHERE name = ? ORDER BY sample_id", [name])]
     return SelectionRule(**data), ids
+
+
+def selection_names(ws: Workspace) -> list[str]:
+    """Saved selections, newest first."""
+    return [r[0] for r in ws.rows("SELECT name FROM selections ORDER BY created_at DESC, name")]

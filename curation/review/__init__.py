@@ -1,1 +1,1 @@
-"""review"""
+"""Curator review: labels with history, the learned reward and caption chooser, the review queue."""

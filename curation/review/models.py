@@ -13,8 +13,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from curation.review.features import SCALARS
+from indexer.files import atomic_write
 from indexer.store import Workspace
-from indexer.vectors import atomic_write
 
 
 def pipeline():

@@ -15,8 +15,9 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from indexer.files import atomic_write
 from indexer.store import Workspace, now
-from indexer.vectors import EmbeddingStore, atomic_write
+from indexer.vectors import EmbeddingStore
 
 log = logging.getLogger(__name__)
 

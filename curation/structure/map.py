@@ -8,8 +8,8 @@ from curation.structure.clusters import ClusterConfig, cluster_and_layout
 from curation.structure.duplicates import DupConfig, find_duplicates
 from curation.structure.mapview import COLOR_BY, map_frame, render_map
 from curation.structure.summaries import summarise_clusters
+from indexer.files import atomic_write
 from indexer.store import Workspace
-from indexer.vectors import atomic_write
 
 
 @dataclass(frozen=True)

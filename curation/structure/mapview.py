@@ -18,6 +18,11 @@ from indexer.store import Workspace
 COLOR_BY = ("cluster", "reward")
 
 
+def has_map(ws: Workspace) -> bool:
+    """Whether ``altlens map`` has laid the workspace out."""
+    return ws.get_meta("map") is not None
+
+
 def map_frame(ws: Workspace) -> dict[str, np.ndarray]:
     """Coordinates, cluster and active reward of every mapped sample, as column arrays."""
     version = active_reward(ws)

@@ -1,4 +1,4 @@
-"""Plain data for the curation views: overview, gallery pages, sample detail, caption comparison, filter effect.
+"""Plain data for the curation views: overview, gallery pages, sample detail, caption comparison.
 
 The app renders what these return; tests call them without a browser. Score
 columns are chosen from a fixed set (never from user text), values travel as
@@ -28,7 +28,7 @@ class ViewError(ValueError):
     """A view was asked for something that does not exist; the message says what is allowed."""
 
 
-def _score_sql(source: str) -> str:
+def score_sql(source: str) -> str:
     if source not in SCORE_SOURCES:
         raise ViewError(f"unknown score {source!r}; allowed: {', '.join(SCORE_SOURCES)}")
     return "r.value" if source == "reward" else f"sss.{source}"
@@ -40,7 +40,8 @@ JOINS = """FROM samples s
            LEFT JOIN clusters k ON k.sample_id = s.id"""
 
 
-def _version(ws: Workspace) -> int:
+def active_version_param(ws: Workspace) -> int:
+    """The active reward version as a SQL parameter (-1, which matches nothing, before any reward exists)."""
     version = active_reward(ws)
     return -1 if version is None else version
 
@@ -57,7 +58,7 @@ class Scope:
     order: str = "default"
 
     def __post_init__(self):
-        _score_sql(self.source)
+        score_sql(self.source)
         if self.order not in ("default", "score_asc", "score_desc"):
             raise ViewError(f"unknown order {self.order!r}; allowed: default, score_asc, score_desc")
 
@@ -66,8 +67,8 @@ def gallery_page(ws: Workspace, scope: Scope, page: int = 0, per_page: int = PER
     """One page of tiles (id, uid, thumb, score) and the total, for a scope."""
     if page < 0 or not 1 <= per_page <= 500:
         raise ViewError(f"bad page {page} / size {per_page}")
-    score = _score_sql(scope.source)
-    where, params = ["s.status = 'ok'"], [_version(ws)]
+    score = score_sql(scope.source)
+    where, params = ["s.status = 'ok'"], [active_version_param(ws)]
     if scope.cluster is not None:
         where.append("k.cluster = ?")
         params.append(int(scope.cluster))
@@ -96,7 +97,7 @@ def sample_detail(ws: Workspace, sample_id: int) -> dict:
                        FROM samples s LEFT JOIN clusters k ON k.sample_id = s.id
                        LEFT JOIN sample_scores ss ON ss.sample_id = s.id
                        LEFT JOIN rewards r ON r.sample_id = s.id AND r.version = ?
-                       WHERE s.id = ?""", [_version(ws), int(sample_id)])
+                       WHERE s.id = ?""", [active_version_param(ws), int(sample_id)])
     if not rows:
         raise ViewError(f"no sample with id {sample_id}")
     detail = rows[0]
@@ -132,102 +133,6 @@ def compare_rows(ws: Workspace, sort: str = "syn_minus_alt", limit: int = 50, of
         ORDER BY {COMPARE_SORTS[sort]} NULLS LAST, s.id LIMIT ? OFFSET ?""", [limit, offset])
 
 
-def score_values(ws: Workspace, source: str) -> np.ndarray:
-    score = _score_sql(source)
-    rows = ws.execute(f"SELECT {score} AS v {JOINS} WHERE s.status = 'ok' AND {score} IS NOT NULL",
-                      [_version(ws)]).fetchnumpy()
-    return np.asarray(rows["v"], dtype=np.float64)
-
-
-class FilterIndex:
-    """Per-sample scores and clusters held in memory, so a filter change is array work, not five 1 M-row joins.
-
-    Built once per served (read-only) workspace; ``effect`` answers a threshold change in milliseconds.
-    """
-
-    def __init__(self, ws: Workspace):
-        self.ws = ws
-        frame = ws.execute(f"""SELECT s.id, k.cluster, r.value AS reward, sss.alt, sss.syn, sss.fused
-                               {JOINS} WHERE s.status = 'ok' ORDER BY s.id""", [_version(ws)]).fetchnumpy()
-        self.ids = np.asarray(frame["id"], dtype=np.int64)
-        cluster = frame["cluster"]
-        self.cluster = np.asarray(cluster.filled(-1) if hasattr(cluster, "filled") else cluster, dtype=np.int64)
-        self.scores = {name: _float_array(frame[name]) for name in SCORE_SOURCES}
-
-    def score(self, source: str) -> np.ndarray:
-        """Per-sample values of ``source``: a caption source, ``reward`` (the active version) or
-        ``reward@N`` (any stored reward version, loaded on first use)."""
-        if source in self.scores:
-            return self.scores[source]
-        version = _reward_at(source)
-        if version is None:
-            _score_sql(source)  # raises with the allowed names
-        if not self.ws.scalar("SELECT count(*) FROM reward_versions WHERE version = ?", [version]):
-            raise ViewError(f"no reward version {version}")
-        frame = self.ws.execute("""SELECT s.id, r.value FROM samples s LEFT JOIN rewards r
-                                   ON r.sample_id = s.id AND r.version = ? WHERE s.status = 'ok' ORDER BY s.id""",
-                                [version]).fetchnumpy()
-        self.scores[source] = _float_array(frame["value"])
-        return self.scores[source]
-
-    def values(self, source: str) -> np.ndarray:
-        v = self.score(source)
-        return v[~np.isnan(v)]
-
-    def effect(self, source: str, threshold: float, preview: int = 12) -> dict:
-        """Kept/dropped counts, the effect per cluster, and what sits just below and above the threshold."""
-        score = self.score(source)
-        scored = ~np.isnan(score)
-        dropped = scored & (score < threshold)
-        kept = scored & (score >= threshold)
-        clustered = self.cluster >= 0
-        sizes = np.bincount(self.cluster[clustered])
-        drops = np.bincount(self.cluster[clustered], weights=dropped[clustered], minlength=len(sizes))
-        per_cluster = [{"cluster": int(c), "size": int(sizes[c]), "dropped": int(drops[c]),
-                        "dropped_share": round(float(drops[c] / sizes[c]), 4)}
-                       for c in np.nonzero(sizes)[0]]
-        per_cluster.sort(key=lambda r: (-r["dropped_share"], r["cluster"]))
-        below = self._lowest(np.nonzero(dropped)[0], score, preview)
-        above = self._lowest(np.nonzero(kept)[0], score, preview)
-        return {"source": source, "threshold": threshold, "kept": int(kept.sum()), "dropped": int(dropped.sum()),
-                "unscored": int((~scored).sum()), "per_cluster": per_cluster,
-                "dropped_lowest_first": self._tiles(below, score), "just_above": self._tiles(above, score)}
-
-    @staticmethod
-    def _lowest(rows: np.ndarray, score: np.ndarray, n: int) -> np.ndarray:
-        if len(rows) > n:
-            rows = rows[np.argpartition(score[rows], n)[:n]]
-        return rows[np.lexsort((rows, score[rows]))]
-
-    def _tiles(self, rows: np.ndarray, score: np.ndarray) -> list[dict]:
-        ids = [int(i) for i in self.ids[rows]]
-        thumbs = dict(self.ws.rows("SELECT id, thumb FROM samples WHERE list_contains(?, id)", [ids])) if ids else {}
-        return [{"id": i, "thumb": thumbs.get(i), "score": float(score[r])} for i, r in zip(ids, rows)]
-
-
-def _reward_at(source: str) -> int | None:
-    head, sep, tail = source.partition("@")
-    return int(tail) if head == "reward" and sep and tail.isdigit() else None
-
-
-def reward_choices(ws: Workspace) -> list[tuple[str, str]]:
-    """(label, value) for every stored reward version, the active one marked."""
-    active = _version(ws)
-    return [(f"reward v{v}: {kind}" + (" (active)" if v == active else ""), f"reward@{v}")
-            for v, kind in ws.rows("SELECT version, kind FROM reward_versions ORDER BY version")]
-
-
-def _float_array(column) -> np.ndarray:
-    if hasattr(column, "filled"):
-        column = column.astype(np.float64).filled(np.nan)
-    return np.asarray(column, dtype=np.float64)
-
-
-def filter_effect(ws: Workspace, source: str, threshold: float, preview: int = 12) -> dict:
-    """One-off filter effect (builds a :class:`FilterIndex`; a server keeps one instead)."""
-    return FilterIndex(ws).effect(source, threshold, preview)
-
-
 def overview(ws: Workspace) -> dict:
     """Counts by status and source, caption counts, map meta and the cluster table."""
     from curation.structure.summaries import cluster_table
@@ -236,3 +141,16 @@ def overview(ws: Workspace) -> dict:
     clusters = cluster_table(ws)
     return {"stats": stats, "clusters": clusters, "map": ws.get_meta("map"),
             "demo": ws.get_meta("demo") is not None, "captions": stats["captions"]}
+
+
+def cluster_ids(ws: Workspace) -> list[int]:
+    """Every cluster id of the current map (empty before ``altlens map``)."""
+    return [r[0] for r in ws.rows("SELECT DISTINCT cluster FROM clusters ORDER BY cluster")]
+
+
+def thumbs_of(ws: Workspace, ids: list[int]) -> dict[int, str]:
+    """sample id -> thumbnail path (relative to the workspace's thumbs folder) for the given ids."""
+    if not ids:
+        return {}
+    return dict(ws.rows("SELECT id, thumb FROM samples WHERE list_contains(?, id) AND thumb IS NOT NULL",
+                        [[int(i) for i in ids]]))

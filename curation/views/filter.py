@@ -1,0 +1,108 @@
+"""The Filter view's data: per-sample scores held in memory, so a threshold change is array work, not joins.
+
+``FilterIndex`` loads every ok sample's cluster, active reward and best clip_score
+per caption source once; ``effect`` answers a threshold in milliseconds at a
+million rows. Any stored reward version can be filtered by as ``reward@N``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from curation.views.gallery import JOINS, SCORE_SOURCES, ViewError, active_version_param, score_sql, thumbs_of
+from indexer.store import Workspace
+
+
+def score_values(ws: Workspace, source: str) -> np.ndarray:
+    score = score_sql(source)
+    rows = ws.execute(f"SELECT {score} AS v {JOINS} WHERE s.status = 'ok' AND {score} IS NOT NULL",
+                      [active_version_param(ws)]).fetchnumpy()
+    return np.asarray(rows["v"], dtype=np.float64)
+
+
+class FilterIndex:
+    """Per-sample scores and clusters held in memory, so a filter change is array work, not five 1 M-row joins.
+
+    Built once per served (read-only) workspace; ``effect`` answers a threshold change in milliseconds.
+    """
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        frame = ws.execute(f"""SELECT s.id, k.cluster, r.value AS reward, sss.alt, sss.syn, sss.fused
+                               {JOINS} WHERE s.status = 'ok' ORDER BY s.id""", [active_version_param(ws)]).fetchnumpy()
+        self.ids = np.asarray(frame["id"], dtype=np.int64)
+        cluster = frame["cluster"]
+        self.cluster = np.asarray(cluster.filled(-1) if hasattr(cluster, "filled") else cluster, dtype=np.int64)
+        self.scores = {name: _float_array(frame[name]) for name in SCORE_SOURCES}
+
+    def score(self, source: str) -> np.ndarray:
+        """Per-sample values of ``source``: a caption source, ``reward`` (the active version) or
+        ``reward@N`` (any stored reward version, loaded on first use)."""
+        if source in self.scores:
+            return self.scores[source]
+        version = _reward_at(source)
+        if version is None:
+            score_sql(source)  # raises with the allowed names
+        if not self.ws.scalar("SELECT count(*) FROM reward_versions WHERE version = ?", [version]):
+            raise ViewError(f"no reward version {version}")
+        frame = self.ws.execute("""SELECT s.id, r.value FROM samples s LEFT JOIN rewards r
+                                   ON r.sample_id = s.id AND r.version = ? WHERE s.status = 'ok' ORDER BY s.id""",
+                                [version]).fetchnumpy()
+        self.scores[source] = _float_array(frame["value"])
+        return self.scores[source]
+
+    def values(self, source: str) -> np.ndarray:
+        v = self.score(source)
+        return v[~np.isnan(v)]
+
+    def effect(self, source: str, threshold: float, preview: int = 12) -> dict:
+        """Kept/dropped counts, the effect per cluster, and what sits just below and above the threshold."""
+        score = self.score(source)
+        scored = ~np.isnan(score)
+        dropped = scored & (score < threshold)
+        kept = scored & (score >= threshold)
+        clustered = self.cluster >= 0
+        sizes = np.bincount(self.cluster[clustered])
+        drops = np.bincount(self.cluster[clustered], weights=dropped[clustered], minlength=len(sizes))
+        per_cluster = [{"cluster": int(c), "size": int(sizes[c]), "dropped": int(drops[c]),
+                        "dropped_share": round(float(drops[c] / sizes[c]), 4)}
+                       for c in np.nonzero(sizes)[0]]
+        per_cluster.sort(key=lambda r: (-r["dropped_share"], r["cluster"]))
+        below = self._lowest(np.nonzero(dropped)[0], score, preview)
+        above = self._lowest(np.nonzero(kept)[0], score, preview)
+        return {"source": source, "threshold": threshold, "kept": int(kept.sum()), "dropped": int(dropped.sum()),
+                "unscored": int((~scored).sum()), "per_cluster": per_cluster,
+                "dropped_lowest_first": self._tiles(below, score), "just_above": self._tiles(above, score)}
+
+    @staticmethod
+    def _lowest(rows: np.ndarray, score: np.ndarray, n: int) -> np.ndarray:
+        if len(rows) > n:
+            rows = rows[np.argpartition(score[rows], n)[:n]]
+        return rows[np.lexsort((rows, score[rows]))]
+
+    def _tiles(self, rows: np.ndarray, score: np.ndarray) -> list[dict]:
+        ids = [int(i) for i in self.ids[rows]]
+        thumbs = thumbs_of(self.ws, ids)
+        return [{"id": i, "thumb": thumbs.get(i), "score": float(score[r])} for i, r in zip(ids, rows)]
+
+
+def _reward_at(source: str) -> int | None:
+    head, sep, tail = source.partition("@")
+    return int(tail) if head == "reward" and sep and tail.isdigit() else None
+
+
+def reward_choices(ws: Workspace) -> list[tuple[str, str]]:
+    """(label, value) for every stored reward version, the active one marked."""
+    active = active_version_param(ws)
+    return [(f"reward v{v}: {kind}" + (" (active)" if v == active else ""), f"reward@{v}")
+            for v, kind in ws.rows("SELECT version, kind FROM reward_versions ORDER BY version")]
+
+
+def _float_array(column) -> np.ndarray:
+    if hasattr(column, "filled"):
+        column = column.astype(np.float64).filled(np.nan)
+    return np.asarray(column, dtype=np.float64)
+
+
+def filter_effect(ws: Workspace, source: str, threshold: float, preview: int = 12) -> dict:
+    """One-off filter effect (builds a :class:`FilterIndex`; a server keeps one instead)."""
+    return FilterIndex(ws).effect(source, threshold, preview)
