@@ -13,8 +13,19 @@ from app import charts
 from curation.structure.defaults import DefaultsQuery, find_default, parse_axis, suggest
 from curation.structure.mapview import COLOR_BY, has_map, map_frame, render_map
 from curation.views.filter import FilterIndex, score_values
-from curation.views.gallery import (COMPARE_SORTS, PER_PAGE, SCORE_SOURCES, Scope, ViewError, cluster_ids,
-                                    compare_rows, gallery_page, overview, sample_detail, thumbs_of)
+from curation.views.gallery import (
+    COMPARE_SORTS,
+    PER_PAGE,
+    SCORE_SOURCES,
+    Scope,
+    ViewError,
+    cluster_ids,
+    compare_rows,
+    gallery_page,
+    overview,
+    sample_detail,
+    thumbs_of,
+)
 from curation.views.search import Searcher
 from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace

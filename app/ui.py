@@ -7,6 +7,7 @@ boxes, never interpolated into HTML.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import gradio as gr
@@ -15,25 +16,33 @@ from app.curate import Curate
 from app.curate_ui import KEYS_JS, export_tab, review_tab, selection_choices, selection_panel
 from app.handlers import CAPTION_COLUMNS, Handlers, UserError
 from curation.views.gallery import COMPARE_SORTS, SCORE_SOURCES
+from indexer.errors import AltlensError
 from indexer.store import Workspace
 
 CSS = """.tile-gallery img, .big-sample img { image-rendering: pixelated; }
 .big-sample img { width: 100% !important; height: 100% !important; object-fit: contain; }"""
 
 
+SERVER_LOCK_WAIT_S = 120.0  # a request waits this long for a CLI command to let go of the workspace
+
+
 def friendly(fn):
-    """Turn expected problems into a visible message; never a stack trace."""
+    """A handler (a bound method of Handlers or Curate) run in one workspace session: the workspace is held for
+    the request only, and expected problems become a visible message, never a stack trace."""
+    ws = getattr(getattr(fn, "__self__", None), "ws", None)
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
-        except (UserError, ValueError, LookupError) as exc:
+            with ws.session() if ws is not None else contextlib.nullcontext():
+                return fn(*args, **kwargs)
+        except (UserError, ValueError, LookupError, AltlensError) as exc:
             raise gr.Error(str(exc)[:500]) from None
     return wrapper
 
 
 def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
-    ws = Workspace(workspace, read_only=read_only)
+    ws = Workspace(workspace, read_only=read_only, per_request=True, lock_wait=SERVER_LOCK_WAIT_S)
     h = Handlers(ws)
     c = Curate(h, read_only)
     clusters = ["all"] + [str(c) for c in h.clusters()]

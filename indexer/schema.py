@@ -81,6 +81,9 @@ PRODUCT_TABLES = (
 
 TABLES: dict[str, Table] = {t.name: t for t in PRODUCT_TABLES}
 
+# Id sequences (name -> table, column): ids that concurrent writers take without colliding.
+SEQUENCES = {"label_ids": ("labels", "id")}
+
 
 def register_table(table: Table) -> Table:
     """Make a plugin's own table known (so bulk inserts accept it); the plugin creates it."""

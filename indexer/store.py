@@ -15,7 +15,10 @@ its own cursor. SQL takes ``?`` parameters only.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,9 +26,14 @@ from pathlib import Path
 import duckdb
 
 from indexer.errors import WorkspaceError
-from indexer.schema import PRODUCT_TABLES, SCHEMA_VERSION, TABLES, create_statements
+from indexer.schema import PRODUCT_TABLES, SCHEMA_VERSION, SEQUENCES, TABLES, create_statements
 
 DB_NAME = "altlens.duckdb"
+LOCK_WAIT_S = 600.0  # how long a command waits for another process's hold on the workspace
+LOCK_NOTICE_S = 2.0  # after this long, say that it is waiting
+BROKEN = (duckdb.IOException, duckdb.InternalException, duckdb.FatalException, duckdb.SerializationException)
+
+log = logging.getLogger(__name__)
 
 
 def now() -> datetime:
@@ -33,29 +41,43 @@ def now() -> datetime:
 
 
 class Workspace:
-    """A workspace directory; ``create=True`` makes it if missing."""
+    """A workspace directory; ``create=True`` makes it if missing.
 
-    def __init__(self, root: str | Path, read_only: bool = False, create: bool = False):
+    The DuckDB file is opened lazily and can be let go: DuckDB lets one process
+    write or several read, never both, so altlens processes take turns. Opening
+    waits up to ``lock_wait`` seconds for another process's hold (saying so after
+    a moment). Commands hold the file while they read and commit and call
+    :meth:`release` before long computations; a ``per_request`` workspace (the web
+    server's) holds it only while a :meth:`session` is open, so a request never
+    keeps a CLI writer out for longer than itself.
+    """
+
+    def __init__(self, root: str | Path, read_only: bool = False, create: bool = False,
+                 lock_wait: float = LOCK_WAIT_S, per_request: bool = False):
         self.root = Path(root).resolve()
-        self.read_only = read_only
-        if not (self.root / DB_NAME).exists():
+        self.read_only, self.lock_wait, self.per_request = read_only, lock_wait, per_request
+        if not self.db_path.exists():
             if not create:
                 raise WorkspaceError(f"no altlens workspace at {str(self.root)!r} (missing {DB_NAME}); "
                                      "create one with 'altlens index SOURCE --workspace DIR'")
             if read_only:
                 raise WorkspaceError("cannot create a workspace read-only")
             self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            self._con = duckdb.connect(str(self.root / DB_NAME), read_only=read_only)
-        except duckdb.IOException as exc:
-            raise WorkspaceError(f"cannot open {self.root / DB_NAME}: {exc} "
-                                 "(another altlens process may be writing to it)") from exc
+        self._guard = threading.RLock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._generation = 0
+        self._sessions = 0
         self._local = threading.local()
-        if not read_only:
-            self._migrate()
-        self._check_version()
+        with self.session():
+            if not read_only:
+                self._migrate()
+            self._check_version()
 
     # ------------------------------------------------------------ paths
+    @property
+    def db_path(self) -> Path:
+        return self.root / DB_NAME
+
     @property
     def thumbs_dir(self) -> Path:
         return self.root / "thumbs"
@@ -71,56 +93,149 @@ class Workspace:
     def model_dir(self) -> Path:
         return self.root / "model"
 
-    # ------------------------------------------------------------ connections
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        """This thread's cursor (DuckDB connections are not shared across threads)."""
-        cur = getattr(self._local, "cursor", None)
-        if cur is None:
-            cur = self._con.cursor()
-            self._local.cursor = cur
-        return cur
+    # ------------------------------------------------------------ holding the file
+    @contextmanager
+    def session(self):
+        """Hold the DuckDB file for a block (opening it, waiting for other processes, if needed)."""
+        with self._guard:
+            if self._con is None:
+                self._con = self._open()
+                self._generation += 1
+            self._sessions += 1
+        try:
+            yield self
+        finally:
+            with self._guard:
+                self._sessions -= 1
+                if self._sessions == 0 and self.per_request:
+                    self._disconnect()
 
-    def execute(self, sql: str, params: list | tuple | None = None):
-        return self.cursor().execute(sql, params or [])
+    def release(self) -> None:
+        """Let go of the file now (unless a session holds it) so other altlens processes can use it; the next
+        query opens it again. Stages call this after a commit, before long computations."""
+        with self._guard:
+            if self._sessions == 0:
+                self._disconnect()
+
+    def _disconnect(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        started, delay, told = time.monotonic(), 0.02, False
+        while True:
+            try:
+                return duckdb.connect(str(self.db_path), read_only=self.read_only)
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise WorkspaceError(_unreadable(self.db_path, exc)) from exc
+                waited = time.monotonic() - started
+                if waited >= self.lock_wait:
+                    raise WorkspaceError(f"{self.root} is busy: {_holder(exc)} is using it and did not let go "
+                                         f"within {self.lock_wait:.0f} s; try again when it has finished") from exc
+                if not told and waited >= LOCK_NOTICE_S:
+                    log.warning("waiting for %s: %s is using it", self.root, _holder(exc))
+                    told = True
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            except duckdb.Error as exc:
+                raise WorkspaceError(_unreadable(self.db_path, exc)) from exc
+
+    # ------------------------------------------------------------ queries
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor on the open connection (DuckDB connections are not shared across threads).
+        Use it inside :meth:`session` or :meth:`transaction`."""
+        with self._guard:
+            if self._con is None:
+                if self.per_request:
+                    raise RuntimeError("a per-request workspace is used outside a session")
+                self._con = self._open()
+                self._generation += 1
+            con, generation = self._con, self._generation
+        if getattr(self._local, "generation", None) != generation:
+            self._local.cursor, self._local.generation = con.cursor(), generation
+        return self._local.cursor
+
+    def _run(self, sql: str, params) -> duckdb.DuckDBPyConnection:
+        try:
+            return self.cursor().execute(sql, params or [])
+        except BROKEN as exc:
+            raise WorkspaceError(_unreadable(self.db_path, exc)) from exc
+
+    def execute(self, sql: str, params: list | tuple | None = None) -> None:
+        with self.session():
+            self._run(sql, params)
+
+    def executemany(self, sql: str, rows: list) -> None:
+        with self.session():
+            try:
+                self.cursor().executemany(sql, rows)
+            except BROKEN as exc:
+                raise WorkspaceError(_unreadable(self.db_path, exc)) from exc
 
     def rows(self, sql: str, params: list | tuple | None = None) -> list[tuple]:
-        return self.execute(sql, params).fetchall()
+        with self.session():
+            return self._run(sql, params).fetchall()
+
+    def row(self, sql: str, params: list | tuple | None = None) -> tuple | None:
+        with self.session():
+            found = self._run(sql, params).fetchall()  # fully fetched: DuckDB blocks a cursor with a pending result
+            return found[0] if found else None
 
     def scalar(self, sql: str, params: list | tuple | None = None):
-        row = self.execute(sql, params).fetchone()
-        return row[0] if row else None
+        found = self.row(sql, params)
+        return found[0] if found else None
 
     def dicts(self, sql: str, params: list | tuple | None = None) -> list[dict]:
-        cur = self.execute(sql, params)
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        with self.session():
+            cur = self._run(sql, params)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def numpy(self, sql: str, params: list | tuple | None = None) -> dict:
+        """Result columns as numpy arrays (masked where NULL), fetched in one go."""
+        with self.session():
+            return self._run(sql, params).fetchnumpy()
 
     @contextmanager
     def transaction(self):
-        cur = self.cursor()
-        cur.execute("BEGIN TRANSACTION")
-        try:
-            yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        cur.execute("COMMIT")
+        """A cursor inside BEGIN ... COMMIT (ROLLBACK on any error); a damaged or full disk is one clear error."""
+        with self.session():
+            cur = self.cursor()
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                yield cur
+            except BaseException as exc:
+                try:
+                    cur.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass  # a broken connection has no transaction left to roll back
+                if isinstance(exc, BROKEN):
+                    raise WorkspaceError(_unreadable(self.db_path, exc)) from exc
+                raise
+            try:
+                cur.execute("COMMIT")
+            except BROKEN as exc:
+                raise WorkspaceError(_unreadable(self.db_path, exc)) from exc
 
     def insert_arrow(self, table: str, arrow, replace: bool = False, cur=None) -> None:
         """Bulk insert an Arrow table whose columns name ``table``'s (values travel as data, not SQL)."""
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}")
-        cur = cur or self.cursor()
-        columns = ", ".join(arrow.column_names)
-        cur.register("_altlens_rows", arrow)
-        try:
-            verb = "INSERT OR REPLACE" if replace else "INSERT"
-            cur.execute(f"{verb} INTO {table} ({columns}) SELECT {columns} FROM _altlens_rows")
-        finally:
-            cur.unregister("_altlens_rows")
+        with self.session():
+            cur = cur or self.cursor()
+            columns = ", ".join(arrow.column_names)
+            cur.register("_altlens_rows", arrow)
+            try:
+                verb = "INSERT OR REPLACE" if replace else "INSERT"
+                cur.execute(f"{verb} INTO {table} ({columns}) SELECT {columns} FROM _altlens_rows")
+            finally:
+                cur.unregister("_altlens_rows")
 
     def close(self) -> None:
-        self._con.close()
+        with self._guard:
+            self._disconnect()
 
     def __enter__(self):
         return self
@@ -130,10 +245,13 @@ class Workspace:
 
     # ------------------------------------------------------------ schema
     def _migrate(self) -> None:
-        """Create every product table that is missing (all of them in a new workspace)."""
+        """Create every product table and id sequence that is missing (all of them in a new workspace)."""
         with self.transaction() as cur:
             for statement in create_statements():
                 cur.execute(statement)
+            for name, (table, column) in SEQUENCES.items():
+                start = int(cur.execute(f"SELECT coalesce(max({column}) + 1, 0) FROM {table}").fetchall()[0][0])
+                cur.execute(f"CREATE SEQUENCE IF NOT EXISTS {name} START WITH {start} MINVALUE 0")
             cur.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING", [str(SCHEMA_VERSION)])
             cur.execute("INSERT INTO meta VALUES ('created_at', ?) ON CONFLICT DO NOTHING", [now().isoformat()])
 
@@ -187,3 +305,17 @@ class Workspace:
 
     def status_counts(self) -> dict[str, int]:
         return dict(self.rows("SELECT status, count(*) FROM samples GROUP BY status ORDER BY status"))
+
+
+def _holder(exc: Exception) -> str:
+    """Who holds the file, from DuckDB's lock message ("... held in /usr/bin/python (PID 123) ...")."""
+    found = re.search(r"PID (\d+)", str(exc))
+    return f"another altlens process (PID {found.group(1)})" if found else "another process"
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "no space left" in text.lower():
+        return f"no space left on the device holding {path}; nothing of this step was committed: free space and run it again"
+    return (f"cannot use {path}: the file is damaged or not an altlens workspace ({text}); restore it from a "
+            "backup, or index the sources into a new workspace")

@@ -37,17 +37,26 @@ def insert_rows(ws: Workspace, cur, table: str, columns: tuple[str, ...], rows: 
 
 
 def insert_captions(ws: Workspace, rows: list[dict], vectors: np.ndarray) -> None:
-    """Append caption rows with their text embeddings (ids assigned here), atomically."""
+    """Append caption rows with their text embeddings, atomically. Ids are assigned inside the transaction,
+    so another process that wrote in between cannot collide with them."""
     store = EmbeddingStore(ws, "text")
-    start = ws.next_id("captions")
-    for i, row in enumerate(rows):
-        row["id"] = start + i
-        row.setdefault("created_at", now())
-        row.setdefault("status", "ok")
-    name = store.write_chunk(start, vectors)
     with ws.transaction() as cur:
+        start = next_id(cur, "captions")
+        for i, row in enumerate(rows):
+            row["id"] = start + i
+            row.setdefault("created_at", now())
+            row.setdefault("status", "ok")
+        name = store.write_chunk(start, vectors)
         insert_rows(ws, cur, "captions", CAPTION_COLUMNS, rows)
         store.record_chunk(cur, start, len(rows), name)
+
+
+def next_id(cur, table: str) -> int:
+    """The next row id of ``samples`` or ``captions`` (row-aligned with the embedding files), read in the
+    committing transaction."""
+    if table not in ("samples", "captions"):
+        raise ValueError(f"no id sequence for table {table!r}")
+    return int(cur.execute(f"SELECT coalesce(max(id) + 1, 0) FROM {table}").fetchall()[0][0])
 
 
 class SampleWriter:
@@ -60,8 +69,6 @@ class SampleWriter:
             removed = store.remove_orphans()
             if removed:
                 log.info("removed %d uncommitted %s chunk file(s) from an interrupted run", removed, store.kind)
-        self.next_sample = ws.next_id("samples")
-        self.next_caption = ws.next_id("captions")
         self._samples: list[dict] = []
         self._image_vecs: list[np.ndarray] = []
         self._text_vecs: list[np.ndarray] = []
@@ -73,8 +80,7 @@ class SampleWriter:
 
     def shard_done(self, shard: str) -> bool:
         """Whether a tar shard was fully ingested before and is unchanged since."""
-        row = self.ws.execute("SELECT size, mtime FROM ingest_files WHERE path = ? AND done_at IS NOT NULL",
-                              [shard]).fetchone()
+        row = self.ws.row("SELECT size, mtime FROM ingest_files WHERE path = ? AND done_at IS NOT NULL", [shard])
         if row is None:
             return False
         stat = os.stat(shard)
@@ -92,26 +98,26 @@ class SampleWriter:
             self.flush()
 
     def flush(self) -> None:
+        """Commit the buffered samples; then let go of the workspace until the next commit (another altlens
+        process, such as the web server, may use it while this one decodes and embeds)."""
         if not self._samples and not self._shards:
             return
         n = len(self._samples)
-        start_s, start_c = self.next_sample, self.next_caption
-        sample_rows, caption_rows = self._rows(start_s, start_c)
-        files = {}
-        if n:
-            files["image"] = self.images.write_chunk(start_s, np.concatenate(self._image_vecs))
-            files["text"] = self.texts.write_chunk(start_c, np.concatenate(self._text_vecs))
         with self.ws.transaction() as cur:
+            start_s, start_c = next_id(cur, "samples"), next_id(cur, "captions")
+            sample_rows, caption_rows = self._rows(start_s, start_c)
+            if n:
+                image_file = self.images.write_chunk(start_s, np.concatenate(self._image_vecs))
+                text_file = self.texts.write_chunk(start_c, np.concatenate(self._text_vecs))
             insert_rows(self.ws, cur, "samples", SAMPLE_COLUMNS, sample_rows)
             insert_rows(self.ws, cur, "captions", CAPTION_COLUMNS, caption_rows)
             if n:
-                self.images.record_chunk(cur, start_s, n, files["image"])
-                self.texts.record_chunk(cur, start_c, n, files["text"])
+                self.images.record_chunk(cur, start_s, n, image_file)
+                self.texts.record_chunk(cur, start_c, n, text_file)
             for marker in self._shards:
                 self._record_shard(cur, marker)
-        self.next_sample += n
-        self.next_caption += n
         self._samples, self._image_vecs, self._text_vecs, self._shards = [], [], [], []
+        self.ws.release()
 
     def _rows(self, start_s: int, start_c: int) -> tuple[list[dict], list[dict]]:
         stamp = now()
@@ -134,7 +140,7 @@ class SampleWriter:
         shard = marker.get("__shard_done__") or marker["__shard_error__"]
         stat = os.stat(shard)
         done = now() if "__shard_done__" in marker else None
-        count = cur.execute("SELECT count(*) FROM samples WHERE path = ?", [shard]).fetchone()[0]
+        count = cur.execute("SELECT count(*) FROM samples WHERE path = ?", [shard]).fetchall()[0][0]
         cur.execute("""INSERT INTO ingest_files VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET
                        size = excluded.size, mtime = excluded.mtime, n_samples = excluded.n_samples,
                        error = excluded.error, done_at = excluded.done_at""",

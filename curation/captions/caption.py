@@ -79,6 +79,7 @@ def run(ws: Workspace, cfg: CaptionConfig) -> dict:
     embedder = open_workspace_model(ws, run_spec(cfg.device, cfg.precision))
     captioner = make_captioner(cfg.captioner, embedder, cfg)
     todo = pending_samples(ws, captioner.producer, cfg.num, cfg.limit)
+    ws.release()  # captioning takes long; commits below take the workspace back per batch
     done = failed = 0
     bar = tqdm(total=len(todo), desc=f"caption ({captioner.producer})", unit="img", disable=not cfg.progress)
     for rows, pixels in _decoded(todo, captioner, cfg):
@@ -86,10 +87,12 @@ def run(ws: Workspace, cfg: CaptionConfig) -> dict:
             texts = captioner.caption(pixels, cfg.num, seed=cfg.seed + rows[0]["id"]) if rows else []
         except Exception as exc:  # a failing captioner batch is recorded, the run goes on
             _record_failure(ws, rows, captioner.producer, f"{type(exc).__name__}: {exc}")
+            ws.release()
             failed += len(rows)
             bar.update(len(rows))
             continue
         _store(ws, rows, texts, captioner, embedder, cfg)
+        ws.release()
         done += len(rows)
         bar.update(len(rows))
     bar.close()
@@ -136,5 +139,5 @@ def _store(ws: Workspace, rows: list[dict], texts: list[list[str]], captioner, e
 
 def _record_failure(ws: Workspace, rows: list[dict], producer: str, reason: str) -> None:
     log.warning("captioner %s failed on %d samples: %s", producer, len(rows), reason, exc_info=True)
-    ws.cursor().executemany("INSERT INTO producer_failures VALUES (?, ?, ?, ?)",
+    ws.executemany("INSERT INTO producer_failures VALUES (?, ?, ?, ?)",
                             [(r["id"], producer, reason[:2000], now()) for r in rows])

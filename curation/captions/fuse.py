@@ -76,6 +76,7 @@ def run(ws: Workspace, cfg: FuseConfig) -> dict:
     todo = pending(ws, syn, producer, cfg.limit)
     images = EmbeddingStore(ws, "image").load()
     texts = EmbeddingStore(ws, "text").load()
+    ws.release()
     bar = tqdm(total=len(todo), desc=f"fuse ({fuser.version})", unit="img", disable=not cfg.progress)
     failed = 0
     for start in range(0, len(todo), cfg.batch_size):
@@ -90,6 +91,7 @@ def run(ws: Workspace, cfg: FuseConfig) -> dict:
         rows = [{"sample_id": r["id"], "uid": r["uid"], "source_kind": FUSED, "producer": producer,
                  "params": json.dumps(plan), "idx": 0, "text": plan["text"]} for r, plan in zip(batch, plans)]
         insert_captions(ws, rows, embedder.encode_texts([p["text"] for p in plans]))
+        ws.release()
         bar.update(len(batch))
     bar.close()
     return {"producer": producer, "fused": len(todo) - failed, "failed": failed}

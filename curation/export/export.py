@@ -96,7 +96,9 @@ def _write_shard(path: Path, source: SampleSource, chunk: list[int], fmt: Export
         nonlocal members
         with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for start in range(0, len(chunk), 256):
-                for item in source.rows(chunk[start:start + 256]):
+                items = source.rows(chunk[start:start + 256])
+                source.ws.release()  # reading image bytes and writing the shard needs no workspace
+                for item in items:
                     for name, data in fmt.members(source, item):
                         add_member(tar, name, data)
                         members += 1

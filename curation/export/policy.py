@@ -55,8 +55,8 @@ class SampleSource:
         captions: dict[int, list[dict]] = {}
         for c in self.ws.dicts("""SELECT c.id, c.sample_id, c.source_kind, c.producer, c.idx, c.text, cs.clip_score
                                   FROM captions c LEFT JOIN caption_scores cs ON cs.caption_id = c.id
-                                  WHERE list_contains(?, c.sample_id) ORDER BY c.sample_id, c.source_kind,
-                                  c.producer, c.idx""", [ids]):
+                                  WHERE list_contains(?, c.sample_id) AND c.id < ?
+                                  ORDER BY c.sample_id, c.source_kind, c.producer, c.idx""", [ids, len(self.texts)]):
             captions.setdefault(c["sample_id"], []).append(c)
         prefs = dict(self.ws.rows("""SELECT sample_id, arg_max(value, id) FROM labels WHERE kind = 'preference'
                                      AND list_contains(?, sample_id) GROUP BY 1""", [ids]))

@@ -60,6 +60,7 @@ def score_contrast(ws: Workspace, model, batch: int = 1024, progress: bool = Tru
         return 0
     images = EmbeddingStore(ws, "image").load()
     colours, shapes = vocabulary(ws)
+    ws.release()  # encoding the variants is the long part
     values, claims, counts = [], [], []
     bar = tqdm(total=len(rows), desc="contrast", unit="caption", disable=not progress)
     for start in range(0, len(rows), batch):

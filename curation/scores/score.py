@@ -66,18 +66,22 @@ def score_workspace(ws: Workspace, recompute: bool = False, model=None, progress
 def _score_captions(ws: Workspace, images, texts) -> int:
     rows = ws.rows("""SELECT c.id, c.sample_id, c.source_kind FROM captions c
                       JOIN samples s ON s.id = c.sample_id AND s.status = 'ok'
-                      WHERE c.id NOT IN (SELECT caption_id FROM caption_scores) ORDER BY c.id""")
+                      WHERE c.id NOT IN (SELECT caption_id FROM caption_scores) AND c.id < ? ORDER BY c.id""",
+                   [len(texts)])
     if not rows:
         return 0
     caption_ids = np.array([r[0] for r in rows], dtype=np.int64)
     sample_ids = np.array([r[1] for r in rows], dtype=np.int64)
+    kinds = np.array([r[2] for r in rows])
+    ok_ids = np.array([r[0] for r in ws.rows("SELECT id FROM samples WHERE status = 'ok' AND id < ? ORDER BY id",
+                                             [len(images)])])
+    pools = {kind: ws.rows("""SELECT c.id, c.sample_id FROM captions c JOIN samples s ON s.id = c.sample_id
+                              WHERE s.status = 'ok' AND c.source_kind = ? AND c.id < ? ORDER BY c.id""",
+                           [kind, len(texts)]) for kind in np.unique(kinds).tolist()}
+    ws.release()  # everything is read: compute without holding the workspace
     cosine = row_cosines(images, texts, sample_ids, caption_ids)
     cycle = np.zeros(len(rows), dtype=np.float32)
-    ok_ids = np.array([r[0] for r in ws.rows("SELECT id FROM samples WHERE status = 'ok' ORDER BY id")])
-    kinds = np.array([r[2] for r in rows])
-    for kind in np.unique(kinds):
-        pool = ws.rows("""SELECT c.id, c.sample_id FROM captions c JOIN samples s ON s.id = c.sample_id
-                          WHERE s.status = 'ok' AND c.source_kind = ? ORDER BY c.id""", [kind])
+    for kind, pool in pools.items():
         pool_ids = np.array([p[0] for p in pool], dtype=np.int64)
         pool_cycle = cycle_scores(images, texts, ok_ids, pool_ids, np.array([p[1] for p in pool], dtype=np.int64))
         lookup = dict(zip(pool_ids.tolist(), pool_cycle.tolist()))

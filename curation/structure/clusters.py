@@ -134,6 +134,7 @@ def cluster_and_layout(ws: Workspace, cfg: ClusterConfig = ClusterConfig()) -> d
     times: dict = {}
     t0 = time.perf_counter()
     ids, vectors = ok_embeddings(ws)
+    ws.release()  # k-means and UMAP take minutes at a million rows
     times["load_s"] = round(time.perf_counter() - t0, 2)
     if len(ids) < 2:
         raise ValueError("the workspace needs at least 2 ok samples to cluster; index more data first")

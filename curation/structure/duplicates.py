@@ -90,6 +90,7 @@ def find_duplicates(ws: Workspace, cfg: DupConfig = DupConfig()) -> dict:
     """Compute and store duplicate groups; return counts."""
     ids, vectors = ok_embeddings(ws)
     meta = {r[0]: (r[1], r[2]) for r in ws.rows("SELECT id, sha256, thumb FROM samples WHERE status = 'ok'")}
+    ws.release()  # the candidate search is the long part
     pairs = [(a, b, 1.0, "sha256") for a, b in _same_bytes(meta)]
     prints: dict[int, np.ndarray | None] = {}
     for a, b, sim in candidate_pairs(ids, vectors, cfg):

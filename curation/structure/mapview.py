@@ -26,11 +26,10 @@ def has_map(ws: Workspace) -> bool:
 def map_frame(ws: Workspace) -> dict[str, np.ndarray]:
     """Coordinates, cluster and active reward of every mapped sample, as column arrays."""
     version = active_reward(ws)
-    cur = ws.execute("""SELECT m.sample_id, m.x, m.y, k.cluster, r.value FROM map_coords m
+    table = ws.numpy("""SELECT m.sample_id, m.x, m.y, k.cluster, r.value FROM map_coords m
                         JOIN clusters k ON k.sample_id = m.sample_id
                         LEFT JOIN rewards r ON r.sample_id = m.sample_id AND r.version = ?""", [version or -1])
-    table = cur.fetchnumpy() if hasattr(cur, "fetchnumpy") else None
-    if table is None or not len(table["sample_id"]):
+    if not len(table["sample_id"]):
         raise ValueError("no map yet; run 'altlens map' first")
     reward = table["value"]
     reward = np.asarray(reward.filled(np.nan) if hasattr(reward, "filled") else reward, dtype=np.float64)

@@ -14,8 +14,8 @@ from indexer.store import Workspace
 
 def score_values(ws: Workspace, source: str) -> np.ndarray:
     score = score_sql(source)
-    rows = ws.execute(f"SELECT {score} AS v {JOINS} WHERE s.status = 'ok' AND {score} IS NOT NULL",
-                      [active_version_param(ws)]).fetchnumpy()
+    rows = ws.numpy(f"SELECT {score} AS v {JOINS} WHERE s.status = 'ok' AND {score} IS NOT NULL",
+                      [active_version_param(ws)])
     return np.asarray(rows["v"], dtype=np.float64)
 
 
@@ -27,8 +27,8 @@ class FilterIndex:
 
     def __init__(self, ws: Workspace):
         self.ws = ws
-        frame = ws.execute(f"""SELECT s.id, k.cluster, r.value AS reward, sss.alt, sss.syn, sss.fused
-                               {JOINS} WHERE s.status = 'ok' ORDER BY s.id""", [active_version_param(ws)]).fetchnumpy()
+        frame = ws.numpy(f"""SELECT s.id, k.cluster, r.value AS reward, sss.alt, sss.syn, sss.fused
+                               {JOINS} WHERE s.status = 'ok' ORDER BY s.id""", [active_version_param(ws)])
         self.ids = np.asarray(frame["id"], dtype=np.int64)
         cluster = frame["cluster"]
         self.cluster = np.asarray(cluster.filled(-1) if hasattr(cluster, "filled") else cluster, dtype=np.int64)
@@ -44,9 +44,9 @@ class FilterIndex:
             score_sql(source)  # raises with the allowed names
         if not self.ws.scalar("SELECT count(*) FROM reward_versions WHERE version = ?", [version]):
             raise ViewError(f"no reward version {version}")
-        frame = self.ws.execute("""SELECT s.id, r.value FROM samples s LEFT JOIN rewards r
+        frame = self.ws.numpy("""SELECT s.id, r.value FROM samples s LEFT JOIN rewards r
                                    ON r.sample_id = s.id AND r.version = ? WHERE s.status = 'ok' ORDER BY s.id""",
-                                [version]).fetchnumpy()
+                                [version])
         self.scores[source] = _float_array(frame["value"])
         return self.scores[source]
 

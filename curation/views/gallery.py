@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from curation.scores.rewards import active_reward
 from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace
