@@ -21,7 +21,7 @@ def demo(
     typer.echo(f"demo workspace ready: {summary['workspace']}")
     if not no_serve:
         from app.serve import serve
-        serve(summary["workspace"])
+        serve(summary["workspace"], announce=typer.echo)
 
 
 def demo_train(

@@ -22,6 +22,8 @@ def index(
     index_type: str = typer.Option("auto", help="FAISS index: auto (flat up to 100k, else hnsw), flat, hnsw, ivf."),
     image_column: Optional[str] = typer.Option(None, help="Table column with image paths."),
     caption_column: Optional[str] = typer.Option(None, help="Table column with captions."),
+    allow_root: List[str] = typer.Option(None, help="A folder outside the source that table rows and symlinks "
+                                                    "may point into (repeatable); nothing else outside is read."),
     commit_every: int = typer.Option(1024, min=1, help="Samples per atomic commit (what a crash can cost)."),
 ):
     """Index images and their alt-text into a workspace (resumable; only new inputs are processed)."""
@@ -34,6 +36,7 @@ def index(
         spec = ModelSpec(name=model, pretrained=pretrained, checkpoint=checkpoint, device=device, precision=precision)
     cfg = IndexConfig(sources=tuple(sources), model=spec, batch_size=batch_size, workers=workers,
                       index_type=index_type, image_column=image_column, caption_column=caption_column,
+                      allow_roots=tuple(allow_root or ()),
                       commit_rows=commit_every)
     echo_json(run_stage("index", workspace, cfg))
 

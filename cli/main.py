@@ -5,6 +5,7 @@ stays fast; each command imports the library code it runs.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
@@ -24,6 +25,7 @@ COMMANDS = (
 )
 REWARD_COMMANDS = (("train", review.reward_train), ("apply", review.reward_apply))
 USER_ERRORS = (AltlensError, ValueError, FileNotFoundError)
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def build() -> typer.Typer:
@@ -45,6 +47,13 @@ def main() -> None:
         code = build()(standalone_mode=False)  # click returns (not raises) an Exit's code in this mode
     except USER_ERRORS as exc:
         typer.echo(f"altlens: error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS and not isinstance(exc, PermissionError):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        typer.echo(f"altlens: error: {exc.strerror or exc}{where}; what this step had not committed was not written: "
+                   "free space or fix the permissions and run it again", err=True)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -2,8 +2,9 @@
 
 Every problem becomes a status and a reason on the sample; nothing here raises
 for bad data. Status codes: ``ok``, ``empty_file``, ``not_an_image``,
-``corrupt_image``, ``decompression_bomb``, ``unreadable``, ``missing_image``,
-``too_large``, ``bad_row``, ``duplicate_key``. Caption status: ``ok``,
+``corrupt_image``, ``decompression_bomb``, ``extreme_aspect``, ``unreadable``,
+``missing_image``, ``not_a_file``, ``too_large``, ``truncated``, ``outside_source``,
+``remote_url``, ``bad_row``, ``duplicate_key``. Caption status: ``ok``,
 ``missing``, ``empty``, ``repaired`` (invalid UTF-8, lone surrogates or NUL
 replaced by U+FFFD), ``long`` (stored verbatim, cut only for embedding).
 """
@@ -19,11 +20,16 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from indexer.sources import read_member
+from indexer.files import temp_name
+from indexer.sources import file_problem, read_member, text_path
 
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 LONG_CAPTION = 10_000
+# Wider than this is a banner, divider or a crafted file: resizing its short side to the model's input size
+# would make its long side MAX_ASPECT times that (a 1 x 600,000 PNG would need gigabytes), so it is refused.
+MAX_ASPECT = 40
+STAGING = ".staging"  # thumbnails are written here, then renamed into thumbs/ab/
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,9 @@ def _image_bytes(raw: dict) -> tuple[bytes, tuple[str, str] | None]:
         data = raw["image"]
     elif raw.get("__path__"):
         path = raw["__path__"]
-        if not os.path.exists(path):
-            return b"", ("missing_image", f"image file {path} does not exist")
+        problem = file_problem(text_path(path))
+        if problem:
+            return b"", problem
         try:
             data = read_member(path, None, None)
         except OSError as exc:
@@ -86,6 +93,8 @@ def open_image(data: bytes, max_pixels: int) -> tuple[Image.Image | None, tuple[
         image = Image.open(io.BytesIO(data))
         if image.width * image.height > max_pixels:
             return None, ("decompression_bomb", f"{image.width}x{image.height} exceeds {max_pixels} pixels")
+        if max(image.size) > MAX_ASPECT * max(min(image.size), 1):
+            return None, ("extreme_aspect", f"{image.width}x{image.height} is wider than {MAX_ASPECT}:1")
         size = image.size
         image.draft("RGB", (512, 512))  # JPEG: decode at a reduced scale, far faster for big photos
         image.load()
@@ -138,6 +147,12 @@ def meta_fields(raw_json: bytes | None, raw_url: bytes | None) -> dict:
     return out
 
 
+def staging_path(thumb_dir: Path, path: Path) -> Path:
+    """A thumbnail's temp name, in one staging folder so that leftovers of a killed run are cheap to sweep."""
+    (thumb_dir / STAGING).mkdir(parents=True, exist_ok=True)
+    return temp_name(thumb_dir / STAGING / path.name)
+
+
 def thumb_relpath(uid: str) -> str:
     return f"{uid[:2]}/{uid}.webp"
 
@@ -149,7 +164,11 @@ def write_thumbnail(image: Image.Image, thumb_dir: Path, uid: str, size: int) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     thumb = image.copy()
     thumb.thumbnail((size, size), Image.LANCZOS)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    thumb.save(tmp, format="WEBP", quality=82)
-    os.replace(tmp, path)
+    tmp = staging_path(thumb_dir, path)
+    try:
+        thumb.save(tmp, format="WEBP", quality=82)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return rel

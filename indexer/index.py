@@ -44,6 +44,7 @@ class IndexConfig:
     index_type: str = "auto"
     image_column: str | None = None
     caption_column: str | None = None
+    allow_roots: tuple[str, ...] = ()  # folders besides each source's own that table rows and links may point into
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     progress: bool = True
 
@@ -75,7 +76,7 @@ class StageTimes:
 
 def resolve_sources(cfg: IndexConfig) -> list[Source]:
     """The sources ``cfg`` names, checked (a missing file or an unknown kind raises SourceError)."""
-    return [resolve_source(s, cfg.image_column, cfg.caption_column) for s in cfg.sources]
+    return [resolve_source(s, cfg.image_column, cfg.caption_column, cfg.allow_roots) for s in cfg.sources]
 
 
 def run(ws: Workspace, cfg: IndexConfig) -> dict:

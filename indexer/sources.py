@@ -6,6 +6,14 @@ member bytes it already holds: ``image`` (tar only; files are read by the
 decoder), ``txt``, ``json``, ``ext``. A problem found while reading (a table row
 without an image path) travels as ``__error__`` and becomes a failure status.
 Nothing is copied or extracted; tar members are streamed and never unpickled.
+
+Sources are untrusted. A file is read only when it resolves (symlinks followed)
+inside its source's folder or a root the user allowed (``--allow-root``), is a
+regular file, and is at most ``MAX_FILE_BYTES``; anything else becomes a sample
+status and is never opened. URLs in a table are recorded, never fetched. Paths
+and keys are stored as text: a file name that is not valid UTF-8 keeps its bytes
+as ``\\xNN`` escapes (a backslash itself as ``\\\\``), so every key is stable and
+:func:`text_path` gives the exact name back.
 """
 from __future__ import annotations
 
@@ -15,7 +23,11 @@ import hashlib
 import json
 import logging
 import os
+import re
+import stat
+import sys
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -31,12 +43,14 @@ TABLE_EXTS = (".jsonl", ".csv", ".parquet")
 IMAGE_COLUMNS = ("image", "path", "file_name", "filename", "image_path", "file", "img")
 CAPTION_COLUMNS = ("caption", "text", "alt", "alt_text", "txt", "title")
 URL_COLUMNS = ("url", "image_url", "source_url")
-MAX_MEMBER_BYTES = 256 << 20
+MAX_FILE_BYTES = 256 << 20  # the largest image read from any source
+MAX_SIDECAR_BYTES = 16 << 20  # the largest caption / metadata sidecar read
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
 class Source:
-    """A resolved source: a name (part of every uid), a kind and what to read."""
+    """A resolved source: a name (part of every uid), a kind, what to read and the roots its files may be in."""
 
     name: str
     kind: str
@@ -44,9 +58,46 @@ class Source:
     shards: tuple[str, ...] = ()
     image_column: str | None = None
     caption_column: str | None = None
+    allow_roots: tuple[str, ...] = ()
 
     def read(self, skip_shard: Callable[[str], bool] = lambda p: False) -> Iterator[dict]:
         return READERS[self.kind](self, skip_shard)
+
+
+def path_text(path: str) -> str:
+    """A path from the OS (undecodable bytes as surrogates) as storable text, reversibly (see :func:`text_path`)."""
+    raw = os.fsencode(path).replace(b"\\", b"\\\\")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def text_path(text: str) -> str:
+    """The OS path a :func:`path_text` string stands for."""
+    if "\\" not in text:
+        return text
+    raw = re.sub(rb"\\(\\|x[0-9a-f]{2})", lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1)[1:], 16)]),
+                 text.encode("utf-8"))
+    return os.fsdecode(raw)
+
+
+def contained(path: Path, roots: list[Path]) -> bool:
+    """Whether ``path`` (already resolved) lies inside one of ``roots`` (resolved)."""
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def file_problem(path: str) -> tuple[str, str] | None:
+    """Why the file at ``path`` (OS form) must not be read as an image, or None: missing, not a regular file
+    (a FIFO, a device, a folder), empty, or larger than ``MAX_FILE_BYTES``."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "missing_image", f"image file {path_text(path)} does not exist"
+    except (OSError, ValueError) as exc:
+        return "unreadable", f"cannot stat {path_text(path)}: {exc}"
+    if not stat.S_ISREG(info.st_mode):
+        return "not_a_file", f"{path_text(path)} is not a regular file"
+    if info.st_size > MAX_FILE_BYTES:
+        return "too_large", f"{path_text(path)} is {info.st_size} bytes (limit {MAX_FILE_BYTES})"
+    return None
 
 
 def make_uid(source: str, key: str) -> str:
@@ -54,16 +105,21 @@ def make_uid(source: str, key: str) -> str:
     return hashlib.sha256(f"{source}\0{key}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def resolve_source(arg: str, image_column: str | None = None, caption_column: str | None = None) -> Source:
+def resolve_source(arg: str, image_column: str | None = None, caption_column: str | None = None,
+                   allow_roots: tuple[str, ...] = ()) -> Source:
     """Classify ``arg`` as a folder, a table file or tar shards (paths, globs, brace patterns)."""
     path = Path(arg)
+    roots = tuple(str(Path(r).resolve()) for r in allow_roots)
+    for root in roots:
+        if not Path(root).is_dir():
+            raise SourceError(f"--allow-root {root!r} is not a folder")
     if path.is_dir():
-        return Source(str(path.resolve()), "folder", str(path.resolve()))
+        return Source(path_text(str(path.resolve())), "folder", path_text(str(path.resolve())), allow_roots=roots)
     if path.suffix.lower() in TABLE_EXTS:
         if not path.is_file():
             raise SourceError(f"table file {arg!r} does not exist")
-        return Source(str(path.resolve()), "table", str(path.resolve()),
-                      image_column=image_column, caption_column=caption_column)
+        return Source(path_text(str(path.resolve())), "table", path_text(str(path.resolve())),
+                      image_column=image_column, caption_column=caption_column, allow_roots=roots)
     if ".tar" in arg:
         shards = sorted({str(Path(p).resolve()) for pattern in braceexpand(arg) for p in _expand_glob(pattern)})
         if not shards:
@@ -71,7 +127,7 @@ def resolve_source(arg: str, image_column: str | None = None, caption_column: st
         missing = [s for s in shards if not Path(s).is_file()]
         if missing:
             raise SourceError(f"tar shard {missing[0]!r} does not exist")
-        return Source(str(Path(shards[0]).parent), "wds", arg, shards=tuple(shards))
+        return Source(path_text(str(Path(shards[0]).parent)), "wds", path_text(arg), shards=tuple(shards))
     if not path.exists():
         raise SourceError(f"source {arg!r} does not exist")
     raise SourceError(f"cannot read {arg!r}: give a folder, a table ({', '.join(TABLE_EXTS)}) or .tar shards")
@@ -84,8 +140,10 @@ def _expand_glob(pattern: str) -> list[str]:
 # ---------------------------------------------------------------- folder
 
 def read_folder(src: Source, skip_shard) -> Iterator[dict]:
-    """img2dataset 'files' layout: images with optional ``<name>.txt`` and ``<name>.json`` sidecars."""
-    root = Path(src.location)
+    """img2dataset 'files' layout: images with optional ``<name>.txt`` and ``<name>.json`` sidecars.
+    Symlinks are followed only to files inside the folder or an allowed root."""
+    root = Path(text_path(src.location))
+    roots = [root.resolve()] + [Path(r) for r in src.allow_roots]
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         names = set(filenames)
@@ -94,27 +152,40 @@ def read_folder(src: Source, skip_shard) -> Iterator[dict]:
             if ext.lower() not in IMAGE_EXTS or not stem:
                 continue
             full = Path(dirpath) / name
-            sample = {"__key__": str(full.relative_to(root).with_suffix("")), "__source__": src.name,
-                      "__path__": str(full), "ext": ext.lower()}
+            sample = {"__key__": path_text(str(full.relative_to(root).with_suffix(""))), "__source__": src.name,
+                      "ext": ext.lower()}
+            target = full.resolve()
+            if not contained(target, roots):
+                sample["__error__"] = ("outside_source", f"{path_text(str(full))} leads outside the source folder "
+                                                         f"(to {path_text(str(target))}); allow it with --allow-root")
+                yield sample
+                continue
+            sample["__path__"] = path_text(str(full))
             for side in ("txt", "json"):
                 if f"{stem}.{side}" in names:
-                    sample[side] = _read_small(Path(dirpath) / f"{stem}.{side}")
+                    sample[side] = read_sidecar(Path(dirpath) / f"{stem}.{side}", roots)
             yield sample
 
 
-def _read_small(path: Path) -> bytes | None:
+def read_sidecar(path: Path, roots: list[Path]) -> bytes | None:
+    """A caption or metadata sidecar: a regular file inside the roots, at most ``MAX_SIDECAR_BYTES`` read."""
     try:
-        return path.read_bytes()
+        if not contained(path.resolve(), roots) or not stat.S_ISREG(os.stat(path).st_mode):
+            log.warning("skipping sidecar %s: not a regular file inside the source", path_text(str(path)))
+            return None
+        with open(path, "rb") as fh:
+            return fh.read(MAX_SIDECAR_BYTES)
     except OSError as exc:
-        log.warning("cannot read %s: %s", path, exc)
+        log.warning("cannot read %s: %s", path_text(str(path)), exc)
         return None
 
 
 # ---------------------------------------------------------------- tables
 
 def read_table(src: Source, skip_shard) -> Iterator[dict]:
-    """Rows of a .jsonl/.csv/.parquet file; image paths are relative to the table's folder."""
-    path = Path(src.location)
+    """Rows of a .jsonl/.csv/.parquet file; image paths are relative to the table's folder and must stay
+    inside it (or an allowed root)."""
+    path = Path(text_path(src.location))
     base = path.parent
     rows = _table_rows(path)
     first = next(rows, None)
@@ -124,8 +195,9 @@ def read_table(src: Source, skip_shard) -> Iterator[dict]:
     image_col = _pick_column(columns, src.image_column, IMAGE_COLUMNS, "image", path)
     caption_col = _pick_column(columns, src.caption_column, CAPTION_COLUMNS, "caption", path, required=False)
     url_col = next((c for c in URL_COLUMNS if c in columns), None)
+    roots = [base.resolve()] + [Path(r) for r in src.allow_roots]
     for number, row in _chain(first, rows):
-        yield _table_sample(src, base, number, row, image_col, caption_col, url_col)
+        yield _table_sample(src, roots, number, row, image_col, caption_col, url_col)
 
 
 def _chain(first, rest):
@@ -133,21 +205,34 @@ def _chain(first, rest):
     yield from rest
 
 
-def _table_sample(src, base, number, row, image_col, caption_col, url_col) -> dict:
+def _table_sample(src, roots: list[Path], number, row, image_col, caption_col, url_col) -> dict:
     key = f"row{number:09d}"
     if not isinstance(row, dict):
-        return {"__key__": key, "__source__": src.name, "__error__": ("bad_row", str(row)[:200])}
+        return {"__key__": key, "__source__": src.name, "__error__": ("bad_row", repr(str(row)[:200]))}
     rel = row.get(image_col)
     if not rel or not isinstance(rel, str):
         return {"__key__": key, "__source__": src.name, "__error__": ("missing_image", f"row has no {image_col!r}")}
-    full = (base / rel).resolve()
-    sample = {"__key__": rel, "__source__": src.name, "__path__": str(full), "ext": full.suffix.lstrip(".").lower()}
+    if "\x00" in rel or any("\ud800" <= ch <= "\udfff" for ch in rel):
+        return {"__key__": key, "__source__": src.name,
+                "__error__": ("bad_row", f"the image path {rel[:200]!r} holds a NUL or a lone surrogate")}
+    sample = {"__key__": rel, "__source__": src.name, "ext": Path(rel).suffix.lstrip(".").lower()[:16]}
     caption = row.get(caption_col) if caption_col else None
     if caption is not None:
         sample["txt"] = caption if isinstance(caption, str) else str(caption)
     extra = {k: v for k, v in row.items() if k not in (image_col, caption_col)}
     if url_col and row.get(url_col):
         extra["url"] = row[url_col]
+    if URL.match(rel):
+        extra.setdefault("url", rel)
+        sample["__error__"] = ("remote_url", "altlens never downloads: fetch the images first (for example with "
+                                             "img2dataset) and index the result")
+    else:
+        full = (roots[0] / rel).resolve()
+        if contained(full, roots):
+            sample["__path__"] = path_text(str(full))
+        else:
+            sample["__error__"] = ("outside_source", f"{rel[:200]!r} resolves to {path_text(str(full))}, outside the "
+                                                     "table's folder; allow it with --allow-root")
     sample["json"] = json.dumps(extra, default=str, ensure_ascii=False).encode("utf-8", "replace")
     return sample
 
@@ -176,6 +261,7 @@ def _table_rows(path: Path) -> Iterator[tuple[int, dict | str]]:
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     yield number, line.decode("utf-8", "replace")
     elif suffix == ".csv":
+        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # web captions can be megabytes long
         with open(path, newline="", encoding="utf-8", errors="replace") as fh:
             yield from enumerate(csv.DictReader(fh))
     else:
@@ -192,39 +278,81 @@ def _table_rows(path: Path) -> Iterator[tuple[int, dict | str]]:
 def read_shards(src: Source, skip_shard) -> Iterator[dict]:
     """img2dataset WebDataset shards; completed shards (recorded in the workspace) are skipped whole."""
     for shard in src.shards:
+        shard = path_text(shard)
         if skip_shard(shard):
             continue
+        damaged = False
         for sample in read_tar(shard, src.name):
+            damaged = damaged or "__shard_error__" in sample
             yield sample
-            if "__shard_error__" in sample:
-                break
-        else:
+        if not damaged:
             yield {"__shard_done__": shard, "source": src.name}
 
 
+class _EndAware(tarfile.TarInfo):
+    """Notes on the archive which header ended it: tarfile stops silently at a cut, empty or damaged header
+    past the first member, and only an all-zero block is a proper end."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:
+            tar.altlens_end = None
+            raise
+        except tarfile.EmptyHeaderError:
+            tar.altlens_end = "ends without an end-of-archive marker (cut short?)"
+            raise
+        except tarfile.TruncatedHeaderError:
+            tar.altlens_end = "is cut inside a member header"
+            raise
+        except tarfile.InvalidHeaderError as exc:
+            tar.altlens_end = f"has a damaged member header ({exc})"
+            raise
+
+
 def read_tar(shard: str, source: str) -> Iterator[dict]:
-    """Stream one tar: group consecutive members by key, record each image's data offset and size."""
+    """Stream one tar: group consecutive members by key, record each image's data offset and size.
+
+    A shard that is cut or damaged keeps every member read before the damage and
+    ends with a ``__shard_error__`` marker naming the byte offset; a sample whose
+    image member was cut off gets the status ``truncated``.
+    """
     current: dict | None = None
+    offset = 0
     try:
-        with tarfile.open(shard, mode="r|*") as tar:
+        with tarfile.open(text_path(shard), mode="r|*", tarinfo=_EndAware) as tar:
+            tar.altlens_end = "ends without an end-of-archive marker (cut short?)"
             for member in tar:
+                offset = member.offset
                 if not member.isfile():
                     continue
                 key, ext = _split_member(member.name)
-                if current is not None and current["__key__"] != _shard_key(shard, key):
-                    yield current
+                key = path_text(_shard_key(shard, key))
+                if current is not None and current["__key__"] != key:
+                    yield _finished(current)
                     current = None
                 if current is None:
-                    current = {"__key__": _shard_key(shard, key), "__source__": source, "__path__": shard}
+                    current = {"__key__": key, "__source__": source, "__path__": shard}
                 _add_member(current, tar, member, ext)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        log.warning("tar shard %s is damaged after %s: %s", shard, current and current["__key__"], exc)
-        if current is not None:
-            yield current
-        yield {"__shard_error__": shard, "source": source, "error": str(exc)}
-        return
+            problem, offset = tar.altlens_end, tar.offset
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        problem = f"is damaged after byte {offset}: {exc}"
+        if current is not None and "image" not in current and "__error__" not in current:
+            current["__error__"] = ("truncated", f"the shard ends inside this sample's members (byte {offset})")
     if current is not None:
-        yield current
+        yield _finished(current)
+    if problem:
+        message = problem if "byte" in problem else f"{problem} at byte {offset}"
+        log.warning("tar shard %s %s", shard, message)
+        yield {"__shard_error__": shard, "source": source, "error": f"{Path(shard).name} {message}"}
+
+
+def _finished(sample: dict) -> dict:
+    """A shard sample as read: one without an image member says so (its path is the shard, never an image)."""
+    if "image" not in sample and "__error__" not in sample:
+        sample["__error__"] = ("missing_image", "the shard has no image member for this key")
+    return sample
 
 
 def _shard_key(shard: str, key: str) -> str:
@@ -239,15 +367,15 @@ def _split_member(name: str) -> tuple[str, str]:
 
 def _add_member(sample: dict, tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str) -> None:
     if ext in IMAGE_EXTS and "image" not in sample:
-        if member.size > MAX_MEMBER_BYTES:
-            sample["__error__"] = ("too_large", f"image member is {member.size} bytes (limit {MAX_MEMBER_BYTES})")
+        if member.size > MAX_FILE_BYTES:
+            sample["__error__"] = ("too_large", f"image member is {member.size} bytes (limit {MAX_FILE_BYTES})")
             return
         sample["image"] = tar.extractfile(member).read()
         sample["ext"] = ext
         sample["__offset__"] = member.offset_data
         sample["__size__"] = member.size
     elif ext in ("txt", "json", "url.txt"):
-        sample[ext] = tar.extractfile(member).read(16 << 20)
+        sample[ext] = tar.extractfile(member).read(MAX_SIDECAR_BYTES)
     # everything else (.pyd, .pkl, .npy, ...) is ignored: never decoded, never unpickled
 
 
@@ -259,21 +387,27 @@ READERS: dict[str, Callable[[Source, Callable], Iterator[dict]]] = {
 
 
 def read_member(path: str, offset: int | None, size: int | None) -> bytes:
-    """The bytes of an image: a whole file, or a tar member read back by seek."""
-    with open(path, "rb") as fh:
+    """The bytes of an image (``path`` as stored, see :func:`path_text`): a whole regular file, or a tar member
+    read back by seek; never more than ``MAX_FILE_BYTES``."""
+    real = text_path(path)
+    if offset is None:
+        problem = file_problem(real)
+        if problem:
+            raise OSError(problem[1])
+    with open(real, "rb") as fh:
         if offset is None:
-            return fh.read()
+            return fh.read(MAX_FILE_BYTES)
         fh.seek(offset)
-        return fh.read(size)
+        return fh.read(min(size, MAX_FILE_BYTES))
 
 
 def count_inputs(src: Source) -> int | None:
     """How many samples a source holds, when that is cheap to know (None for compressed tars)."""
     if src.kind == "folder":
-        return sum(1 for _, _, files in os.walk(src.location)
+        return sum(1 for _, _, files in os.walk(text_path(src.location))
                    for f in files if f.rpartition(".")[2].lower() in IMAGE_EXTS and f.rpartition(".")[0])
     if src.kind == "table":
-        path = Path(src.location)
+        path = Path(text_path(src.location))
         if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
             return pq.ParquetFile(path).metadata.num_rows
@@ -285,7 +419,7 @@ def count_inputs(src: Source) -> int | None:
         if not shard.endswith(".tar"):
             return None
         try:
-            with tarfile.open(shard, mode="r:") as tar:  # seekable: reads headers, skips data
+            with tarfile.open(text_path(shard), mode="r:") as tar:  # seekable: reads headers, skips data
                 keys = {_split_member(m.name)[0] for m in tar if m.isfile()}
         except (tarfile.TarError, OSError):
             return None

@@ -26,12 +26,14 @@ from pathlib import Path
 import duckdb
 
 from indexer.errors import WorkspaceError
+from indexer.files import sweep_temp
 from indexer.schema import PRODUCT_TABLES, SCHEMA_VERSION, SEQUENCES, TABLES, create_statements
 
 DB_NAME = "altlens.duckdb"
 LOCK_WAIT_S = 600.0  # how long a command waits for another process's hold on the workspace
 LOCK_NOTICE_S = 2.0  # after this long, say that it is waiting
 BROKEN = (duckdb.IOException, duckdb.InternalException, duckdb.FatalException, duckdb.SerializationException)
+DISK_WORDS = ("no space left", "could not write", "disk quota", "read-only file system")
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class Workspace:
         with self.session():
             if not read_only:
                 self._migrate()
+                self.sweep()
             self._check_version()
 
     # ------------------------------------------------------------ paths
@@ -160,8 +163,9 @@ class Workspace:
     def _run(self, sql: str, params) -> duckdb.DuckDBPyConnection:
         try:
             return self.cursor().execute(sql, params or [])
-        except BROKEN as exc:
-            raise WorkspaceError(_unreadable(self.db_path, exc)) from exc
+        except duckdb.Error as exc:
+            _raise_if_unusable(self.db_path, exc)
+            raise
 
     def execute(self, sql: str, params: list | tuple | None = None) -> None:
         with self.session():
@@ -171,8 +175,9 @@ class Workspace:
         with self.session():
             try:
                 self.cursor().executemany(sql, rows)
-            except BROKEN as exc:
-                raise WorkspaceError(_unreadable(self.db_path, exc)) from exc
+            except duckdb.Error as exc:
+                _raise_if_unusable(self.db_path, exc)
+                raise
 
     def rows(self, sql: str, params: list | tuple | None = None) -> list[tuple]:
         with self.session():
@@ -211,13 +216,14 @@ class Workspace:
                     cur.execute("ROLLBACK")
                 except duckdb.Error:
                     pass  # a broken connection has no transaction left to roll back
-                if isinstance(exc, BROKEN):
-                    raise WorkspaceError(_unreadable(self.db_path, exc)) from exc
+                if isinstance(exc, duckdb.Error):
+                    _raise_if_unusable(self.db_path, exc)
                 raise
             try:
                 cur.execute("COMMIT")
-            except BROKEN as exc:
-                raise WorkspaceError(_unreadable(self.db_path, exc)) from exc
+            except duckdb.Error as exc:
+                _raise_if_unusable(self.db_path, exc)
+                raise
 
     def insert_arrow(self, table: str, arrow, replace: bool = False, cur=None) -> None:
         """Bulk insert an Arrow table whose columns name ``table``'s (values travel as data, not SQL)."""
@@ -244,6 +250,12 @@ class Workspace:
         self.close()
 
     # ------------------------------------------------------------ schema
+    def sweep(self) -> int:
+        """Remove temp files that killed altlens processes left in the workspace's folders; returns how many."""
+        folders = [self.root / "index", self.root / "maps", self.root / "reward", self.model_dir,
+                   self.thumbs_dir / ".staging"]
+        return sum(sweep_temp(folder) for folder in folders)
+
     def _migrate(self) -> None:
         """Create every product table and id sequence that is missing (all of them in a new workspace)."""
         with self.transaction() as cur:
@@ -313,9 +325,16 @@ def _holder(exc: Exception) -> str:
     return f"another altlens process (PID {found.group(1)})" if found else "another process"
 
 
+def _raise_if_unusable(path: Path, exc: Exception) -> None:
+    """Raise a damaged file or a full disk as one WorkspaceError; any other DuckDB error (a bug) is left to the
+    caller to re-raise as it was."""
+    if isinstance(exc, BROKEN) or any(word in str(exc).lower() for word in DISK_WORDS):
+        raise WorkspaceError(_unreadable(path, exc)) from exc
+
+
 def _unreadable(path: Path, exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if "no space left" in text.lower():
+    if any(word in str(exc).lower() for word in DISK_WORDS):
         return f"no space left on the device holding {path}; nothing of this step was committed: free space and run it again"
     return (f"cannot use {path}: the file is damaged or not an altlens workspace ({text}); restore it from a "
             "backup, or index the sources into a new workspace")

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from indexer.schema import ALT
-from indexer.sources import Source
+from indexer.sources import Source, text_path
 from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore, build_index, choose_index_kind, write_index
 
@@ -83,7 +83,7 @@ class SampleWriter:
         row = self.ws.row("SELECT size, mtime FROM ingest_files WHERE path = ? AND done_at IS NOT NULL", [shard])
         if row is None:
             return False
-        stat = os.stat(shard)
+        stat = os.stat(text_path(shard))
         return row[0] == stat.st_size and abs(row[1] - stat.st_mtime) < 1e-6
 
     def add(self, batch: list[dict], image_vecs: np.ndarray, text_vecs: np.ndarray) -> None:
@@ -138,7 +138,7 @@ class SampleWriter:
 
     def _record_shard(self, cur, marker: dict) -> None:
         shard = marker.get("__shard_done__") or marker["__shard_error__"]
-        stat = os.stat(shard)
+        stat = os.stat(text_path(shard))
         done = now() if "__shard_done__" in marker else None
         count = cur.execute("SELECT count(*) FROM samples WHERE path = ?", [shard]).fetchall()[0][0]
         cur.execute("""INSERT INTO ingest_files VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET

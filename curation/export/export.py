@@ -17,7 +17,7 @@ from tqdm import tqdm
 from curation.export.formats import ExportFormat, add_member, canonical_json, export_format
 from curation.export.policy import ExportError, SampleSource
 from curation.export.select import load_selection
-from indexer.files import atomic_write, file_sha256
+from indexer.files import atomic_write, file_sha256, sweep_temp
 from indexer.store import Workspace, now
 
 
@@ -41,16 +41,19 @@ class ExportConfig:
 def run(ws: Workspace, cfg: ExportConfig) -> dict:
     """Write (or finish writing) the export of a saved selection of ``ws`` (read only); returns the manifest."""
     out = Path(cfg.out)
+    fmt = export_format(cfg.format)
     rule, ids = load_selection(ws, cfg.selection)
+    if not ids:
+        raise ExportError(f"selection {cfg.selection!r} holds no samples; nothing to export")
     source = SampleSource(ws, rule.caption_policy, cfg.augmentations)
     uid_of = dict(ws.rows("SELECT id, uid FROM samples WHERE list_contains(?, id)", [ids]))
     ordered = sorted(ids, key=lambda i: uid_of[i])
     plan = {"selection": cfg.selection, "rule": asdict(rule), "format": cfg.format,
             "shard_size": cfg.shard_size, "augmentations": cfg.augmentations, "samples": len(ordered),
             "workspace": str(ws.root), "embedding_model": (ws.get_meta("model") or {}).get("model_id")}
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # everything above is checked before anything is written
+    sweep_temp(out)
     _check_plan(out, plan)
-    fmt = export_format(cfg.format)
     files = _write_shards(out, source, ordered, cfg, fmt) if fmt.sharded else fmt.write_files(out, source, ordered)
     manifest = {**plan, "files": files, "written_at": now().isoformat()}
     atomic_write(out / "manifest.json", lambda fh: fh.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))

@@ -57,6 +57,7 @@ def _where(ws: Workspace, rule: SelectionRule) -> tuple[list[str], list]:
                                                          [rule.reward_version]):
         raise ValueError(f"no reward version {rule.reward_version}")
     where, params = ["s.status = 'ok'"], []
+    _require_inputs(ws, rule)
     if rule.min_reward is not None:
         where.append("s.id IN (SELECT sample_id FROM rewards WHERE version = ? AND value >= ?)")
         params += [version, float(rule.min_reward)]
@@ -78,6 +79,16 @@ def _where(ws: Workspace, rule: SelectionRule) -> tuple[list[str], list]:
         else:
             where.append(f"s.id NOT IN (SELECT sample_id FROM {latest} WHERE value = 'bad')")
     return where, params
+
+
+def _require_inputs(ws: Workspace, rule: SelectionRule) -> None:
+    """A rule that filters on scores or clusters needs the step that makes them to have run."""
+    if rule.min_reward is not None:
+        ws.require("rewards", "rewards")
+    if rule.source_min:
+        ws.require("sample_source_scores", "caption scores")
+    if rule.clusters_in or rule.clusters_out or rule.per_cluster_k:
+        ws.require("clusters", "clusters")
 
 
 def save_selection(ws: Workspace, rule: SelectionRule) -> dict:

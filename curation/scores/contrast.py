@@ -52,10 +52,12 @@ def variants(text: str, colours: list[str], shapes: list[str]) -> list[str]:
     return out
 
 
-def score_contrast(ws: Workspace, model, batch: int = 1024, progress: bool = True) -> int:
-    """Fill ``alt_contrast`` for ok samples missing it; returns how many were written."""
+def score_contrast(ws: Workspace, model, batch: int = 1024, progress: bool = True, recompute: bool = False) -> int:
+    """Fill ``alt_contrast`` for ok samples missing it (all of them with ``recompute``, replaced in one
+    transaction); returns how many were written."""
     rows = ws.rows("""SELECT s.id, a.text FROM samples s JOIN captions a ON a.sample_id = s.id AND a.source_kind = 'alt'
-                      WHERE s.status = 'ok' AND s.id NOT IN (SELECT sample_id FROM alt_contrast) ORDER BY s.id""")
+                      WHERE s.status = 'ok' AND (? OR s.id NOT IN (SELECT sample_id FROM alt_contrast)) ORDER BY s.id""",
+                   [recompute])
     if not rows:
         return 0
     images = EmbeddingStore(ws, "image").load()

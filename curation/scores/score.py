@@ -48,26 +48,22 @@ def score_workspace(ws: Workspace, recompute: bool = False, model=None, progress
     """The work of :func:`run` with an already loaded model (None: no contrast)."""
     images = EmbeddingStore(ws, "image").load()
     texts = EmbeddingStore(ws, "text").load()
-    if recompute:
-        ws.execute("DELETE FROM caption_scores")
-        ws.execute("DELETE FROM sample_scores")
-        if model is not None:  # without a model it could not be refilled
-            ws.execute("DELETE FROM alt_contrast")
-    scored = _score_captions(ws, images, texts)
-    agreements = _score_agreement(ws, texts)
+    # recompute replaces every row in one transaction per table: a failure (a full disk) keeps the old scores
+    scored = _score_captions(ws, images, texts, recompute)
+    agreements = _score_agreement(ws, texts, recompute)
     rewarded = write_default(ws)
     materialise_source_scores(ws)
     out = {"captions_scored": scored, "samples_with_agreement": agreements, "rewards_written": rewarded}
     if model is not None:
-        out["alt_contrast_scored"] = score_contrast(ws, model, progress=progress)
+        out["alt_contrast_scored"] = score_contrast(ws, model, progress=progress, recompute=recompute)
     return out
 
 
-def _score_captions(ws: Workspace, images, texts) -> int:
+def _score_captions(ws: Workspace, images, texts, recompute: bool = False) -> int:
     rows = ws.rows("""SELECT c.id, c.sample_id, c.source_kind FROM captions c
                       JOIN samples s ON s.id = c.sample_id AND s.status = 'ok'
-                      WHERE c.id NOT IN (SELECT caption_id FROM caption_scores) AND c.id < ? ORDER BY c.id""",
-                   [len(texts)])
+                      WHERE (? OR c.id NOT IN (SELECT caption_id FROM caption_scores)) AND c.id < ? ORDER BY c.id""",
+                   [recompute, len(texts)])
     if not rows:
         return 0
     caption_ids = np.array([r[0] for r in rows], dtype=np.int64)
@@ -95,11 +91,11 @@ def _score_captions(ws: Workspace, images, texts) -> int:
     return len(rows)
 
 
-def _score_agreement(ws: Workspace, texts) -> int:
+def _score_agreement(ws: Workspace, texts, recompute: bool = False) -> int:
     rows = ws.rows("""SELECT a.sample_id, a.id, list(s.id ORDER BY s.id) FROM captions a
-                      JOIN captions s ON s.sample_id = a.sample_id AND s.source_kind = 'syn'
-                      WHERE a.source_kind = 'alt' AND a.sample_id NOT IN (SELECT sample_id FROM sample_scores)
-                      GROUP BY a.sample_id, a.id ORDER BY a.sample_id""")
+                      JOIN captions s ON s.sample_id = a.sample_id AND s.source_kind = 'syn' AND s.id < ?
+                      WHERE a.source_kind = 'alt' AND (? OR a.sample_id NOT IN (SELECT sample_id FROM sample_scores))
+                      GROUP BY a.sample_id, a.id ORDER BY a.sample_id""", [len(texts), recompute])
     if not rows:
         return 0
     values = []
