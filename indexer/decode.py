@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from indexer.files import temp_name
-from indexer.sources import file_problem, read_member, text_path
+from indexer.paths import file_problem, read_member, text_path
 
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 

@@ -13,7 +13,7 @@ regular file, and is at most ``MAX_FILE_BYTES``; anything else becomes a sample
 status and is never opened. URLs in a table are recorded, never fetched. Paths
 and keys are stored as text: a file name that is not valid UTF-8 keeps its bytes
 as ``\\xNN`` escapes (a backslash itself as ``\\\\``), so every key is stable and
-:func:`text_path` gives the exact name back.
+:func:`indexer.paths.text_path` gives the exact name back.
 """
 from __future__ import annotations
 
@@ -26,8 +26,6 @@ import os
 import re
 import stat
 import sys
-import tarfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -35,16 +33,15 @@ from typing import Callable, Iterator
 from braceexpand import braceexpand
 
 from indexer.errors import SourceError
+from indexer.paths import MAX_SIDECAR_BYTES, contained, path_text, text_path
+from indexer.shards import IMAGE_EXTS, count_shard_samples, read_shards
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 TABLE_EXTS = (".jsonl", ".csv", ".parquet")
 IMAGE_COLUMNS = ("image", "path", "file_name", "filename", "image_path", "file", "img")
 CAPTION_COLUMNS = ("caption", "text", "alt", "alt_text", "txt", "title")
 URL_COLUMNS = ("url", "image_url", "source_url")
-MAX_FILE_BYTES = 256 << 20  # the largest image read from any source
-MAX_SIDECAR_BYTES = 16 << 20  # the largest caption / metadata sidecar read
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -62,42 +59,6 @@ class Source:
 
     def read(self, skip_shard: Callable[[str], bool] = lambda p: False) -> Iterator[dict]:
         return READERS[self.kind](self, skip_shard)
-
-
-def path_text(path: str) -> str:
-    """A path from the OS (undecodable bytes as surrogates) as storable text, reversibly (see :func:`text_path`)."""
-    raw = os.fsencode(path).replace(b"\\", b"\\\\")
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def text_path(text: str) -> str:
-    """The OS path a :func:`path_text` string stands for."""
-    if "\\" not in text:
-        return text
-    raw = re.sub(rb"\\(\\|x[0-9a-f]{2})", lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1)[1:], 16)]),
-                 text.encode("utf-8"))
-    return os.fsdecode(raw)
-
-
-def contained(path: Path, roots: list[Path]) -> bool:
-    """Whether ``path`` (already resolved) lies inside one of ``roots`` (resolved)."""
-    return any(path == root or path.is_relative_to(root) for root in roots)
-
-
-def file_problem(path: str) -> tuple[str, str] | None:
-    """Why the file at ``path`` (OS form) must not be read as an image, or None: missing, not a regular file
-    (a FIFO, a device, a folder), empty, or larger than ``MAX_FILE_BYTES``."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return "missing_image", f"image file {path_text(path)} does not exist"
-    except (OSError, ValueError) as exc:
-        return "unreadable", f"cannot stat {path_text(path)}: {exc}"
-    if not stat.S_ISREG(info.st_mode):
-        return "not_a_file", f"{path_text(path)} is not a regular file"
-    if info.st_size > MAX_FILE_BYTES:
-        return "too_large", f"{path_text(path)} is {info.st_size} bytes (limit {MAX_FILE_BYTES})"
-    return None
 
 
 def make_uid(source: str, key: str) -> str:
@@ -273,132 +234,11 @@ def _table_rows(path: Path) -> Iterator[tuple[int, dict | str]]:
                 number += 1
 
 
-# ---------------------------------------------------------------- tar shards
-
-def read_shards(src: Source, skip_shard) -> Iterator[dict]:
-    """img2dataset WebDataset shards; completed shards (recorded in the workspace) are skipped whole."""
-    for shard in src.shards:
-        shard = path_text(shard)
-        if skip_shard(shard):
-            continue
-        damaged = False
-        for sample in read_tar(shard, src.name):
-            damaged = damaged or "__shard_error__" in sample
-            yield sample
-        if not damaged:
-            yield {"__shard_done__": shard, "source": src.name}
-
-
-class _EndAware(tarfile.TarInfo):
-    """Notes on the archive which header ended it: tarfile stops silently at a cut, empty or damaged header
-    past the first member, and only an all-zero block is a proper end."""
-
-    @classmethod
-    def fromtarfile(cls, tar):
-        try:
-            return super().fromtarfile(tar)
-        except tarfile.EOFHeaderError:
-            tar.altlens_end = None
-            raise
-        except tarfile.EmptyHeaderError:
-            tar.altlens_end = "ends without an end-of-archive marker (cut short?)"
-            raise
-        except tarfile.TruncatedHeaderError:
-            tar.altlens_end = "is cut inside a member header"
-            raise
-        except tarfile.InvalidHeaderError as exc:
-            tar.altlens_end = f"has a damaged member header ({exc})"
-            raise
-
-
-def read_tar(shard: str, source: str) -> Iterator[dict]:
-    """Stream one tar: group consecutive members by key, record each image's data offset and size.
-
-    A shard that is cut or damaged keeps every member read before the damage and
-    ends with a ``__shard_error__`` marker naming the byte offset; a sample whose
-    image member was cut off gets the status ``truncated``.
-    """
-    current: dict | None = None
-    offset = 0
-    try:
-        with tarfile.open(text_path(shard), mode="r|*", tarinfo=_EndAware) as tar:
-            tar.altlens_end = "ends without an end-of-archive marker (cut short?)"
-            for member in tar:
-                offset = member.offset
-                if not member.isfile():
-                    continue
-                key, ext = _split_member(member.name)
-                key = path_text(_shard_key(shard, key))
-                if current is not None and current["__key__"] != key:
-                    yield _finished(current)
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__source__": source, "__path__": shard}
-                _add_member(current, tar, member, ext)
-            problem, offset = tar.altlens_end, tar.offset
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        problem = f"is damaged after byte {offset}: {exc}"
-        if current is not None and "image" not in current and "__error__" not in current:
-            current["__error__"] = ("truncated", f"the shard ends inside this sample's members (byte {offset})")
-    if current is not None:
-        yield _finished(current)
-    if problem:
-        message = problem if "byte" in problem else f"{problem} at byte {offset}"
-        log.warning("tar shard %s %s", shard, message)
-        yield {"__shard_error__": shard, "source": source, "error": f"{Path(shard).name} {message}"}
-
-
-def _finished(sample: dict) -> dict:
-    """A shard sample as read: one without an image member says so (its path is the shard, never an image)."""
-    if "image" not in sample and "__error__" not in sample:
-        sample["__error__"] = ("missing_image", "the shard has no image member for this key")
-    return sample
-
-
-def _shard_key(shard: str, key: str) -> str:
-    return f"{Path(shard).name.split('.')[0]}/{key}"
-
-
-def _split_member(name: str) -> tuple[str, str]:
-    dirname, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{dirname}/{stem}" if dirname else stem), ext.lower()
-
-
-def _add_member(sample: dict, tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str) -> None:
-    if ext in IMAGE_EXTS and "image" not in sample:
-        if member.size > MAX_FILE_BYTES:
-            sample["__error__"] = ("too_large", f"image member is {member.size} bytes (limit {MAX_FILE_BYTES})")
-            return
-        sample["image"] = tar.extractfile(member).read()
-        sample["ext"] = ext
-        sample["__offset__"] = member.offset_data
-        sample["__size__"] = member.size
-    elif ext in ("txt", "json", "url.txt"):
-        sample[ext] = tar.extractfile(member).read(MAX_SIDECAR_BYTES)
-    # everything else (.pyd, .pkl, .npy, ...) is ignored: never decoded, never unpickled
-
-
 READERS: dict[str, Callable[[Source, Callable], Iterator[dict]]] = {
     "folder": read_folder,
     "table": read_table,
     "wds": read_shards,
 }
-
-
-def read_member(path: str, offset: int | None, size: int | None) -> bytes:
-    """The bytes of an image (``path`` as stored, see :func:`path_text`): a whole regular file, or a tar member
-    read back by seek; never more than ``MAX_FILE_BYTES``."""
-    real = text_path(path)
-    if offset is None:
-        problem = file_problem(real)
-        if problem:
-            raise OSError(problem[1])
-    with open(real, "rb") as fh:
-        if offset is None:
-            return fh.read(MAX_FILE_BYTES)
-        fh.seek(offset)
-        return fh.read(min(size, MAX_FILE_BYTES))
 
 
 def count_inputs(src: Source) -> int | None:
@@ -414,14 +254,4 @@ def count_inputs(src: Source) -> int | None:
         with open(path, "rb") as fh:
             lines = sum(1 for line in fh if line.strip())
         return lines - 1 if path.suffix.lower() == ".csv" else lines
-    total = 0
-    for shard in src.shards:
-        if not shard.endswith(".tar"):
-            return None
-        try:
-            with tarfile.open(text_path(shard), mode="r:") as tar:  # seekable: reads headers, skips data
-                keys = {_split_member(m.name)[0] for m in tar if m.isfile()}
-        except (tarfile.TarError, OSError):
-            return None
-        total += len(keys)
-    return total
+    return count_shard_samples(src.shards)

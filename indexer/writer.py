@@ -15,8 +15,9 @@ import os
 import numpy as np
 import pyarrow as pa
 
+from indexer.paths import text_path
 from indexer.schema import ALT
-from indexer.sources import Source, text_path
+from indexer.sources import Source
 from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore, build_index, choose_index_kind, write_index
 

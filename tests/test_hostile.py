@@ -18,10 +18,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import TINY_ARGS, add_member, good_samples
 from PIL import Image
 
-from conftest import TINY_ARGS, add_member, good_samples
-from indexer.sources import read_member, text_path
+from indexer.paths import read_member, text_path
 from indexer.store import Workspace
 
 PEAK_RSS_MB = 1500  # the whole `altlens index` process, torch included (a normal tiny run peaks near 700)

@@ -16,7 +16,7 @@ from conftest import TINY_ARGS, run_cli, tiny_spec, write_folder, write_shards, 
 from curation.pipeline import run_stage
 from indexer.decode import caption_fields
 from indexer.index import IndexConfig
-from indexer.sources import read_member
+from indexer.paths import read_member
 from indexer.store import Workspace, WorkspaceError
 from indexer.vectors import EmbeddingStore, index_ids, read_index
 from indexer.writer import rebuild_index_if_stale

@@ -21,8 +21,8 @@ from tqdm import tqdm
 from curation.captions.captioners import SAMPLINGS, Captioner, make_captioner
 from indexer.decode import open_image
 from indexer.models import open_workspace_model, run_spec
+from indexer.paths import read_member
 from indexer.schema import SYN
-from indexer.sources import read_member
 from indexer.store import Workspace, now
 from indexer.writer import insert_captions
 

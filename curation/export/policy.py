@@ -17,8 +17,8 @@ from curation.captions.fusion_rules import junk_reason
 from curation.review.chooser import best_of, choose_sources, load_chooser
 from curation.scores.rewards import active_reward
 from indexer.errors import AltlensError
+from indexer.paths import read_member
 from indexer.schema import ALT, FUSED, SYN
-from indexer.sources import read_member
 from indexer.store import Workspace
 from indexer.vectors import EmbeddingStore
 
