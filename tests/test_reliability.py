@@ -121,20 +121,47 @@ def fill(mount: Path) -> None:
 
 
 @pytest.mark.parametrize("command", [["score", "--recompute", "--no-contrast"], ["map"], ["select", "--name", "s2"],
-                                     ["export", "--selection", "s1", "--out", "{disk}/out"]])
+                                     ["export", "--selection", "s1", "--out", "{disk}/out"],
+                                     ["index", "{source}", "-w", "{disk}/new-ws"]])
 def test_full_disk_is_one_line_and_keeps_the_previous_state(demo_ws, small_disk, command):
     root = small_disk / "ws"
     shutil.copytree(demo_ws[0], root)
     subprocess.run([str(EXE), "select", "-w", str(root), "--name", "s1"], check=True, capture_output=True)
     before = counts(root)
     fill(small_disk)
-    args = [a.replace("{disk}", str(small_disk)) for a in command]
-    proc = subprocess.run([str(EXE), args[0], "-w", str(root), *args[1:]], capture_output=True, text=True, timeout=600)
+    args = [a.replace("{disk}", str(small_disk)).replace("{source}", str(demo_ws[0] / "source")) for a in command]
+    if args[0] != "index":
+        args = [args[0], "-w", str(root), *args[1:]]
+    proc = subprocess.run([str(EXE), *args], capture_output=True, text=True, timeout=600)
     (small_disk / "ballast").unlink()
     assert proc.returncode == 2, proc.stderr[-1500:]
     assert "Traceback" not in proc.stderr and "space" in proc.stderr.lower()
     assert counts(root) == before, "the previous state stays intact"
     assert not leftovers(small_disk), "no temp files left"
+
+
+def test_a_never_scored_workspace_exports_or_says_what_to_run(tmp_path):
+    shards = write_demo_shards(generate_samples(12, seed=616), tmp_path / "src", shard_size=12)
+    ws = tmp_path / "ws"
+    run(["index", *map(str, shards), "-w", str(ws), "--checkpoint", str(CLIP_CHECKPOINT)])
+    needs = subprocess.run([str(EXE), "select", "-w", str(ws), "--name", "good", "--min-reward", "0.5"],
+                           capture_output=True, text=True)
+    assert needs.returncode == 2 and "run 'altlens score" in needs.stderr and "Traceback" not in needs.stderr
+    run(["select", "-w", str(ws), "--name", "all"])
+    run(["export", "-w", str(ws), "--selection", "all", "--out", str(tmp_path / "out"), "--format", "webdataset"])
+    assert subprocess.run([str(EXE), "verify-export", str(tmp_path / "out")]).returncode == 0
+
+
+def test_busy_port_is_one_line(demo_ws, tmp_path):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([str(EXE), "serve", "-w", str(demo_ws[0]), "--port", str(port)], capture_output=True,
+                              text=True, timeout=120)
+    assert proc.returncode == 2 and f"127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def status_of(url: str, path: str, cookie: str | None = None, method: str = "GET") -> int:
