@@ -24,7 +24,7 @@ from PIL import Image
 from indexer.paths import read_member, text_path
 from indexer.store import Workspace
 
-PEAK_RSS_MB = 1500  # the whole `altlens index` process, torch included (a normal tiny run peaks near 700)
+PEAK_RSS_MB = 1400  # the whole `altlens index` process, torch included (a run over 12 good images peaks near 1,060)
 
 
 def png(width: int, height: int) -> bytes:
@@ -140,10 +140,13 @@ def member_offsets(path: Path) -> list[tuple[int, int]]:
 
 
 def index_cli(*args: str, timeout: int = 600) -> tuple[subprocess.CompletedProcess, int]:
-    """Run `altlens index` in a child that reports its own peak RSS (MB)."""
-    code = ("import atexit, resource, sys\n"
-            "atexit.register(lambda: print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-            "file=sys.stderr))\n"
+    """Run `altlens index` in a child that reports its own peak RSS (MB): VmHWM, which belongs to the child's
+    address space (ru_maxrss would carry the parent's peak across exec)."""
+    code = ("import atexit, sys\n"
+            "def peak():\n"
+            "    hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+            "    print('PEAK_RSS_KB', hwm.split()[1], file=sys.stderr)\n"
+            "atexit.register(peak)\n"
             "from cli.main import main\n"
             f"sys.argv = ['altlens', 'index', *{list(args)!r}]\n"
             "main()\n")

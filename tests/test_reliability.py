@@ -65,7 +65,7 @@ def leftovers(*folders: Path) -> list[str]:
 
 
 def test_kill9_in_every_command_then_rerun_matches_a_clean_run(tmp_path):
-    shards = write_demo_shards(generate_samples(64, seed=515), tmp_path / "src", shard_size=32)
+    shards = write_demo_shards(generate_samples(40, seed=515), tmp_path / "src", shard_size=20)
     rng = random.Random(1729)
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     for (name, clean_args), (_, killed_args) in zip(command_lines(clean, shards, tmp_path / "clean-out"),
