@@ -41,7 +41,7 @@ def review_tab(c: Curate, friendly, clusters: list[str], filter_source: gr.Dropd
     with gr.Row():
         kind = gr.Dropdown(list(QUEUES), value="most useful next", label="Queue")
         cluster = gr.Dropdown(clusters[1:] or ["0"], value=(clusters[1:] or ["0"])[0], label="Cluster (queue: a cluster)")
-        text = gr.Textbox(label="Search (queue: a search)", max_lines=1, placeholder="a purple star")
+        text = gr.Textbox(label="Search (queue: a search)", max_lines=1, placeholder="a dog on a beach")
         start = gr.Button("Start queue", variant="primary", elem_id="review-start")
     progress = gr.Textbox(label="Progress", interactive=False, elem_id="review-progress")
     with gr.Row():

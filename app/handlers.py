@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from app import charts
-from curation.structure.defaults import DefaultsQuery, find_default, parse_axis, suggest
+from curation.structure.defaults import DefaultsQuery, find_default, mined_axes, parse_axis, suggest
 from curation.structure.mapview import COLOR_BY, has_map, map_frame, render_map
 from curation.views.filter import FilterIndex, score_values
 from curation.views.gallery import (
@@ -21,6 +21,7 @@ from curation.views.gallery import (
     ViewError,
     cluster_ids,
     compare_rows,
+    contrast_set_rows,
     gallery_page,
     overview,
     sample_detail,
@@ -30,7 +31,7 @@ from curation.views.search import Searcher
 from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace
 
-CAPTION_COLUMNS = ["source", "producer", "#", "caption", "clip_score", "cycle"]
+CAPTION_COLUMNS = ["source", "producer", "#", "caption", "clip_score", "cycle", "contrast", "claim that lost"]
 MAX_QUERY = 500
 
 
@@ -153,7 +154,8 @@ class Handlers:
             detail = sample_detail(self.ws, as_int(sample_id, "sample id"))
         except ViewError as exc:
             raise UserError(str(exc)) from None
-        captions = [[c["source_kind"], c["producer"], c["idx"], c["text"], _fmt(c["clip_score"]), _fmt(c["cycle"])]
+        captions = [[c["source_kind"], c["producer"], c["idx"], c["text"], _fmt(c["clip_score"]), _fmt(c["cycle"]),
+                     _fmt(c["contrast"]), _lost(c)]
                     for c in detail["captions"]]
         facts = [[k, _fmt(detail[k])] for k in
                  ("id", "uid", "source", "key", "width", "height", "url", "cluster", "reward", "agreement",
@@ -218,6 +220,16 @@ class Handlers:
         thumbs = thumbs_of(self.ws, [i for _, i in ids])
         return [(self.thumb(thumbs.get(i)), f"{v} · #{i}") for v, i in ids if self.thumb(thumbs.get(i))]
 
+    def contrast_sets(self) -> list[list]:
+        """The mined contrast sets: word, its alternatives, captions decided, alternatives the images could not judge."""
+        return [[r["word"], ", ".join(r["alternatives"]), int(r["decided"] or 0), int(r["dropped"])]
+                for r in contrast_set_rows(self.ws)]
+
+    def default_axis(self) -> str:
+        """The workspace's largest mined axis as NAME=V1,V2,... (empty before contrast sets exist)."""
+        axes = mined_axes(self.ws)
+        return f"axis={','.join(axes[0])}" if axes else ""
+
     def suggestions(self, source: str):
         one_of(source, SOURCE_KINDS, "source")
         return [[s["concept"], s["axis"], s["caption_top"], _fmt(s["caption_top_share"]),
@@ -239,6 +251,13 @@ class Handlers:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         return self.tiles(hits), [h["id"] for h in hits if self.thumb(h["thumb"])]
+
+
+def _lost(caption: dict) -> str:
+    """"purple -> yellow": the claim the image rejected and the variant it preferred (empty if none lost)."""
+    if not caption.get("lost_claim"):
+        return ""
+    return f"{caption['lost_claim']} \u2192 {caption['lost_to']}".replace("<->", " \u21c4 ")
 
 
 def _fmt(value) -> str:

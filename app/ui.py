@@ -168,8 +168,9 @@ def _filter_tab(h: Handlers, c: Curate) -> dict:
 
 def _defaults_tab(h: Handlers) -> None:
     with gr.Row():
-        concept = gr.Textbox(value="star", label="Concept", max_lines=1)
-        axis = gr.Textbox(value="colour=yellow,red,orange,green,blue,purple,pink,white", label="Axis", max_lines=1)
+        concept = gr.Textbox(label="Concept", max_lines=1, placeholder="a word captions use after the axis's values")
+        axis = gr.Textbox(value=h.default_axis(), label="Axis (NAME=VALUE1,VALUE2,...; the first mined axis)",
+                          max_lines=1)
         source = gr.Dropdown(["syn", "alt", "fused"], value="syn", label="Captions")
         go = gr.Button("Check", variant="primary")
     summary = gr.Textbox(label="Finding", interactive=False)
@@ -189,7 +190,7 @@ def _defaults_tab(h: Handlers) -> None:
 def _search_tab(h: Handlers, browser: dict) -> None:
     hits = gr.State([])
     with gr.Row():
-        text = gr.Textbox(label="Find images matching a text", max_lines=1, placeholder="a purple star on the left")
+        text = gr.Textbox(label="Find images matching a text", max_lines=1, placeholder="a dog running on a beach")
         go = gr.Button("Search", variant="primary")
     with gr.Row():
         sample = gr.Number(value=0, precision=0, label="…or images similar to sample #", minimum=0)

@@ -75,8 +75,8 @@ def map_(
 
 def defaults(
     workspace: str = WORKSPACE,
-    concept: str = typer.Option(None, help="What to check, e.g. star (omit with --suggest)."),
-    axis: str = typer.Option(None, help="NAME=VALUE1,VALUE2,... e.g. colour=yellow,red,blue"),
+    concept: str = typer.Option(None, help="What to check, e.g. dog (omit with --suggest)."),
+    axis: str = typer.Option(None, help="NAME=VALUE1,VALUE2,... e.g. breed=labrador,poodle,beagle"),
     source: str = typer.Option("syn", help="Caption source to read: alt, syn or fused."),
     images: str = typer.Option("captions", help="Pick the concept's images by captions or retrieval."),
     suggest_pairs: bool = typer.Option(False, "--suggest", help="Propose concept/axis pairs worth checking."),

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from demo.phrasings import HARD_KINDS, corrupt
 from demo.world import EVAL_WORLD, SHAPES, SIZES, canonical_caption, random_scene, render, swap_caption
 
 
@@ -53,6 +54,7 @@ def evaluate_model(model, n: int = 300, seed: int = 777, caption_n: int | None =
         "n": n,
         "auroc_random": _auroc(pos, other),
         "auroc_swapped": _auroc(pos, swap),
+        "auroc_by_kind": by_kind(model, scenes, img, pos, seed),
     }
     if captioner is not None:
         generator = captioner
@@ -68,6 +70,19 @@ def evaluate_model(model, n: int = 300, seed: int = 777, caption_n: int | None =
         result["largest_shape_acc"] = float(np.mean(hits))
         result["caption_examples"] = captions[:5]
     return result
+
+
+def by_kind(model, scenes: list[dict], img: np.ndarray, pos: np.ndarray, seed: int) -> dict[str, float]:
+    """True caption vs the same caption wrong in one way, per kind (scenes that cannot show a kind are left out)."""
+    rng = random.Random(seed + 2)
+    out = {}
+    for kind in HARD_KINDS:
+        pairs = [(i, corrupt(s, kind, rng, s)) for i, s in enumerate(scenes)]
+        pairs = [(i, w) for i, w in pairs if w is not None]
+        wrong = model.encode_texts([canonical_caption(w) for _, w in pairs])
+        rows = np.array([i for i, _ in pairs])
+        out[kind] = round(_auroc(pos[rows], (img[rows] * wrong).sum(1)), 4)
+    return out
 
 
 def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:

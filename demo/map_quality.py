@@ -6,7 +6,8 @@ import json
 
 from sklearn.metrics import normalized_mutual_info_score
 
-from curation.structure.defaults import AXES, DefaultsQuery, find_default, suggest
+from curation.claims.sets import ContrastSets
+from curation.structure.defaults import DefaultsQuery, find_default, suggest
 from demo.world import COLOURS
 from indexer.models import open_workspace_model
 from indexer.store import Workspace
@@ -51,11 +52,11 @@ def default_quality(ws: Workspace) -> dict:
     model = open_workspace_model(ws, None)
     result = find_default(ws, DefaultsQuery("star", "colour", tuple(COLOURS), source="syn"), model)
     suggestions = suggest(ws, model, source="syn")
-    rank = next((i for i, s in enumerate(suggestions) if (s["concept"], s["axis"]) == ("star", "colour")), None)
+    rank = next((i for i, s in enumerate(suggestions) if s["concept"] == "star" and "yellow" in s["values"]), None)
     return {"finding": result["finding"], "caption_side": result["captions"], "image_side": result["images"],
             "caption_default_only": result["caption_default_only"], "suggestion_rank": rank,
             "suggestions": [(s["concept"], s["axis"], s["entropy_drop"]) for s in suggestions[:5]],
-            "axes_known": sorted(AXES)}
+            "axes_mined": ContrastSets.load(ws).axes()}
 
 
 def map_quality(ws: Workspace) -> dict:

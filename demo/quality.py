@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
+from demo.world import COLOURS, SHAPES
 from indexer.store import Workspace
 
 MISALIGNED = ("unrelated", "junk")
@@ -39,6 +41,13 @@ def rank_mean(rows: list[dict], *keys: str) -> dict[int, float]:
     """Parameter-free combination: the mean percentile rank of several scores (missing = 0)."""
     ranks = [rankdata([r[k] if r[k] is not None else -1e9 for r in rows]) / len(rows) for k in keys]
     return {r["id"]: float(np.mean([rk[i] for rk in ranks])) for i, r in enumerate(rows)}
+
+
+def stated_objects(text: str) -> list[tuple[str, str]]:
+    """The (colour, shape) objects a caption states, read with the demo world's own vocabulary (truth side only:
+    product code knows no colours or shapes)."""
+    words = re.findall(r"[a-z]+", text.lower())
+    return [(w, nxt) for w, nxt in zip(words, words[1:]) if w in COLOURS and nxt in SHAPES]
 
 
 def fact_recall(text: str, scene: dict, knowledge: list[str]) -> float:

@@ -13,14 +13,13 @@ import random
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from curation.captions.fusion_rules import visual_pairs
 from curation.review.chooser import best_of, choose_sources
 from curation.review.features import features
 from curation.review.labels import add_label, current
 from curation.review.models import predict
 from curation.review.queue import review_queue
 from curation.review.reward import save_model, train_reward
-from demo.quality import fact_recall
+from demo.quality import fact_recall, stated_objects
 from indexer.store import Workspace
 
 GOOD = ("correct", "partial")  # partial alt-text is thin but true: an honest curator calls it aligned
@@ -88,7 +87,7 @@ def source_captions(ws: Workspace, ids: list[int]) -> dict[int, dict[str, dict]]
 
 def caption_truth(text: str, scene: dict, knowledge: list[str]) -> float:
     """How good a caption is by the truth: facts stated (fact recall) minus the share of false colour+shape claims."""
-    claims = set(visual_pairs(text[:2000]))
+    claims = set(stated_objects(text[:2000]))
     true = {(o["colour"], o["shape"]) for o in scene["objects"]}
     return fact_recall(text, scene, knowledge) - (len(claims - true) / len(claims) if claims else 0.0)
 

@@ -26,6 +26,7 @@ if os.environ.get("ALTLENS_ALLOW_DOWNLOAD") != "1":
 
 import open_clip  # noqa: E402
 import torch  # noqa: E402
+from open_clip.transformer import text_global_pool  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -211,12 +212,46 @@ class EmbeddingModel:
         return feats.float().cpu().numpy()
 
     @torch.inference_mode()
-    def encode_texts(self, texts: list[str], max_chars: int = 2000) -> np.ndarray:
-        """Texts -> [B, D] float32, L2-normalised. Very long texts are cut before tokenising."""
+    def encode_texts(self, texts: list[str], max_chars: int = 2000, chunk: int = 128) -> np.ndarray:
+        """Texts -> [B, D] float32, L2-normalised. Very long texts are cut before tokenising. Texts are sorted by
+        token length and encoded in chunks, each at its own longest length (see :func:`encode_trimmed`)."""
         tokens = self.tokenizer([t[:max_chars] for t in texts])
+        if not len(tokens):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        order = torch.argsort((tokens != 0).sum(1), stable=True)
+        parts = []
         with self._autocast():
-            feats = self.model.encode_text(tokens.to(self.device), normalize=True)
-        return feats.float().cpu().numpy()
+            for start in range(0, len(order), chunk):
+                rows = order[start:start + chunk]
+                parts.append((rows, encode_trimmed(self.model, tokens[rows].to(self.device)).float().cpu()))
+        out = torch.empty((len(tokens), parts[0][1].shape[1]), dtype=torch.float32)
+        for rows, feats in parts:
+            out[rows] = feats
+        return out.numpy()
+
+
+def encode_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(tokens, normalize=True)`` with the padding columns cut off first.
+
+    Captions are far shorter than the 77-token context, and the text tower costs
+    as much per padding token as per word. For open_clip's CLIP class (causal mask,
+    pooled at the end-of-text token) padding after the end token never reaches the
+    pooled position, so cutting it gives the same embedding up to float rounding.
+    Other text towers (a Hugging Face encoder, a class token) run at full length.
+    """
+    length = int((tokens != 0).sum(1).max()) if tokens.numel() else 0
+    trimmable = (isinstance(model, open_clip.CLIP) and getattr(model, "attn_mask", None) is not None
+                 and getattr(model, "text_pool_type", "argmax") in ("argmax", "eos"))
+    if not trimmable or length >= tokens.shape[1] or length == 0:
+        return model.encode_text(tokens, normalize=True)
+    tokens = tokens[:, :length]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    return torch.nn.functional.normalize(x, dim=-1)
 
 
 def run_spec(device: str = "auto", precision: str = "fp32") -> ModelSpec | None:

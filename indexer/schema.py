@@ -57,8 +57,11 @@ PRODUCT_TABLES = (
                                      "cycle DOUBLE, computed_at TIMESTAMP"),
     Table("sample_scores", "score", "sample_id BIGINT PRIMARY KEY, agreement DOUBLE, computed_at TIMESTAMP"),
     Table("sample_source_scores", "score", "sample_id BIGINT PRIMARY KEY, alt DOUBLE, syn DOUBLE, fused DOUBLE"),
-    Table("alt_contrast", "score", "sample_id BIGINT PRIMARY KEY, contrast DOUBLE, claims INTEGER, "
-                                   "variants INTEGER, computed_at TIMESTAMP"),
+    Table("contrast_sets", "score", "word VARCHAR NOT NULL, alternative VARCHAR NOT NULL, similarity DOUBLE, "
+                                    "text_similarity DOUBLE, image_effect DOUBLE, tested INTEGER, kept BOOLEAN, "
+                                    "decided BIGINT, PRIMARY KEY (word, alternative)"),
+    Table("caption_contrast", "score", "caption_id BIGINT PRIMARY KEY, contrast DOUBLE, claims INTEGER, "
+                                       "variants INTEGER, lost_claim VARCHAR, lost_to VARCHAR, computed_at TIMESTAMP"),
     Table("reward_versions", "score", "version INTEGER PRIMARY KEY, kind VARCHAR NOT NULL, provenance VARCHAR, "
                                       "created_at TIMESTAMP"),
     Table("rewards", "score", "sample_id BIGINT NOT NULL, version INTEGER NOT NULL, value DOUBLE, "

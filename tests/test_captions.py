@@ -15,9 +15,10 @@ from curation.captions.fusion_rules import (
     conflict_alternatives,
     extract_knowledge,
     junk_reason,
+    overruled,
     plan_fusion,
-    visual_pairs,
 )
+from curation.claims.sets import ContrastSets
 from curation.pipeline import run_stage
 from curation.scores.score import score_workspace
 from indexer.index import IndexConfig
@@ -136,25 +137,48 @@ def test_llm_fuser_mechanics_and_prompt_cut(coca_ws, tmp_path):
     assert report["fused"] == 13 and report["producer"].startswith("llm:tiny-lm@")
 
 
+def kinds(*groups: tuple[str, ...]) -> ContrastSets:
+    """Contrast sets as mining would store them, written by hand: each word's alternatives are its group."""
+    return ContrastSets({w: [(v, 0.9) for v in group if v != w] for group in groups for w in group})
+
+
+SHAPES = kinds(("red", "blue", "green", "yellow", "purple"), ("star", "circle", "square"), ("gray", "dotted"))
+THINGS = kinds(("labrador", "poodle", "terrier"), ("beach", "forest", "street"), ("sofa", "armchair"))
+
+
 def test_rules_fusion_pieces():
     assert junk_reason("IMG_2041.JPG") == "file name"
     assert junk_reason("click here for best price") == "spam"
-    assert junk_reason("stickers, decals, wall art, kids room, cheap, sale") is not None
+    assert junk_reason("stickers, decals, wall art, kids room, gift ideas") == "keyword list"
+    assert junk_reason("a red star, a blue circle, a green square and a cross") is None, "phrases, not tags"
     assert junk_reason("Home | Shop | Contact") == "navigation"
     assert junk_reason("") == "empty"
     assert junk_reason("Acme red star sticker, from the Lisbon market") is None
-    know = extract_knowledge("Acme red star sticker on gray paper, Mira Okafor, from the Lisbon market")
+    know = extract_knowledge("Acme red star sticker on gray paper, Mira Okafor, from the Lisbon market", SHAPES)
     assert know.brand == "Acme" and know.medium == "sticker"
     assert "from the Lisbon market" in know.phrases and "Mira Okafor" in know.phrases
-    assert extract_knowledge("IMG_2041.JPG").items() == []
-    assert visual_pairs("a large Yellow star and a small red circle") == [("yellow", "star"), ("red", "circle")]
-    assert conflict_alternatives("a large yellow star on the left", "purple star") == ["a large purple star on the left"]
-    assert conflict_alternatives("a red square and a blue star", "green circle, blue star") == [
-        "a green circle and a blue star", "a red square and a green circle"]
+    assert extract_knowledge("IMG_2041.JPG", SHAPES).items() == []
+    assert conflict_alternatives("a large yellow star on the left", "purple star", SHAPES) == [
+        "a large purple star on the left"]
+    assert conflict_alternatives("a red square and a blue star", "green circle, blue star", SHAPES) == [
+        "a green square and a blue star", "a red square and a green star", "a red circle and a blue star",
+        "a red square and a blue circle"], "one claim at a time; the image decides, round after round"
     fused = compose("a large purple star on the left", know)
     assert fused.startswith("Acme sticker of a large purple star") and fused.endswith("from the Lisbon market")
-    options, _, junk = plan_fusion("DSC00123.jpg", "a red circle")
+    options, _, junk = plan_fusion("DSC00123.jpg", "a red circle", SHAPES)
     assert options == ["a red circle"] and junk == "file name"
+
+
+def test_fusion_conflicts_on_any_kind_of_word():
+    """No colour or shape: a dog breed and a place, as web alt-text states them."""
+    base = "a brown terrier running on a sandy beach"
+    alt = "Rex the labrador playing in the forest, photo by Ann Lee"
+    assert conflict_alternatives(base, alt, THINGS) == ["a brown labrador running on a sandy beach",
+                                                        "a brown terrier running on a sandy forest"]
+    know = extract_knowledge(alt, THINGS)
+    assert know.medium == "photo" and "by Ann Lee" in know.phrases
+    assert overruled("a poodle on the sofa", "a terrier on the sofa", THINGS) == ["poodle"]
+    assert overruled("a poodle on the sofa", "a poodle on the sofa", THINGS) == []
 
 
 def test_untrusted_captions_stored_verbatim_and_scored(tmp_path):

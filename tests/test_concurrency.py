@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from browser import served
 from conftest import writable_copy
+
 from indexer.store import Workspace
 
 CURATORS = 20

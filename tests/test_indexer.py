@@ -247,3 +247,24 @@ def test_kill9_during_index_then_rerun_is_exact(tmp_path):
 def _has_committed(ws: Path) -> bool:
     chunks = ws / "embeddings" / "image"
     return chunks.exists() and any(p.suffix == ".npy" and not p.name.startswith(".") for p in chunks.iterdir())
+
+
+@pytest.mark.parametrize("which", ["tiny", "demo"])
+def test_texts_encoded_at_their_own_length_match_the_full_context(which):
+    """encode_texts cuts each chunk's padding: the embeddings equal open_clip's encode_text over the whole context."""
+    import torch
+
+    from demo import MODEL_DIR
+    from indexer.models import ModelSpec, load_model
+    spec = tiny_spec() if which == "tiny" else ModelSpec(checkpoint=str(MODEL_DIR / "altlens-demo-clip.safetensors"))
+    model = load_model(spec)
+    rng = np.random.default_rng(4)
+    words = "a brown labrador running on sandy beach vintage oak dresser with brass handles at night".split()
+    texts = ["", "x", " ".join(words * 12)] + [" ".join(rng.choice(words, rng.integers(1, 20))) for _ in range(300)]
+    trimmed = model.encode_texts(texts, chunk=64)
+    with torch.inference_mode():
+        full = model.model.encode_text(model.tokenizer(texts), normalize=True).float().numpy()
+    assert trimmed.shape == full.shape
+    np.testing.assert_allclose(trimmed, full, atol=2e-5)
+    tokens = model.tokenizer(texts)
+    assert (tokens != 0).sum(1).max() == tokens.shape[1] > (tokens != 0).sum(1).min(), "full and short texts both"

@@ -2,7 +2,6 @@
 and what the server answers to whom."""
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
@@ -13,9 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from browser import served
 from conftest import writable_copy
+
 from demo import CLIP_CHECKPOINT
 from demo.build import write_demo_shards
 from demo.samples import generate_samples
@@ -47,7 +46,7 @@ def counts(ws_path: Path) -> dict:
     batch a caption was drawn in)."""
     with Workspace(ws_path, read_only=True) as ws:
         out = {table: ws.scalar(f"SELECT count(*) FROM {table}") for table in (
-            "samples", "caption_scores", "sample_scores", "sample_source_scores", "alt_contrast", "clusters",
+            "samples", "caption_scores", "sample_scores", "sample_source_scores", "caption_contrast", "clusters",
             "map_coords", "cluster_summaries", "selection_members")}
         out["captions"] = dict(ws.rows("SELECT source_kind, count(*) FROM captions GROUP BY 1 ORDER BY 1"))
         out["status"] = dict(ws.rows("SELECT status, count(*) FROM samples GROUP BY 1 ORDER BY 1"))

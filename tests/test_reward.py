@@ -119,16 +119,23 @@ def test_best_policy_export_follows_preferences_then_the_chooser(simulated, tmp_
 def test_contrast_variants_and_swapped_alt_text_loses_to_its_fix(demo_ws):
     from sklearn.metrics import roc_auc_score
 
-    from curation.scores.contrast import variants
-    out = variants("Acme sticker of a Purple Star on the left", ["purple", "yellow"], ["star", "circle"])
-    assert out == ["Acme sticker of a yellow star on the left", "Acme sticker of a purple circle on the left"]
-    assert variants("a photo of my dog", ["red"], ["star"]) == []
+    from curation.claims.sets import ContrastSets
+    sets = ContrastSets({"purple": [("yellow", 0.9)], "yellow": [("purple", 0.9)], "star": [("circle", 0.8)],
+                         "circle": [("star", 0.8)]})
+    out = [v.text for v in sets.variants("Acme sticker of a Purple Star on the left")]
+    assert out == ["Acme sticker of a Yellow Star on the left", "Acme sticker of a Purple Circle on the left"]
+    assert [v.text for v in sets.variants("a purple star and a yellow circle")][0] == "a yellow star and a purple circle"
+    assert sets.variants("a photo of my dog") == []
     root, _ = demo_ws
     with Workspace(root, read_only=True) as ws:
-        rows = ws.rows("""SELECT t.noise, c.contrast, c.claims FROM alt_contrast c JOIN samples s ON s.id = c.sample_id
+        rows = ws.rows("""SELECT t.noise, cc.contrast, cc.claims FROM caption_contrast cc JOIN captions c
+                          ON c.id = cc.caption_id AND c.source_kind = 'alt' JOIN samples s ON s.id = c.sample_id
                           JOIN demo_truth t ON t.uid = s.uid""")
         assert len(rows) == ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok'")
+        per_source = dict(ws.rows("""SELECT c.source_kind, count(*) FROM caption_contrast cc JOIN captions c
+                                     ON c.id = cc.caption_id GROUP BY 1"""))
+    assert per_source["syn"] == per_source["fused"] == per_source["alt"], "alt, best synthetic and fused of each"
     assert all(value is None for noise, value, claims in rows if claims == 0)
     scored = [(noise == "correct", value) for noise, value, _ in rows
               if noise in ("correct", "swapped") and value is not None]
-    assert roc_auc_score([y for y, _ in scored], [v for _, v in scored]) >= 0.9
+    assert roc_auc_score([y for y, _ in scored], [v for _, v in scored]) >= 0.95

@@ -16,6 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 from curation.captions.fusion_rules import RULES_VERSION, compose, conflict_alternatives, plan_fusion
+from curation.claims.mining import ensure_contrast_sets
+from curation.claims.sets import ContrastSets
 from curation.registry import Registry
 from indexer.models import ModelError, open_workspace_model, run_spec
 from indexer.schema import FUSED
@@ -71,7 +73,7 @@ def run(ws: Workspace, cfg: FuseConfig) -> dict:
     syn = syn_producer(ws, cfg.syn)
     factory = fuser_factory(cfg.fuser)  # an unknown fuser is refused before any model loads
     embedder = open_workspace_model(ws, run_spec(cfg.device, cfg.precision))
-    fuser = factory(cfg.fuser, embedder)
+    fuser = factory(cfg.fuser, embedder, ws)
     producer = f"{fuser.version}({syn})"
     todo = pending(ws, syn, producer, cfg.limit)
     images = EmbeddingStore(ws, "image").load()
@@ -98,12 +100,12 @@ def run(ws: Workspace, cfg: FuseConfig) -> dict:
 
 
 class RulesFuser:
-    """:mod:`curation.captions.fusion_rules` rules; the image decides visual conflicts through the embedding model."""
+    """:mod:`curation.captions.fusion_rules` rules; the image decides conflicts through the embedding model."""
 
     version = RULES_VERSION
 
-    def __init__(self, embedder):
-        self.embedder = embedder
+    def __init__(self, embedder, sets: ContrastSets):
+        self.embedder, self.sets = embedder, sets
 
     rounds = 3
 
@@ -112,7 +114,7 @@ class RulesFuser:
         for row in batch:
             image = np.asarray(images[row["id"]], dtype=np.float32)
             base_idx = int(np.argmax(np.asarray(texts[row["syn_ids"]], dtype=np.float32) @ image))
-            options, know, junk = plan_fusion(row["alt"], row["syn_texts"][base_idx])
+            options, know, junk = plan_fusion(row["alt"], row["syn_texts"][base_idx], self.sets)
             plans.append({"base_idx": base_idx, "junk": junk, "knowledge": know, "visual": options[0],
                           "base": options[0]})
         self._correct(batch, plans, images)
@@ -126,7 +128,7 @@ class RulesFuser:
         for _ in range(self.rounds):
             candidates, owners = [], []
             for i in active:
-                options = [plans[i]["visual"]] + conflict_alternatives(plans[i]["visual"], batch[i]["alt"])
+                options = [plans[i]["visual"]] + conflict_alternatives(plans[i]["visual"], batch[i]["alt"], self.sets)
                 candidates += options
                 owners += [i] * len(options)
             if not candidates:
@@ -147,11 +149,11 @@ class RulesFuser:
         return (vecs * np.asarray(images[sample_ids], dtype=np.float32)).sum(1)
 
 
-def _rules_fuser(arg: str, embedder) -> RulesFuser:
-    return RulesFuser(embedder)
+def _rules_fuser(arg: str, embedder, ws: Workspace) -> RulesFuser:
+    return RulesFuser(embedder, ensure_contrast_sets(ws, embedder))
 
 
-def _llm_fuser(arg: str, embedder):
+def _llm_fuser(arg: str, embedder, ws: Workspace):
     try:
         from curation.captions.hf import LLMFuser
     except ImportError as exc:
@@ -159,7 +161,7 @@ def _llm_fuser(arg: str, embedder):
     return LLMFuser(arg.partition(":")[2])
 
 
-# A factory takes (the --fuser value, the workspace's embedding model) and returns an object with ``version``
+# A factory takes (the --fuser value, the workspace's embedding model, the workspace) and returns an object with ``version``
 # and ``fuse(batch, images, texts) -> plans``. Plugins add theirs under the ``altlens.fusers`` entry point.
 FUSERS: Registry[Callable] = Registry("fuser", "altlens.fusers")
 FUSERS.register("rules", _rules_fuser)

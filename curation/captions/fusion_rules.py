@@ -4,32 +4,31 @@ The ``rules`` fuser (offline default) works in four steps:
 
 1. drop junk alt-text whole (file names, spam, keyword lists, navigation, one generic word);
 2. take as base the sample's synthetic caption that best matches the image;
-3. where alt-text and base disagree on something visual (a colour or shape of
-   the same thing), build the alternatives and let the image decide by cosine
-   with the embedding model;
-4. carry over what the image cannot contradict: proper nouns and brands, places,
-   named collections or artists, the medium (sticker, print, ...), non-count numbers.
+3. where alt-text and base use different words of one kind (the workspace's
+   contrast sets say "striped" and "dotted", or "beach" and "forest", are of a
+   kind), build the alternatives and let the image decide by cosine with the
+   embedding model;
+4. carry over what the image cannot contradict: names and brands, places, named
+   collections or artists, and what kind of picture it is (a print, a sticker, ...).
 
-It never concatenates the two texts. ``RULES_VERSION`` goes into the producer id.
+What counts as visual is what the contrast sets can judge, so no list of colours
+or shapes lives here. It never concatenates the two texts. ``RULES_VERSION`` goes
+into the producer id.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
-RULES_VERSION = "rules-v1"
+from curation.claims.sets import ContrastSets
+from curation.claims.words import STOP_WORDS, replace_word
 
-COLOURS = {"red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "black", "brown", "gray",
-           "grey", "violet", "cyan", "magenta", "beige", "gold", "silver", "teal", "turquoise", "navy", "maroon"}
-SHAPES = {"circle", "square", "triangle", "star", "hexagon", "diamond", "cross", "heart", "rectangle", "oval",
-          "pentagon", "octagon", "ring", "crescent", "arrow", "sphere", "cube"}
-COUNTS = {"one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "single", "pair"}
-SIZES = {"small", "medium", "large", "big", "tiny", "huge"}
-PLACEMENT = {"left", "right", "top", "bottom", "centre", "center", "middle", "background", "foreground",
-             "paper", "surface"}
-VISUAL = COLOURS | SHAPES | COUNTS | SIZES | PLACEMENT
-MEDIA = {"sticker", "print", "poster", "postcard", "mug", "shirt", "t-shirt", "card", "painting", "drawing",
-         "illustration", "photo", "photograph", "decal", "tile", "badge", "magnet", "fabric", "quilt", "logo"}
+RULES_VERSION = "rules-v2"
+
+# What kind of picture an image is: a property of images in general, which alt-text knows and a camera cannot.
+IMAGE_MEDIA = {"photo", "photograph", "illustration", "drawing", "painting", "render", "rendering", "poster",
+               "print", "sticker", "postcard", "card", "decal", "logo", "icon", "screenshot", "diagram", "sketch",
+               "watercolor", "watercolour", "engraving", "collage", "mockup"}
 COMMON_CAPITALISED = {"a", "an", "the", "this", "these", "that", "photo", "image", "picture", "view", "close",
                       "closeup", "new", "free", "best", "my", "our", "home", "shop", "buy", "click", "sale",
                       "set", "pack", "and", "with", "on", "in", "of", "for", "from"}
@@ -55,8 +54,8 @@ def junk_reason(alt: str) -> str | None:
     if text.count("|") >= 2:
         return "navigation"
     items = [i.strip() for i in text.split(",")]
-    if len(items) >= 4 and all(0 < len(i.split()) <= 3 for i in items) and not (set(low.split()) & (SHAPES | COLOURS)):
-        return "keyword list"
+    if len(items) >= 4 and all(0 < len(i.split()) <= 3 and not set(i.lower().split()) & STOP_WORDS for i in items):
+        return "keyword list"  # phrases joined by commas hold function words ("a red star, a blue circle"); tags do not
     if low.strip(".!") in GENERIC:
         return "generic"
     return None
@@ -74,8 +73,9 @@ class Knowledge:
         return ([self.brand] if self.brand else []) + self.phrases
 
 
-def extract_knowledge(alt: str) -> Knowledge:
-    """Brands, media, provenance phrases and named clauses from an alt-text (empty for junk)."""
+def extract_knowledge(alt: str, sets: ContrastSets) -> Knowledge:
+    """Brands, media, provenance phrases and named clauses from an alt-text (empty for junk); a clause with a
+    word the contrast sets can judge describes the picture, its capitalised words are a brand or a name."""
     know = Knowledge()
     if junk_reason(alt):
         return know
@@ -83,62 +83,63 @@ def extract_knowledge(alt: str) -> Knowledge:
         if not clause:
             continue
         words = WORD.findall(clause)
-        lowered = {w.lower() for w in words}
         if know.medium is None:
-            know.medium = next((w.lower() for w in words if w.lower() in MEDIA), None)
-        provenance = [m.group(0).strip() for m in PROVENANCE.finditer(clause)]
-        provenance = [_trim_visual(p) for p in provenance]
+            know.medium = next((w.lower() for w in words if w.lower() in IMAGE_MEDIA), None)
+        provenance = [_trim_visual(m.group(0).strip(), sets) for m in PROVENANCE.finditer(clause)]
         know.phrases += [p for p in provenance if p and p not in know.phrases]
         rest = PROVENANCE.sub(" ", clause)
         rest_words = WORD.findall(rest)
-        if not (lowered & VISUAL) and any(w[0].isupper() for w in rest_words):
+        visual = any(sets.judged(w) for w in words)
+        if not visual and any(w[0].isupper() for w in rest_words):
             named = " ".join(rest_words)
             if named.lower() not in GENERIC and named not in know.phrases:
                 know.phrases.append(named)
         elif know.brand is None:
-            know.brand = _brand(rest_words)
+            know.brand = _brand(rest_words, sets)
     return know
 
 
-def _trim_visual(phrase: str) -> str:
+def _trim_visual(phrase: str, sets: ContrastSets) -> str:
     words = phrase.split()
-    while words and words[-1].lower() in VISUAL | MEDIA:
+    while words and (sets.judged(words[-1]) or words[-1].lower() in IMAGE_MEDIA):
         words.pop()
     return " ".join(words) if len(words) > 1 else ""
 
 
-def _brand(words: list[str]) -> str | None:
-    """A capitalised word in a visual clause that is not a common or visual word: a brand or name."""
-    names = [w for w in words if w[0].isupper() and w.lower() not in COMMON_CAPITALISED | VISUAL | MEDIA]
+def _brand(words: list[str], sets: ContrastSets) -> str | None:
+    """Capitalised words of a visual clause that are neither common, judged by the images, nor a medium."""
+    names = [w for w in words if w[0].isupper() and w.lower() not in COMMON_CAPITALISED | IMAGE_MEDIA
+             and not sets.judged(w)]
     return " ".join(names) if names else None
 
 
-def visual_pairs(text: str) -> list[tuple[str, str]]:
-    """(colour, shape) pairs a text states, in order: 'a large yellow star' -> ('yellow', 'star')."""
-    words = [w.lower() for w in WORD.findall(text)]
-    pairs = []
-    for i, word in enumerate(words[:-1]):
-        if word in COLOURS and words[i + 1] in SHAPES:
-            pairs.append((word, words[i + 1]))
-    return pairs
-
-
-def conflict_alternatives(base: str, alt: str) -> list[str]:
-    """Versions of ``base`` with one object's colour and shape taken from the alt-text where the two disagree.
-
-    Each object the alt-text states and ``base`` does not may stand in for each object ``base``
-    states; the image decides which, if any, is right (see :mod:`curation.captions.fuse`).
-    """
-    base_pairs = visual_pairs(base)
-    out = []
-    for colour, shape in visual_pairs(alt):
-        if (colour, shape) in base_pairs:
+def conflict_alternatives(base: str, alt: str, sets: ContrastSets) -> list[str]:
+    """Versions of ``base`` with one claim replaced by the alt-text's claim of the same kind where they differ
+    ("a yellow star on a dotted background" + alt "purple star, striped" -> "a purple star on a dotted
+    background", "a yellow star on a striped background"). The image decides which, if any, is right
+    (see :mod:`curation.captions.fuse`)."""
+    base_claims = sets.claims(base)
+    present = {t.word for t in base_claims}
+    out: list[str] = []
+    for claim in sets.claims(alt):
+        if claim.word in present:
             continue
-        for b_colour, b_shape in base_pairs:
-            swapped = re.sub(rf"\b{b_colour} {b_shape}\b", f"{colour} {shape}", base, count=1)
-            if swapped != base and swapped not in out:
-                out.append(swapped)
+        for own in base_claims:
+            if sets.same_kind(claim.word, own.word):
+                swapped = replace_word(base, own, claim.word)
+                if swapped != base and swapped not in out:
+                    out.append(swapped)
     return out
+
+
+def overruled(alt: str, fused: str | None, sets: ContrastSets) -> list[str]:
+    """The alt-text's claims the fused caption replaced by another word of their kind: where fusion let the
+    image decide against the alt-text."""
+    if fused is None:
+        return []
+    fused_words = {t.word for t in sets.claims(fused)}
+    return [w for w in dict.fromkeys(c.word for c in sets.claims(alt))
+            if w not in fused_words and any(sets.same_kind(w, f) for f in fused_words)]
 
 
 def compose(visual: str, know: Knowledge) -> str:
@@ -170,9 +171,9 @@ class FusionPlan:
     corrected_from: str | None = None
 
 
-def plan_fusion(alt: str, base: str) -> tuple[list[str], Knowledge, str | None]:
+def plan_fusion(alt: str, base: str, sets: ContrastSets) -> tuple[list[str], Knowledge, str | None]:
     """Candidates for the visual part (base first) and the alt-text's knowledge."""
     junk = junk_reason(alt)
     if junk:
         return [base], Knowledge(), junk
-    return [base] + conflict_alternatives(base, alt), extract_knowledge(alt), None
+    return [base] + conflict_alternatives(base, alt, sets), extract_knowledge(alt, sets), None

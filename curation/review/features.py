@@ -2,10 +2,11 @@
 
 Features: the alt caption's clip_score and cycle, alt/synthetic agreement, the
 best synthetic and fused clip_scores, junk and empty flags, how many of the
-alt-text's visual claims ("purple star") the fused caption overruled (rules
-fusion lets the image decide conflicts, so an overruled claim is one the image
-contradicts), and the alt-text's contrast against its one-claim variants
-(:mod:`curation.scores.contrast`; 0 where not scored). Raw caption length is
+alt-text's claims the fused caption overruled (rules fusion lets the image decide
+between words of one kind, so an overruled claim is one the image contradicts),
+and the contrast of the alt-text, the best synthetic and the fused caption against
+their variants (:mod:`curation.scores.contrast`; 0 where no claim was judged). All
+claims come from the workspace's contrast sets, so they read any caption. Raw caption length is
 deliberately not a feature: it says how much a caption tells, not whether it is
 true, and from labels where thin-but-true alt-text counts as good it taught the
 model that short means aligned, which ranked full correct captions below swapped
@@ -18,11 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.captions.fusion_rules import junk_reason, visual_pairs
+from curation.captions.fusion_rules import junk_reason, overruled
+from curation.claims.sets import ContrastSets
 from indexer.store import Workspace
 
 SCALARS = ("alt_clip", "alt_cycle", "agreement", "syn_clip", "fused_clip", "junk", "empty", "overruled_share",
-           "overruled", "alt_contrast")
+           "overruled", "alt_contrast", "syn_contrast", "fused_contrast")
 
 
 @dataclass
@@ -36,14 +38,19 @@ def features(ws: Workspace, ids: list[int] | None = None) -> Features:
     """Feature matrix for ok samples (all of them, or ``ids`` in that order)."""
     rows = ws.dicts("""SELECT s.id, a.id AS alt_id, a.text, cs.clip_score AS alt_clip, cs.cycle AS alt_cycle,
                               ss.agreement, sss.syn AS syn_clip, sss.fused AS fused_clip,
-                              ac.contrast AS alt_contrast,
+                              k.alt_contrast, k.syn_contrast, k.fused_contrast,
                               (SELECT f.text FROM captions f WHERE f.sample_id = s.id AND f.source_kind = 'fused'
                                ORDER BY f.id LIMIT 1) AS fused_text
                        FROM samples s JOIN captions a ON a.sample_id = s.id AND a.source_kind = 'alt'
                        LEFT JOIN caption_scores cs ON cs.caption_id = a.id
                        LEFT JOIN sample_scores ss ON ss.sample_id = s.id
                        LEFT JOIN sample_source_scores sss ON sss.sample_id = s.id
-                       LEFT JOIN alt_contrast ac ON ac.sample_id = s.id
+                       LEFT JOIN (SELECT c.sample_id,
+                                         max(cc.contrast) FILTER (WHERE c.source_kind = 'alt') AS alt_contrast,
+                                         max(cc.contrast) FILTER (WHERE c.source_kind = 'syn') AS syn_contrast,
+                                         max(cc.contrast) FILTER (WHERE c.source_kind = 'fused') AS fused_contrast
+                                  FROM captions c JOIN caption_contrast cc ON cc.caption_id = c.id GROUP BY 1) k
+                              ON k.sample_id = s.id
                        WHERE s.status = 'ok' ORDER BY s.id""")
     if ids is not None:
         by_id = {r["id"]: r for r in rows}
@@ -52,20 +59,22 @@ def features(ws: Workspace, ids: list[int] | None = None) -> Features:
             raise ValueError(f"no ok sample with an alt caption for id {missing[0]}")
         rows = [by_id[i] for i in ids]
     sample_ids = np.array([r["id"] for r in rows], dtype=np.int64)
+    sets = ContrastSets.load(ws)
     x = np.array([[_num(r["alt_clip"]), _num(r["alt_cycle"]), _num(r["agreement"]), _num(r["syn_clip"]),
                    _num(r["fused_clip"]), float(junk_reason(r["text"]) is not None), float(not r["text"].strip()),
-                   *overruled(r["text"], r["fused_text"]), _num(r["alt_contrast"])] for r in rows],
+                   *overruled_counts(r["text"], r["fused_text"], sets), _num(r["alt_contrast"]),
+                   _num(r["syn_contrast"]), _num(r["fused_contrast"])] for r in rows],
                  dtype=np.float32).reshape(len(rows), len(SCALARS))
     return Features(sample_ids, x, list(SCALARS))
 
 
-def overruled(alt: str, fused: str | None) -> tuple[float, float]:
-    """(share, count) of the alt-text's colour+shape claims that the fused caption does not keep."""
-    claims = set(visual_pairs(alt[:2000]))
-    if not claims or fused is None:
+def overruled_counts(alt: str, fused: str | None, sets: ContrastSets) -> tuple[float, float]:
+    """(share, count) of the alt-text's judged claims that the fused caption replaced by one of their kind."""
+    claims = set(c.word for c in sets.claims(alt))
+    if not claims:
         return 0.0, 0.0
-    missing = len(claims - set(visual_pairs(fused)))
-    return missing / len(claims), float(missing)
+    lost = len(overruled(alt, fused, sets))
+    return lost / len(claims), float(lost)
 
 
 def _num(value) -> float:

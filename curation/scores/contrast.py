@@ -1,98 +1,113 @@
-"""Counterfactual contrast of alt-text: does the image prefer it to the same text with one claim changed?
+"""Counterfactual contrast: does the image prefer a caption to the same text with one claim changed?
 
-For every alt caption that states visual claims ("a purple star"), altlens
-writes each one-word variant: one claim's colour replaced by another colour, or
-its shape by another shape, from the colours and shapes the workspace's captions
-use. ``contrast`` = cos(image, alt) - max over variants cos(image, variant).
-A true caption beats all its variants (contrast > 0); a caption with one
-attribute wrong loses to the variant that corrects it (contrast < 0), which is
-exactly the error clip_score alone ranks worst. Captions without claims get NULL.
+For every ok sample's alt-text, best synthetic caption (highest clip_score) and
+fused caption, the variants come from the workspace's contrast sets
+(:mod:`curation.claims.sets`): one-claim substitutions and attribute exchanges.
+``contrast`` = cos(image, caption) - max over variants cos(image, variant). A true
+caption beats all its variants (contrast > 0); a caption with one attribute wrong
+loses to the variant that corrects it (contrast < 0), which is exactly the error
+clip_score alone ranks worst. The claim that lost and what it lost to are stored
+for the sample panel, and each contrast-set pair counts how often it decided.
+Captions without a claim the images can judge get NULL.
 
-Cost: claims x (colours + shapes - 2) text encodings per alt caption; on the
-demo model about 25 s per 1,000 samples on 2 cores. Stored in ``alt_contrast``,
-computed only where missing, with a progress bar.
+Cost: up to ``MAX_VARIANTS`` text encodings per caption, fewer in practice, since
+every distinct text is embedded once per run (synthetic captions and their
+variants repeat a lot). Stored in ``caption_contrast``, computed where missing.
 """
 from __future__ import annotations
 
-import re
+import time
 
 import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from curation.captions.fusion_rules import COLOURS, SHAPES, visual_pairs
+from curation.claims.sets import ContrastSets
 from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore
 
-MAX_CLAIMS = 4
-MAX_CHARS = 2000
+CACHE_TEXTS = 200_000  # distinct texts kept embedded during one run
 
 
-def vocabulary(ws: Workspace) -> tuple[list[str], list[str]]:
-    """The colours and shapes the workspace's captions state in claims (what variants may use)."""
-    colours, shapes = set(), set()
-    for (text,) in ws.rows("SELECT text FROM captions USING SAMPLE reservoir(20000 ROWS) REPEATABLE (7)"):
-        for colour, shape in visual_pairs(text[:MAX_CHARS]):
-            colours.add(colour)
-            shapes.add(shape)
-    return sorted(colours & COLOURS), sorted(shapes & SHAPES)
+class TextCache:
+    """Embeddings of texts seen in this run (oldest dropped first past ``limit``)."""
+
+    def __init__(self, model, limit: int = CACHE_TEXTS):
+        self.model, self.limit, self.vectors = model, limit, {}
+        self.encoded = 0
+
+    def embed(self, texts: list[str], batch: int = 1024) -> dict[str, np.ndarray]:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.vectors))
+        for start in range(0, len(missing), batch):
+            chunk = missing[start:start + batch]
+            self.vectors.update(zip(chunk, np.asarray(self.model.encode_texts(chunk), dtype=np.float32)))
+            self.encoded += len(chunk)
+        found = {t: self.vectors[t] for t in texts}
+        while len(self.vectors) > self.limit:
+            self.vectors.pop(next(iter(self.vectors)))
+        return found
 
 
-def variants(text: str, colours: list[str], shapes: list[str]) -> list[str]:
-    """``text`` with one claim's colour or shape changed, for each claim and each alternative."""
-    text = text[:MAX_CHARS]
-    out: list[str] = []
-    for colour, shape in list(dict.fromkeys(visual_pairs(text)))[:MAX_CLAIMS]:
-        claim = re.compile(rf"\b{colour} {shape}\b", re.IGNORECASE)
-        swaps = [f"{c} {shape}" for c in colours if c != colour] + [f"{colour} {s}" for s in shapes if s != shape]
-        for swap in swaps:
-            changed = claim.sub(swap, text, count=1)
-            if changed != text and changed not in out:
-                out.append(changed)
+def captions_to_score(ws: Workspace, recompute: bool, limit_id: int) -> list[tuple[int, int, str]]:
+    """(caption id, sample id, text): each ok sample's alt, best synthetic and best fused caption."""
+    return ws.rows("""WITH ranked AS (
+                          SELECT c.id, c.sample_id, c.text, row_number() OVER (PARTITION BY c.sample_id, c.source_kind
+                                 ORDER BY cs.clip_score DESC NULLS LAST, c.id) AS rank
+                          FROM captions c JOIN samples s ON s.id = c.sample_id AND s.status = 'ok'
+                          LEFT JOIN caption_scores cs ON cs.caption_id = c.id WHERE c.id < ?)
+                      SELECT id, sample_id, text FROM ranked
+                      WHERE rank = 1 AND (? OR id NOT IN (SELECT caption_id FROM caption_contrast)) ORDER BY id""",
+                   [limit_id, recompute])
+
+
+def score_contrast(ws: Workspace, model, sets: ContrastSets, batch: int = 256, progress: bool = True,
+                   recompute: bool = False) -> dict:
+    """Fill ``caption_contrast`` where missing (everywhere with ``recompute``, replaced in one transaction)."""
+    started = time.perf_counter()
+    texts = EmbeddingStore(ws, "text").load()
+    rows = captions_to_score(ws, recompute, len(texts))
+    images = EmbeddingStore(ws, "image").load()
+    ws.release()  # encoding the variants is the long part
+    cache, results = TextCache(model), []
+    for start in tqdm(range(0, len(rows), batch), desc="contrast", unit="batch", disable=not progress or not rows):
+        results += contrast_batch(rows[start:start + batch], images, sets, cache)
+    table = pa.Table.from_pylist(results, schema=pa.schema([
+        ("caption_id", pa.int64()), ("contrast", pa.float64()), ("claims", pa.int32()), ("variants", pa.int32()),
+        ("lost_claim", pa.string()), ("lost_to", pa.string()), ("computed_at", pa.timestamp("us"))]))
+    with ws.transaction() as cur:
+        if len(table):
+            ws.insert_arrow("caption_contrast", table, replace=True, cur=cur)
+        count_decisions(cur)
+    return {"captions": len(rows), "variants": int(sum(r["variants"] for r in results)),
+            "texts_encoded": cache.encoded, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def contrast_batch(rows, images, sets: ContrastSets, cache: TextCache) -> list[dict]:
+    """Contrast of each (caption id, sample id, text) row against its variants."""
+    variants = {caption_id: sets.variants(text) for caption_id, _, text in rows}
+    vectors = cache.embed([t for caption_id, _, text in rows for t in [text] + [v.text for v in variants[caption_id]]])
+    stamp, out = now(), []
+    for caption_id, sample_id, text in rows:
+        image = np.asarray(images[sample_id], dtype=np.float32)
+        mine = variants[caption_id]
+        row = {"caption_id": caption_id, "contrast": None, "claims": len(sets.claims(text)), "variants": len(mine),
+               "lost_claim": None, "lost_to": None, "computed_at": stamp}
+        if mine:
+            own = float(image @ vectors[text])
+            scores = [float(image @ vectors[v.text]) for v in mine]
+            best = int(np.argmax(scores))
+            row["contrast"] = own - scores[best]
+            if row["contrast"] < 0:
+                row["lost_claim"], row["lost_to"] = mine[best].claim, mine[best].replacement
+        out.append(row)
     return out
 
 
-def score_contrast(ws: Workspace, model, batch: int = 1024, progress: bool = True, recompute: bool = False) -> int:
-    """Fill ``alt_contrast`` for ok samples missing it (all of them with ``recompute``, replaced in one
-    transaction); returns how many were written."""
-    rows = ws.rows("""SELECT s.id, a.text FROM samples s JOIN captions a ON a.sample_id = s.id AND a.source_kind = 'alt'
-                      WHERE s.status = 'ok' AND (? OR s.id NOT IN (SELECT sample_id FROM alt_contrast)) ORDER BY s.id""",
-                   [recompute])
-    if not rows:
-        return 0
-    images = EmbeddingStore(ws, "image").load()
-    colours, shapes = vocabulary(ws)
-    ws.release()  # encoding the variants is the long part
-    values, claims, counts = [], [], []
-    bar = tqdm(total=len(rows), desc="contrast", unit="caption", disable=not progress)
-    for start in range(0, len(rows), batch):
-        chunk = rows[start:start + batch]
-        texts, owners = [], []
-        for k, (_, text) in enumerate(chunk):
-            for t in [text[:MAX_CHARS]] + variants(text, colours, shapes):
-                texts.append(t)
-                owners.append(k)
-        owners_arr = np.array(owners)
-        per = np.bincount(owners_arr, minlength=len(chunk))
-        vecs = _encode(model, texts, batch)
-        image_rows = np.asarray(images[[chunk[o][0] for o in owners]], dtype=np.float32)
-        cos = (vecs * image_rows).sum(1)
-        starts = np.concatenate([[0], np.cumsum(per)[:-1]])
-        for k, (sample_id, text) in enumerate(chunk):
-            first, n = int(starts[k]), int(per[k])
-            values.append(float(cos[first] - cos[first + 1:first + n].max()) if n > 1 else None)
-            claims.append(len(set(visual_pairs(text[:MAX_CHARS]))))
-            counts.append(n - 1)
-        bar.update(len(chunk))
-    bar.close()
-    table = pa.table({"sample_id": [r[0] for r in rows], "contrast": pa.array(values, pa.float64()),
-                      "claims": pa.array(claims, pa.int32()), "variants": pa.array(counts, pa.int32()),
-                      "computed_at": [now()] * len(rows)})
-    with ws.transaction() as cur:
-        ws.insert_arrow("alt_contrast", table, replace=True, cur=cur)
-    return len(rows)
-
-
-def _encode(model, texts: list[str], batch: int) -> np.ndarray:
-    return np.concatenate([np.asarray(model.encode_texts(texts[i:i + batch]), dtype=np.float32)
-                           for i in range(0, len(texts), batch)])
+def count_decisions(cur) -> None:
+    """How often each contrast-set pair decided a caption (the caption lost to that alternative)."""
+    cur.execute("UPDATE contrast_sets SET decided = 0")
+    cur.execute("""UPDATE contrast_sets SET decided = d.n FROM (
+                       SELECT split_part(lost_claim, '<->', 1) AS word, split_part(lost_to, '<->', 1) AS alternative,
+                              count(*) AS n
+                       FROM caption_contrast WHERE lost_claim IS NOT NULL GROUP BY 1, 2) d
+                   WHERE contrast_sets.word = d.word AND contrast_sets.alternative = d.alternative""")

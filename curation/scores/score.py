@@ -5,7 +5,10 @@ Stored, and computed only where missing (``recompute`` redoes them):
 - ``caption_scores``: clip_score and cycle of every caption (:mod:`curation.scores.alignment`);
 - ``sample_scores.agreement`` = cos(alt-text embedding, mean of the sample's synthetic-caption embeddings);
 - ``sample_source_scores``: the best clip_score per caption source and sample, what filters read;
-- ``alt_contrast``: the alt-text against its one-claim variants (:mod:`curation.scores.contrast`);
+- ``contrast_sets``: mined from the workspace's captions, images and model when missing or stale
+  (:mod:`curation.claims.mining`);
+- ``caption_contrast``: the alt, best synthetic and fused captions against their variants
+  (:mod:`curation.scores.contrast`);
 - reward version 1, the alt caption's clip_score (:mod:`curation.scores.rewards`).
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from curation.claims.mining import MiningConfig, ensure_contrast_sets
 from curation.scores.alignment import clip_score, cycle_scores, row_cosines
 from curation.scores.contrast import score_contrast
 from curation.scores.rewards import write_default
@@ -31,7 +35,7 @@ class ScoreConfig:
     """``altlens score`` settings. ``contrast`` loads the workspace's model for the text encoder."""
 
     recompute: bool = False
-    contrast: bool = True
+    contrast: bool = True  # mine contrast sets if needed, and score captions against their variants
     device: str = "auto"
     precision: str = "fp32"
     progress: bool = True
@@ -55,7 +59,9 @@ def score_workspace(ws: Workspace, recompute: bool = False, model=None, progress
     materialise_source_scores(ws)
     out = {"captions_scored": scored, "samples_with_agreement": agreements, "rewards_written": rewarded}
     if model is not None:
-        out["alt_contrast_scored"] = score_contrast(ws, model, progress=progress, recompute=recompute)
+        sets = ensure_contrast_sets(ws, model, MiningConfig(progress=progress), force=recompute)
+        out["contrast_sets"] = len(sets)
+        out["contrast"] = score_contrast(ws, model, sets, progress=progress, recompute=recompute)
     return out
 
 

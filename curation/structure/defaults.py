@@ -21,18 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from curation.claims.sets import ContrastSets
+from curation.claims.words import STOP_WORDS
 from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace
 from indexer.vectors import EmbeddingStore
 
 DEFAULT_SHARE = 0.8
 TEMPLATES = ("a photo of a {value} {concept}", "a {value} {concept}")
-AXES = {
-    "colour": ("red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "black", "brown", "gray"),
-    "size": ("small", "medium", "large"),
-    "material": ("wooden", "metal", "plastic", "glass", "paper", "stone", "leather", "cotton"),
-    "count": ("one", "two", "three", "four", "five"),
-}
 
 
 @dataclass(frozen=True)
@@ -146,30 +142,46 @@ def find_default(ws: Workspace, q: DefaultsQuery, model) -> dict:
             "caption_examples": cap_examples, "image_examples": img_examples}
 
 
+def mined_axes(ws: Workspace) -> list[tuple[str, ...]]:
+    """The workspace's axes: groups of interchangeable words from its contrast sets, largest first."""
+    return ContrastSets.load(ws).axes()
+
+
+def axis_name(values: tuple[str, ...]) -> str:
+    """A short name for a mined axis: its first values ("blue/green/orange...")."""
+    return "/".join(values[:3]) + ("..." if len(values) > 3 else "")
+
+
 def suggest(ws: Workspace, model, source: str = "syn", top: int = 10, min_mentions: int = 20) -> list[dict]:
     """Concept/axis pairs worth checking, ranked by how much lower the caption-side entropy is than the image side.
 
-    Candidates are the words that most often follow a value of a known axis
-    (colour, size, material, count) in the captions of ``source``.
+    The axes are the workspace's contrast sets (groups of words the images tell
+    apart and captions use in one slot: colours, patterns, places, ...); the
+    candidate concepts are the words that most often follow one of an axis's values
+    in the captions of ``source`` ("yellow star", "sandy beach").
     """
+    axes = mined_axes(ws)
+    if not axes:
+        raise ValueError("this workspace has no contrast sets yet; 'altlens score' mines them")
     texts = [r[0] for r in ws.rows("""SELECT c.text FROM captions c JOIN samples s ON s.id = c.sample_id
                                        WHERE s.status = 'ok' AND c.source_kind = ?""", [source])]
     pairs: Counter = Counter()
-    for axis, values in AXES.items():
-        pattern = re.compile(rf"\b({'|'.join(values)})\s+(?:[\w-]+\s+)?([a-z]{{3,}})\b")
+    for a, values in enumerate(axes):
+        pattern = re.compile(rf"\b({'|'.join(map(re.escape, values))})\s+(?:[\w-]+\s+)?([a-z]{{3,}})\b")
         for text in texts:
-            for value, word in pattern.findall(text.lower()):
-                if word not in values and not any(word in v for v in AXES.values()):
-                    pairs[(word, axis)] += 1
+            for _, word in pattern.findall(text.lower()):
+                if word not in values and word not in STOP_WORDS:
+                    pairs[(word, a)] += 1
     out = []
-    for (concept, axis), n in pairs.most_common(3 * top):
+    for (concept, a), n in pairs.most_common(3 * top):
         if n < min_mentions:
             break
-        result = find_default(ws, DefaultsQuery(concept, axis, AXES[axis], source=source), model)
+        axis = axis_name(axes[a])
+        result = find_default(ws, DefaultsQuery(concept, axis, axes[a], source=source), model)
         cap_h, img_h = result["captions"]["entropy"], result["images"]["entropy"]
         if cap_h is None or img_h is None:
             continue
-        out.append({"concept": concept, "axis": axis, "mentions": n, "caption_entropy": cap_h,
+        out.append({"concept": concept, "axis": axis, "values": list(axes[a]), "mentions": n, "caption_entropy": cap_h,
                     "image_entropy": img_h, "entropy_drop": round(img_h - cap_h, 4),
                     "caption_top": result["captions"]["top"], "caption_top_share": result["captions"]["top_share"],
                     "image_top_share_of_it": result["images"]["shares"][result["captions"]["top"]],

@@ -99,8 +99,10 @@ def sample_detail(ws: Workspace, sample_id: int) -> dict:
     if not rows:
         raise ViewError(f"no sample with id {sample_id}")
     detail = rows[0]
-    detail["captions"] = ws.dicts("""SELECT c.source_kind, c.producer, c.idx, c.text, cs.clip_score, cs.cycle
+    detail["captions"] = ws.dicts("""SELECT c.source_kind, c.producer, c.idx, c.text, cs.clip_score, cs.cycle,
+                                            cc.contrast, cc.lost_claim, cc.lost_to
                                      FROM captions c LEFT JOIN caption_scores cs ON cs.caption_id = c.id
+                                     LEFT JOIN caption_contrast cc ON cc.caption_id = c.id
                                      WHERE c.sample_id = ? ORDER BY CASE c.source_kind WHEN 'alt' THEN 0
                                      WHEN 'fused' THEN 1 ELSE 2 END, c.producer, c.idx""", [int(sample_id)])
     detail["duplicates"] = ws.dicts("""SELECT s.id, s.thumb, d.representative FROM dup_groups d
@@ -152,3 +154,12 @@ def thumbs_of(ws: Workspace, ids: list[int]) -> dict[int, str]:
         return {}
     return dict(ws.rows("SELECT id, thumb FROM samples WHERE list_contains(?, id) AND thumb IS NOT NULL",
                         [[int(i) for i in ids]]))
+
+
+def contrast_set_rows(ws: Workspace, limit: int = 500) -> list[dict]:
+    """The mined contrast sets for display: each judged word, its alternatives (best first), how often a caption
+    lost one of its claims to them, and how many candidate alternatives the images could not judge."""
+    return ws.dicts("""SELECT word, list(alternative ORDER BY similarity DESC) FILTER (WHERE kept) AS alternatives,
+                              sum(decided) FILTER (WHERE kept) AS decided, count(*) FILTER (WHERE NOT kept) AS dropped
+                       FROM contrast_sets GROUP BY word HAVING count(*) FILTER (WHERE kept) > 0
+                       ORDER BY decided DESC NULLS LAST, word LIMIT ?""", [limit])
