@@ -14,10 +14,20 @@ from app.handlers import Handlers, UserError, as_float, as_int, one_of
 from curation.export.export import ExportConfig, run
 from curation.export.formats import format_names
 from curation.export.policy import ExportError
-from curation.export.select import LABEL_FILTERS, POLICIES, SelectionRule, save_selection, selection_names
+from curation.export.select import (
+    LABEL_FILTERS,
+    POLICIES,
+    SelectionExists,
+    SelectionRule,
+    preview_selection,
+    preview_text,
+    save_selection,
+    selection_names,
+)
 from curation.export.verify import read_back, verify_export
 from curation.review import labels as label_store
-from curation.review.queue import review_queue
+from curation.review.progress import label_progress, progress_text
+from curation.review.queue import review_queue, unlabelled_count
 from curation.review.reward import apply_reward, load_model, train_from_labels
 from curation.views.filter import reward_choices
 from curation.views.gallery import SCORE_SOURCES
@@ -58,8 +68,16 @@ class Curate:
                 if cluster_id not in self.h.clusters():
                     raise UserError(f"no cluster {cluster_id}")
             ids = review_queue(self.ws, mode, QUEUE_SIZE, cluster_id)
+            pool = unlabelled_count(self.ws, cluster_id)
         ids = ids[:QUEUE_SIZE]
-        return (ids, 0, *self.panel(ids, 0))
+        image, captions, facts, progress = self.panel(ids, 0)
+        if mode == "search":
+            progress += f" · the {len(ids)} nearest unlabelled matches"
+        elif pool > len(ids):
+            where = f" in cluster {cluster_id}" if cluster_id is not None else ""
+            progress += (f" · the first {len(ids)} of {pool} unlabelled{where}; start the queue again for the next "
+                         f"{min(QUEUE_SIZE, pool - len(ids))}")
+        return ids, 0, image, captions, facts, progress
 
     def panel(self, ids: list[int], pos):
         """(image, captions table, facts, progress text) for position ``pos`` of the queue."""
@@ -72,9 +90,7 @@ class Curate:
         image, captions, facts, _ = self.h.sample(ids[pos])
         latest = {kind: label_store.current_of(self.ws, ids[pos], kind) for kind in ("alignment", "preference")}
         facts = facts + [["label", latest["alignment"] or ""], ["best caption", latest["preference"] or ""]]
-        counts = label_store.counts(self.ws)
-        progress = (f"sample {pos + 1} of {len(ids)} · #{ids[pos]} · labelled so far: {counts.get('good', 0)} good, "
-                    f"{counts.get('bad', 0)} bad")
+        progress = f"sample {pos + 1} of {len(ids)} · #{ids[pos]} · {progress_text(label_progress(self.ws))}"
         return image, captions, facts, progress
 
     def act(self, ids: list[int], pos, action: str, who: str = "local"):
@@ -105,9 +121,11 @@ class Curate:
         self._writable()
         result = train_from_labels(self.ws)
         model, chooser = result["reward"], result["chooser"]
+        low, high = model["cv_auroc_interval"]
         message = (f"trained on {model['labels']} labels ({model['good']} good, {model['bad']} bad): "
-                   f"{model['folds']}-fold CV AUROC {model['cv_auroc']:.3f}; saved as {result['reward_file']}. Apply "
-                   "it to score every sample.")
+                   f"{model['folds']}-fold CV AUROC {model['cv_auroc']:.3f} (95% interval {low:.2f}–{high:.2f})"
+                   f"{'; ' + model['warning'] if model['warning'] else ''}. Saved as {result['reward_file']}. "
+                   "Apply it to score every sample.")
         if chooser is None:
             return f"{message} Caption chooser not trained: {result['chooser_skipped']}."
         return (f"{message} Caption chooser trained on {chooser['preferences']} preferences: CV accuracy "
@@ -128,8 +146,8 @@ class Curate:
     def score_choices(self) -> list[tuple[str, str]]:
         return [(s, s) for s in SCORE_SOURCES] + reward_choices(self.ws)
 
-    def save(self, name: str, source: str, threshold, drop_dups: bool, labels: str, per_cluster, policy: str) -> str:
-        self._writable()
+    def _rule(self, name: str, source: str, threshold, drop_dups: bool, labels: str, per_cluster,
+              policy: str) -> SelectionRule:
         allowed = [value for _, value in self.score_choices()]
         one_of(source, allowed, "score")
         t = as_float(threshold, "threshold")
@@ -142,12 +160,40 @@ class Curate:
         elif source != "reward":
             rule = {"source_min": {source: t}}
         try:
-            result = save_selection(self.ws, SelectionRule(name=(name or "").strip(), drop_duplicates=bool(drop_dups),
-                                                           labels=labels, per_cluster_k=k, caption_policy=policy,
-                                                           **rule))
+            return SelectionRule(name=(name or "").strip() or "preview", drop_duplicates=bool(drop_dups),
+                                 labels=labels, per_cluster_k=k, caption_policy=policy, **rule)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        return f"selection {result['name']!r} saved: {result['selected']} of {result['ok_samples']} samples ({result['share']:.1%})"
+
+    def preview(self, name: str, source: str, threshold, drop_dups: bool, labels: str, per_cluster,
+                policy: str) -> str:
+        """What saving would keep, step by step (the Filter's "kept" is only the first step)."""
+        try:
+            found = preview_selection(self.ws, self._rule(name, source, threshold, drop_dups, labels, per_cluster,
+                                                          policy))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        exists = (f" · a selection named {name.strip()!r} exists ({found['exists']} samples)"
+                  if found["exists"] is not None and (name or "").strip() else "")
+        return preview_text(found) + exists
+
+    def save(self, name: str, source: str, threshold, drop_dups: bool, labels: str, per_cluster, policy: str,
+             replace: bool = False) -> str:
+        """Save the selection; a saved one of the same name is replaced only when ``replace`` is ticked."""
+        self._writable()
+        if not (name or "").strip():
+            raise UserError("type a selection name (letters, digits, - _ or .)")
+        rule = self._rule(name, source, threshold, drop_dups, labels, per_cluster, policy)
+        try:
+            found = preview_selection(self.ws, rule)
+            result = save_selection(self.ws, rule, replace=bool(replace))
+        except SelectionExists as exc:
+            raise UserError(str(SelectionExists(exc.name, exc.held, "tick 'Replace' to overwrite it"))) from None
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        replaced = f", replacing the previous {result['replaced']}" if result["replaced"] is not None else ""
+        return (f"selection {result['name']!r} saved: {result['selected']} of {result['ok_samples']} samples "
+                f"({result['share']:.1%}){replaced}. {preview_text(found)}")
 
     def selection_names(self) -> list[str]:
         return selection_names(self.ws)

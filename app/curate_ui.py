@@ -11,6 +11,7 @@ from app.curate import ACTIONS, QUEUES, Curate
 from app.handlers import CAPTION_COLUMNS
 from curation.export.formats import format_names
 from curation.export.select import LABEL_FILTERS, POLICIES
+from curation.views.glossary import CAPTION_SCORES, glossary_markdown
 
 KEYS = {"g": "good", "b": "bad", "s": "skip", "1": "best: alt", "2": "best: syn", "3": "best: fused"}
 BUTTON_IDS = {action: "review-" + action.replace(": ", "-") for action in ACTIONS}
@@ -34,7 +35,13 @@ def _who(request: gr.Request | None) -> str:
     return (getattr(request, "username", None) or "local") if request is not None else "local"
 
 
-def review_tab(c: Curate, friendly, clusters: list[str], filter_source: gr.Dropdown) -> None:
+def legend(names: tuple[str, ...]) -> None:
+    """A closed "What these numbers mean" panel for the scores a view shows."""
+    with gr.Accordion("What these numbers mean", open=False):
+        gr.Markdown(glossary_markdown(names))
+
+
+def review_tab(c: Curate, friendly, clusters: list[str], filters: dict) -> None:
     ids, pos = gr.State([]), gr.State(0)
     gr.Markdown("Label one pair at a time. Keys: **g** good · **b** bad · **s** skip · **1/2/3** best caption "
                 "is alt / syn / fused.")
@@ -48,6 +55,7 @@ def review_tab(c: Curate, friendly, clusters: list[str], filter_source: gr.Dropd
         image = gr.Image(label="Sample", type="filepath", interactive=False, height=300, elem_classes=["big-sample"])
         facts = gr.Dataframe(headers=["field", "value"], label="Sample facts", interactive=False, wrap=True)
     captions = gr.Dataframe(headers=CAPTION_COLUMNS, label="Captions (every source)", interactive=False, wrap=True)
+    legend(CAPTION_SCORES)
     with gr.Row():
         buttons = {a: gr.Button(f"{a} ({k})", elem_id=BUTTON_IDS[a], variant="secondary") for k, a in KEYS.items()}
     with gr.Row():
@@ -70,10 +78,20 @@ def review_tab(c: Curate, friendly, clusters: list[str], filter_source: gr.Dropd
     tag_btn.click(add_tag, [ids, pos, tag], [tag_note])
     train_btn.click(friendly(c.train), [], [reward_note])
 
-    def apply():
+    def apply(source, threshold):
+        """Apply the learned reward; the Filter threshold keeps dropping the share it dropped before."""
+        share = friendly(c.h.filter_index.dropped_share)(source, float(threshold))
         note = friendly(c.apply)()
-        return note, gr.Dropdown(choices=c.score_choices())
-    apply_btn.click(apply, [], [reward_note, filter_source])
+        scale = friendly(c.h.threshold_scale)(source, source, threshold, share)
+        return (note, gr.Dropdown(choices=c.score_choices()), threshold_slider(scale), scale["note"], source)
+    apply_btn.click(apply, [filters["source"], filters["threshold"]],
+                    [reward_note, filters["source"], filters["threshold"], filters["scale_note"],
+                     filters["last_source"]])
+
+
+def threshold_slider(scale: dict) -> gr.Slider:
+    """The Filter threshold control for a score's range (see ``Handlers.threshold_scale``)."""
+    return gr.Slider(minimum=scale["minimum"], maximum=scale["maximum"], step=scale["step"], value=scale["value"])
 
 
 def selection_panel(c: Curate, friendly, source: gr.Dropdown, threshold: gr.Slider) -> None:
@@ -85,9 +103,14 @@ def selection_panel(c: Curate, friendly, source: gr.Dropdown, threshold: gr.Slid
         with gr.Row():
             drop_dups = gr.Checkbox(value=True, label="Drop near-duplicates (keep each group's representative)")
             per_cluster = gr.Number(value=0, precision=0, minimum=0, label="Keep K per cluster (0 = all)")
+            replace = gr.Checkbox(value=False, label="Replace a saved selection of this name")
+        with gr.Row():
+            preview = gr.Button("Preview", elem_id="selection-preview")
             save = gr.Button("Save selection", variant="primary", elem_id="selection-save")
-        note = gr.Textbox(label="Saved", interactive=False, elem_id="selection-note")
-    save.click(friendly(c.save), [name, source, threshold, drop_dups, labels, per_cluster, policy], [note])
+        note = gr.Textbox(label="What it keeps", interactive=False, elem_id="selection-note")
+    rule = [name, source, threshold, drop_dups, labels, per_cluster, policy]
+    preview.click(friendly(c.preview), rule, [note])
+    save.click(friendly(c.save), [*rule, replace], [note])
 
 
 NO_SELECTION = "No saved selection yet: save one in the Filter view's Selection panel (or `altlens select`)."

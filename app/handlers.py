@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from app import charts
 from curation.structure.defaults import DefaultsQuery, find_default, mined_axes, parse_axis, suggest
 from curation.structure.mapview import COLOR_BY, has_map, map_frame, render_map
-from curation.views.filter import FilterIndex, score_values
+from curation.views.filter import FilterIndex, score_name, score_values
 from curation.views.gallery import (
     COMPARE_SORTS,
     PER_PAGE,
@@ -146,7 +146,9 @@ class Handlers:
         result = gallery_page(self.ws, scope, page, PER_PAGE)
         page = min(page, result["pages"] - 1)
         text = f"{result['total']} samples · page {page + 1} of {result['pages']}"
-        return self.tiles(result["items"]), [i["id"] for i in result["items"] if self.thumb(i["thumb"])], text, page
+        label = "reward" if source == "reward" else f"{source} clip_score"
+        return (self.tiles(result["items"], label), [i["id"] for i in result["items"] if self.thumb(i["thumb"])],
+                text, page)
 
     def sample(self, sample_id):
         """The sample panel: big image, captions table, facts table, duplicate tiles."""
@@ -154,12 +156,12 @@ class Handlers:
             detail = sample_detail(self.ws, as_int(sample_id, "sample id"))
         except ViewError as exc:
             raise UserError(str(exc)) from None
-        captions = [[c["source_kind"], c["producer"], c["idx"], c["text"], _fmt(c["clip_score"]), _fmt(c["cycle"]),
-                     _fmt(c["contrast"]), _lost(c)]
-                    for c in detail["captions"]]
+        captions, syn = collapse_repeats(detail["captions"])
         facts = [[k, _fmt(detail[k])] for k in
                  ("id", "uid", "source", "key", "width", "height", "url", "cluster", "reward", "agreement",
                   "caption_status")]
+        if syn:
+            facts.append(["distinct synthetic captions", f"{len(set(syn))} of {len(syn)}"])
         dups = [(self.thumb(d["thumb"]), f"#{d['id']}" + (" (kept)" if d["representative"] else ""))
                 for d in detail["duplicates"] if self.thumb(d["thumb"])]
         return self.thumb(detail["thumb"]), captions, facts, dups
@@ -197,7 +199,29 @@ class Handlers:
         counts = (f"kept {effect['kept']} · dropped {effect['dropped']} "
                   f"({effect['dropped'] / total:.1%} of {total})" if total else "no scored samples yet")
         per_cluster = [[c["cluster"], c["size"], c["dropped"], _fmt(c["dropped_share"])] for c in effect["per_cluster"]]
-        return hist, counts, per_cluster, self.tiles(effect["dropped_lowest_first"]), self.tiles(effect["just_above"])
+        label = "reward" if source == "reward" or source.startswith("reward@") else f"{source} clip_score"
+        return (hist, counts, per_cluster, self.tiles(effect["dropped_lowest_first"], label),
+                self.tiles(effect["just_above"], label))
+
+    def threshold_scale(self, source: str, last_source: str | None, threshold, share: float | None = None) -> dict:
+        """The Filter threshold for ``source``: its range and a value; when the score changes (another
+        source, or a new active reward: pass the ``share`` it dropped before), the value keeps the dropped
+        share and ``note`` says so."""
+        if source not in SCORE_SOURCES and not str(source).startswith("reward@"):
+            one_of(source, SCORE_SOURCES, "score")
+        t = as_float(threshold, "threshold")
+        try:
+            if share is None and last_source and last_source != source:
+                share = self.filter_index.dropped_share(last_source, t)
+            scale = self.filter_index.scale(source, share, t)
+        except ViewError as exc:
+            raise UserError(str(exc)) from None
+        name = score_name(self.ws, source)
+        note = f"{name} runs {scale['minimum']:g} to {scale['maximum']:g}"
+        if share is not None and scale["moved"]:
+            note += (f"; the threshold moved from {t:g} to {scale['value']:g} to keep dropping {share:.0%} "
+                     "of scored samples")
+        return scale | {"note": note}
 
     # ------------------------------------------------------------ defaults, search
     def defaults(self, concept: str, axis: str, source: str):
@@ -243,14 +267,35 @@ class Handlers:
         if len(text) > MAX_QUERY:
             raise UserError(f"the search text is longer than {MAX_QUERY} characters")
         hits = self.searcher.text(text, as_int(k, "k", 1, 500))
-        return self.tiles(hits), [h["id"] for h in hits if self.thumb(h["thumb"])]
+        return self.tiles(hits, "cosine"), [h["id"] for h in hits if self.thumb(h["thumb"])]
 
     def search_similar(self, sample_id, k=48):
         try:
             hits = self.searcher.similar(as_int(sample_id, "sample id"), as_int(k, "k", 1, 500))
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        return self.tiles(hits), [h["id"] for h in hits if self.thumb(h["thumb"])]
+        return self.tiles(hits, "cosine"), [h["id"] for h in hits if self.thumb(h["thumb"])]
+
+
+def collapse_repeats(captions: list[dict]) -> tuple[list[list], list[str]]:
+    """Caption table rows with identical captions of one source and producer shown once ("×4", every index
+    listed), and the synthetic texts as written."""
+    rows, first, syn = [], {}, []
+    for c in captions:
+        if c["source_kind"] == "syn":
+            syn.append(c["text"])
+        key = (c["source_kind"], c["producer"], c["text"])
+        if key in first:
+            row, count = first[key]
+            first[key] = (row, count + 1)
+            row[2] = f"{row[2]}, {c['idx']}"
+            row[3] = f"{c['text']}  (×{count + 1})"
+            continue
+        row = [c["source_kind"], c["producer"], str(c["idx"]), c["text"], _fmt(c["clip_score"]), _fmt(c["cycle"]),
+               _fmt(c["contrast"]), _lost(c)]
+        first[key] = (row, 1)
+        rows.append(row)
+    return rows, syn
 
 
 def _lost(caption: dict) -> str:

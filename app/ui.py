@@ -13,9 +13,10 @@ import functools
 import gradio as gr
 
 from app.curate import Curate
-from app.curate_ui import KEYS_JS, export_tab, review_tab, selection_choices, selection_panel
+from app.curate_ui import KEYS_JS, export_tab, legend, review_tab, selection_choices, selection_panel, threshold_slider
 from app.handlers import CAPTION_COLUMNS, Handlers, UserError
 from curation.views.gallery import COMPARE_SORTS, SCORE_SOURCES
+from curation.views.glossary import CAPTION_SCORES
 from indexer.errors import AltlensError
 from indexer.store import Workspace
 
@@ -63,7 +64,7 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
             with gr.Tab("Search", id="search"):
                 _search_tab(h, browser)
             with gr.Tab("Review", id="review"):
-                review_tab(c, friendly, clusters, filters["source"])
+                review_tab(c, friendly, clusters, filters)
             with gr.Tab("Export", id="export") as export_view:
                 export_selection = export_tab(c, friendly)
         app.load(friendly(h.overview), [overview["color_by"]],
@@ -79,7 +80,9 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
                                      browser["page"]])
         app.load(None, None, None, js=KEYS_JS)
         # a view shows its data when opened, and Export lists the selections saved meanwhile
-        filter_view.select(friendly(h.filter), [filters["source"], filters["threshold"]], filters["outputs"])
+        filter_view.select(filters["rescale"], [filters["source"], filters["source"], filters["threshold"]],
+                           [filters["threshold"], filters["scale_note"], filters["last_source"]]).then(
+            friendly(h.filter), [filters["source"], filters["threshold"]], filters["outputs"])
         export_view.select(lambda current: selection_choices(c, current), [export_selection], [export_selection])
     app.altlens_workspace = ws
     return app
@@ -88,7 +91,7 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
 def _overview_tab(h: Handlers) -> dict:
     with gr.Row():
         counts = gr.Dataframe(headers=["what", "count"], label="Samples", interactive=False, wrap=True)
-        hist = gr.Image(label="Reward histogram per caption source", type="pil", interactive=False)
+        hist = gr.Image(label="clip_score histogram per caption source", type="pil", interactive=False)
     with gr.Row():
         with gr.Column(scale=3):
             color_by = gr.Radio(["cluster", "reward"], value="cluster", label="Colour the map by")
@@ -97,6 +100,7 @@ def _overview_tab(h: Handlers) -> dict:
             clusters = gr.Dataframe(headers=["cluster", "size", "top terms", "alt", "syn", "fused", "flagged",
                                              "image diversity", "syn/alt diversity"],
                                     label="Clusters (click a row to browse it)", interactive=False, wrap=True)
+    legend(("alt / syn / fused", "clip_score", "reward", "flagged", "image diversity", "syn/alt diversity"))
     color_by.change(friendly(h.map_picture), [color_by], [picture])
     return {"counts": counts, "hist": hist, "map": picture, "clusters": clusters, "color_by": color_by}
 
@@ -116,6 +120,7 @@ def _browser_tab(h: Handlers, clusters: list[str], tile_ids: gr.State) -> dict:
         big = gr.Image(label="Sample", type="filepath", interactive=False, height=320, elem_classes=["big-sample"])
         facts = gr.Dataframe(headers=["field", "value"], label="Sample facts", interactive=False, wrap=True)
     captions = gr.Dataframe(headers=CAPTION_COLUMNS, label="Captions (every source)", interactive=False, wrap=True)
+    legend(CAPTION_SCORES)
     dups = gr.Gallery(label="Near-duplicates", columns=8, height=140, allow_preview=False)
     outputs = [gallery, tile_ids, info, page]
 
@@ -141,8 +146,9 @@ def _compare_tab(h: Handlers) -> None:
         page = gr.Number(value=0, precision=0, label="Page", minimum=0)
         go = gr.Button("Compare", variant="primary")
     table = gr.Dataframe(headers=["id", "alt-text", "alt", "best synthetic", "syn", "fused", "fused score",
-                                  "syn − alt", "fused − alt"], label="Alt vs synthetic vs fused", interactive=False,
-                         wrap=True)
+                                  "syn − alt", "fused − alt"], label="Alt vs synthetic vs fused (clip_score)",
+                         interactive=False, wrap=True)
+    legend(("alt / syn / fused", "clip_score"))
     go.click(friendly(h.compare), [sort, page], [table])
     sort.change(friendly(h.compare), [sort, page], [table])
 
@@ -151,7 +157,10 @@ def _filter_tab(h: Handlers, c: Curate) -> dict:
     with gr.Row():
         source = gr.Dropdown(c.score_choices(), value="reward", label="Filter by", elem_id="filter-source")
         threshold = gr.Slider(0.0, 2.5, value=0.625, step=0.005, label="Keep pairs scoring at least")
+    last_source = gr.State("reward")
+    scale_note = gr.Textbox(label="Scale", interactive=False, elem_id="filter-scale")
     counts = gr.Textbox(label="Kept / dropped", interactive=False, elem_id="filter-counts")
+    legend(("reward", "clip_score", "alt / syn / fused"))
     with gr.Row():
         hist = gr.Image(label="Histogram", type="pil", interactive=False)
         per_cluster = gr.Dataframe(headers=["cluster", "size", "dropped", "dropped share"],
@@ -159,11 +168,16 @@ def _filter_tab(h: Handlers, c: Curate) -> dict:
     below = gr.Gallery(label="Dropped, lowest first", columns=12, height=170, allow_preview=False)
     above = gr.Gallery(label="Just above the line", columns=12, height=170, allow_preview=False)
     outputs = [hist, counts, per_cluster, below, above]
+    def rescale(new_source, old_source, value):
+        scale = friendly(h.threshold_scale)(new_source, old_source, value)
+        return threshold_slider(scale), scale["note"], new_source
     threshold.release(friendly(h.filter), [source, threshold], outputs)
-    source.change(friendly(h.filter), [source, threshold], outputs)
+    source.input(rescale, [source, last_source, threshold], [threshold, scale_note, last_source]).then(
+        friendly(h.filter), [source, threshold], outputs)
     threshold.change(friendly(h.filter), [source, threshold], outputs, show_progress="hidden", trigger_mode="always_last")
     selection_panel(c, friendly, source, threshold)
-    return {"source": source, "threshold": threshold, "outputs": outputs}
+    return {"source": source, "threshold": threshold, "outputs": outputs, "scale_note": scale_note,
+            "last_source": last_source, "rescale": rescale}
 
 
 def _defaults_tab(h: Handlers) -> None:
@@ -180,6 +194,7 @@ def _defaults_tab(h: Handlers) -> None:
     with gr.Row():
         cap_examples = gr.Gallery(label="Examples: what captions said", columns=8, height=150, allow_preview=False)
         img_examples = gr.Gallery(label="Examples: what images show", columns=8, height=150, allow_preview=False)
+    legend(("H",))
     suggest_btn = gr.Button("Suggest what to check")
     suggestions = gr.Dataframe(headers=["concept", "axis", "captions say", "share", "images show it", "entropy drop",
                                         "default?"], label="Suggestions", interactive=False)
@@ -195,7 +210,8 @@ def _search_tab(h: Handlers, browser: dict) -> None:
     with gr.Row():
         sample = gr.Number(value=0, precision=0, label="…or images similar to sample #", minimum=0)
         similar = gr.Button("Similar images")
-    results = gr.Gallery(label="Results", columns=8, height=480, allow_preview=False)
+    results = gr.Gallery(label="Results (cosine to the query)", columns=8, height=480, allow_preview=False)
+    legend(("cosine", *CAPTION_SCORES))
     with gr.Row():
         big = gr.Image(label="Sample", type="filepath", interactive=False, height=280, elem_classes=["big-sample"])
         facts = gr.Dataframe(headers=["field", "value"], label="Sample facts", interactive=False, wrap=True)

@@ -23,8 +23,9 @@ def select(
     per_cluster: int = typer.Option(None, help="Keep at most K samples per cluster, nearest the centroid."),
     caption_policy: str = typer.Option("hybrid", help="alt, best, fused or hybrid (alt + synthetic)."),
 ):
-    """Save a named selection (a rule set) and materialise its sample list."""
-    from curation.export.select import SelectionRule, save_selection
+    """Save a named selection (a rule set) and materialise its sample list; prints what each rule removed and,
+    when a selection of that name existed, how many it held ("replaced")."""
+    from curation.export.select import SelectionRule, preview_selection, save_selection
     from indexer.store import Workspace
 
     source_min = {k: v for k, v in (("alt", min_alt), ("syn", min_syn), ("fused", min_fused)) if v is not None}
@@ -33,7 +34,8 @@ def select(
                          drop_duplicates=not keep_duplicates, labels=labels, per_cluster_k=per_cluster,
                          caption_policy=caption_policy)
     with Workspace(workspace) as ws:
-        echo_json(save_selection(ws, rule))
+        steps = preview_selection(ws, rule)["steps"]
+        echo_json(save_selection(ws, rule) | {"steps": steps})
 
 
 def export(

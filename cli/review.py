@@ -35,7 +35,7 @@ def reward_train(workspace: str = WORKSPACE):
     with Workspace(workspace) as ws:
         result = train_from_labels(ws)
     reward, chooser = result["reward"], result["chooser"]
-    out = {k: reward[k] for k in ("labels", "good", "bad", "cv_auroc", "folds")} | {"model": result["reward_file"]}
+    out = {k: reward[k] for k in ("labels", "good", "bad", "cv_auroc", "cv_auroc_interval", "warning", "folds")} | {"model": result["reward_file"]}
     if chooser is None:
         out["chooser"] = f"not trained: {result['chooser_skipped']}"
     else:

@@ -107,6 +107,8 @@ def test_every_view_in_a_real_browser(demo_ws, tmp_path):
         page.screenshot(path=shots / "compare.png", full_page=True)
 
         page.get_by_role("tab", name="Filter").click()
+        scale = page.locator("#filter-scale textarea")
+        page.wait_for_function("el => /^reward v1 \\(.*\\) runs [\\d.]+ to [\\d.]+$/.test(el.value)", arg=scale.element_handle())
         counts = page.locator("#filter-counts textarea")
         slider = page.get_by_role("slider").first
         slider.focus()
@@ -165,3 +167,18 @@ def test_captions_are_never_executed(tmp_path):
         assert page.evaluate("window.__x") is None, "a caption ran script"
         shown = page.locator("body").inner_text()
         assert any(text in shown for text in nasty), "captions shown literally"
+
+
+def test_identical_synthetic_captions_are_shown_once_with_their_count(handlers):
+    from app.handlers import collapse_repeats
+    base = {"producer": "cap", "clip_score": 0.5, "cycle": 1.0, "contrast": None, "lost_claim": None}
+    texts = ["a dog on grass", "a dog on grass", "a puppy", "a dog on grass"]
+    caps = [{"source_kind": "alt", "idx": 0, "text": "a dog on grass", **base}] + [
+        {"source_kind": "syn", "idx": i, "text": t, **base} for i, t in enumerate(texts)]
+    rows, syn = collapse_repeats(caps)
+    assert [r[:4] for r in rows] == [["alt", "cap", "0", "a dog on grass"], ["syn", "cap", "0, 1, 3", "a dog on grass  (×3)"],
+                                     ["syn", "cap", "2", "a puppy"]]
+    assert syn == texts
+    _, captions, facts, _ = handlers.sample(handlers.browse("all", 0)[1][0])
+    distinct, total = dict(facts)["distinct synthetic captions"].split(" of ")
+    assert 1 <= int(distinct) <= int(total) and len([r for r in captions if r[0] == "syn"]) == int(distinct)

@@ -41,6 +41,8 @@ def test_claims_are_found_in_ordinary_captions_and_no_function_word_is_an_altern
     assert [t.word for t in claim_tokens("Eiffel Tower lit up at night")] == ["lit", "night"], "names are not claims"
     assert [t.word for t in claim_tokens("A brown labrador running on a sandy beach")] == [
         "brown", "labrador", "running", "sandy", "beach"]
+    assert [t.word for t in claim_tokens("Vintage Oak Dresser With Brass Handles")] == [
+        "vintage", "oak", "dresser", "brass", "handles"], "title case: capitals are not names"
     cfg = MiningConfig(min_count=2)
     vocabulary = frequent_words(captions, cfg)
     pairs = candidate_pairs(captions, vocabulary, cfg)

@@ -16,6 +16,7 @@ from conftest import writable_copy
 from app.curate import Curate
 from app.handlers import Handlers, UserError
 from curation.export.verify import verify_export
+from curation.review import labels as label_store
 from curation.review.labels import history
 from indexer.store import Workspace
 
@@ -30,6 +31,8 @@ def curate(demo_ws, tmp_path):
 def test_review_queue_labels_and_moves_on(curate):
     ids, pos, image, captions, facts, progress = curate.queue("lowest reward first")
     assert len(ids) == 50 and pos == 0 and progress.startswith("sample 1 of 50")
+    ok = curate.ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok'")
+    assert f"the first 50 of {ok} unlabelled; start the queue again for the next 50" in progress, "no silent cap"
     assert image.endswith(".webp") and {row[0] for row in captions} >= {"alt", "syn"}
     pos, *_ = curate.act(ids, pos, "bad")
     assert pos == 1
@@ -103,8 +106,10 @@ def test_label_select_and_export_in_a_real_browser(demo_ws, tmp_path):
         counts = page.locator("#filter-counts textarea")
         page.wait_for_function("el => /kept \\d+/.test(el.value)", arg=counts.element_handle())  # filled on open
         page.locator("#selection-name textarea, #selection-name input").first.fill("from-browser")
-        page.get_by_role("button", name="Save selection").click()
         note = page.locator("#selection-note textarea")
+        page.get_by_role("button", name="Preview", exact=True).click()
+        page.wait_for_function("el => /near-duplicates .* → \\d+ selected/.test(el.value)", arg=note.element_handle())
+        page.get_by_role("button", name="Save selection").click()
         page.wait_for_function("el => /saved: \\d+ of/.test(el.value)", arg=note.element_handle())
 
         page.get_by_role("tab", name="Export").click()  # opening the view lists the new selection
@@ -126,3 +131,46 @@ def test_label_select_and_export_in_a_real_browser(demo_ws, tmp_path):
     shard = str(out / manifest["files"][0]["file"])
     first = next(iter(wds.WebDataset(shard, shardshuffle=False)))
     assert {"txt", "npz", "json", "syn.json"} <= set(first)
+
+
+def test_threshold_follows_the_score_it_filters_by(curate):
+    """Switching the score, or applying a learned reward with another range, rescales the threshold control and
+    keeps the share it dropped, and says so."""
+    index = curate.h.filter_index
+    before = index.dropped_share("reward", 0.625)
+    to_syn = curate.h.threshold_scale("syn", "reward", 0.625)
+    syn = index.values("syn")
+    assert to_syn["minimum"] <= syn.min() and syn.max() <= to_syn["maximum"]
+    assert abs(index.dropped_share("syn", to_syn["value"]) - before) < 0.01
+    assert to_syn["note"].startswith("syn clip_score runs") and f"keep dropping {before:.0%}" in to_syn["note"]
+    assert "keep dropping" not in curate.h.threshold_scale("reward", "reward", 0.625)["note"]
+
+    truth = dict(curate.ws.rows("SELECT s.id, t.noise FROM demo_truth t JOIN samples s ON s.uid = t.uid"))
+    for sample_id in sorted(truth)[:60]:
+        label_store.add_label(curate.ws, sample_id, "alignment",
+                              "good" if truth[sample_id] in ("correct", "partial") else "bad")
+    assert "95% interval" in curate.train()
+    curate.apply()
+    learned = curate.h.threshold_scale("reward", "reward", 0.625, share=before)
+    assert learned["maximum"] <= 1.0 and learned["value"] != 0.625, "a learned reward is a probability"
+    assert abs(curate.h.filter_index.dropped_share("reward", learned["value"]) - before) < 0.01
+    assert learned["note"].startswith(f"reward v{curate.ws.get_meta('active_reward')} (learned")
+
+
+def test_selection_preview_explains_the_count_and_a_name_is_not_silently_reused(curate):
+    """The Filter's 'kept' is the threshold alone; the preview lists what duplicates and labels remove, and the
+    saved selection holds exactly what the preview said. Saving under a used name needs 'Replace'."""
+    kept = int(curate.h.filter("reward", 0.6)[1].split()[1])
+    rule = ("dups", "reward", 0.6, True, "exclude_bad", 0, "hybrid")
+    text = curate.preview(*rule)
+    steps = [part for part in text.split(" → ")]
+    assert steps[1].startswith("reward below 0.6") and steps[2].startswith("near-duplicates")
+    first_removed = int(steps[1].rsplit("−", 1)[1])
+    assert int(steps[0].split()[0]) - first_removed == kept, (text, kept)
+    selected = int(steps[-1].split()[0])
+    assert f"saved: {selected} of" in curate.save(*rule)
+    with pytest.raises(UserError, match="saved already .* tick 'Replace'"):
+        curate.save(*rule)
+    again = curate.save("dups", "reward", 0.3, True, "exclude_bad", 0, "hybrid", True)
+    assert f"replacing the previous {selected}" in again
+    assert "a selection named 'dups' exists" in curate.preview(*rule)

@@ -1,13 +1,23 @@
 """Labels with history, the learned reward and its queue, on a copy of the demo workspace."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from conftest import writable_copy
 
 from curation.review.labels import add_label, current, history
+from curation.review.progress import MIN_PER_CLASS, auroc_interval, label_progress, label_warning, progress_text
 from curation.review.queue import review_queue
 from curation.review.reward import apply_reward, train_reward
-from demo.reward_sim import chooser_quality, held_out_auroc, held_out_split, simulate_labels, simulate_preferences
+from demo.reward_sim import (
+    GOOD,
+    chooser_quality,
+    held_out_auroc,
+    held_out_split,
+    simulate_labels,
+    simulate_preferences,
+    truth_by_id,
+)
 from indexer.store import Workspace
 
 
@@ -122,8 +132,9 @@ def test_contrast_variants_and_swapped_alt_text_loses_to_its_fix(demo_ws):
     from curation.claims.sets import ContrastSets
     sets = ContrastSets({"purple": [("yellow", 0.9)], "yellow": [("purple", 0.9)], "star": [("circle", 0.8)],
                          "circle": [("star", 0.8)]})
-    out = [v.text for v in sets.variants("Acme sticker of a Purple Star on the left")]
-    assert out == ["Acme sticker of a Yellow Star on the left", "Acme sticker of a Purple Circle on the left"]
+    out = [v.text for v in sets.variants("Acme Sticker Of A Purple Star On The Left")]
+    assert out == ["Acme Sticker Of A Yellow Star On The Left", "Acme Sticker Of A Purple Circle On The Left"]
+    assert sets.variants("an Acme sticker of the Purple Star range") == [], "capitals inside a sentence: a name"
     assert [v.text for v in sets.variants("a purple star and a yellow circle")][0] == "a yellow star and a purple circle"
     assert sets.variants("a photo of my dog") == []
     root, _ = demo_ws
@@ -139,3 +150,35 @@ def test_contrast_variants_and_swapped_alt_text_loses_to_its_fix(demo_ws):
     scored = [(noise == "correct", value) for noise, value, _ in rows
               if noise in ("correct", "swapped") and value is not None]
     assert roc_auc_score([y for y, _ in scored], [v for _, v in scored]) >= 0.95
+
+
+def test_first_queue_reaches_both_classes_quickly(demo_copy):
+    """Before any learned reward, a curator labelling what the queue proposes (here: the demo's truth) has
+    enough of both classes to train within 3 x MIN_PER_CLASS labels, and is told what is missing meanwhile."""
+    with Workspace(demo_copy) as ws:
+        truth, seen = truth_by_id(ws), []
+        assert "8 more good and 8 more bad" in progress_text(label_progress(ws))
+        while not label_progress(ws)["trainable"]:
+            batch = review_queue(ws, "useful", n=5)
+            assert batch and not set(batch) & set(seen), "every queue proposes unlabelled samples"
+            for sample_id in batch:
+                add_label(ws, sample_id, "alignment", "good" if truth[sample_id] in GOOD else "bad")
+            seen += batch
+            assert len(seen) <= 3 * MIN_PER_CLASS, label_progress(ws)
+        assert "enough to train" in progress_text(label_progress(ws))
+        model = train_reward(ws)
+        low, high = model["cv_auroc_interval"]
+        assert low <= model["cv_auroc"] <= high and model["warning"], "few labels: the AUROC comes with a warning"
+
+
+def test_auroc_interval_and_warning():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(40), np.zeros(40)].astype(int)
+    assert auroc_interval(y, y + 0.1 * rng.random(80)) == (1.0, 1.0)
+    low, high = auroc_interval(y, rng.random(80))
+    assert low < 0.5 < high and high - low > 0.15
+    few = auroc_interval(y[36:44], rng.random(8))
+    assert few[1] - few[0] > high - low, "fewer labels, wider interval"
+    assert "only 8 good" in label_warning(8, 36) and "4.5:1" in label_warning(8, 36)
+    assert "only 10 bad" in label_warning(30, 10) and ":1" not in label_warning(30, 10)
+    assert label_warning(40, 200).startswith("classes 5.0:1") and label_warning(40, 40) is None

@@ -46,10 +46,18 @@ def tokens(text: str) -> list[Token]:
     return [Token(m.start(), m.end(), m.group(0), m.group(0).lower()) for m in WORD.finditer(text[:MAX_CHARS])]
 
 
-def is_name(token: Token, text: str) -> bool:
+def title_cased(text: str) -> bool:
+    """Most words capitalised ("Vintage Oak Dresser With Brass Handles", or all capitals): capitals say
+    nothing about names there."""
+    words = [m.group(0) for m in WORD.finditer(text[:MAX_CHARS]) if len(m.group(0)) > 2]
+    return len(words) >= 3 and sum(w[0].isupper() for w in words) >= 0.6 * len(words)
+
+
+def is_name(token: Token, text: str, titled: bool | None = None) -> bool:
     """A capitalised word inside a sentence, or one of several capitalised words in a row: a name, a brand, a
-    place ("Acme", "Eiffel Tower"). A lone capital at the start of a sentence is just the sentence starting."""
-    if not token.text[0].isupper():
+    place ("Acme", "Eiffel Tower"). A lone capital at the start of a sentence is just the sentence starting, and
+    in a title-cased caption no capital marks a name. ``titled``: :func:`title_cased` of ``text``, if known."""
+    if not token.text[0].isupper() or (title_cased(text) if titled is None else titled):
         return False
     before = text[:token.start].rstrip()
     if before and before[-1] not in ".!?:;|-\u2013\u2014(":
@@ -61,7 +69,8 @@ def is_name(token: Token, text: str) -> bool:
 
 def claim_tokens(text: str) -> list[Token]:
     """The candidate claims of a caption, in order: content words that are not names."""
-    return [t for t in tokens(text) if t.word not in STOP_WORDS and len(t.word) > 1 and not is_name(t, text)]
+    titled = title_cased(text)
+    return [t for t in tokens(text) if t.word not in STOP_WORDS and len(t.word) > 1 and not is_name(t, text, titled)]
 
 
 def content_words(text: str) -> list[str]:

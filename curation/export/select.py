@@ -51,34 +51,88 @@ class SelectionRule:
             raise ValueError(f"--per-cluster must be >= 1, got {self.per_cluster_k}")
 
 
-def _where(ws: Workspace, rule: SelectionRule) -> tuple[list[str], list]:
+def _steps(ws: Workspace, rule: SelectionRule) -> list[tuple[str, str, list]]:
+    """The rule as (what it removes, SQL condition, parameters), in the order the preview reports them."""
     version = rule.reward_version or active_reward(ws)
     if rule.reward_version is not None and not ws.scalar("SELECT count(*) FROM reward_versions WHERE version = ?",
                                                          [rule.reward_version]):
         raise ValueError(f"no reward version {rule.reward_version}")
-    where, params = ["s.status = 'ok'"], []
     _require_inputs(ws, rule)
+    steps = []
     if rule.min_reward is not None:
-        where.append("s.id IN (SELECT sample_id FROM rewards WHERE version = ? AND value >= ?)")
-        params += [version, float(rule.min_reward)]
+        steps.append((f"reward below {rule.min_reward:g}",
+                      "s.id IN (SELECT sample_id FROM rewards WHERE version = ? AND value >= ?)",
+                      [version, float(rule.min_reward)]))
     for source, value in sorted(rule.source_min.items()):
-        where.append(f"s.id IN (SELECT sample_id FROM sample_source_scores WHERE {source} >= ?)")
-        params.append(float(value))
+        steps.append((f"{source} clip_score below {float(value):g}",
+                      f"s.id IN (SELECT sample_id FROM sample_source_scores WHERE {source} >= ?)", [float(value)]))
     if rule.clusters_in:
-        where.append("s.id IN (SELECT sample_id FROM clusters WHERE list_contains(?, cluster))")
-        params.append([int(c) for c in rule.clusters_in])
+        steps.append(("outside the chosen clusters",
+                      "s.id IN (SELECT sample_id FROM clusters WHERE list_contains(?, cluster))",
+                      [[int(c) for c in rule.clusters_in]]))
     if rule.clusters_out:
-        where.append("s.id NOT IN (SELECT sample_id FROM clusters WHERE list_contains(?, cluster))")
-        params.append([int(c) for c in rule.clusters_out])
+        steps.append(("in excluded clusters",
+                      "s.id NOT IN (SELECT sample_id FROM clusters WHERE list_contains(?, cluster))",
+                      [[int(c) for c in rule.clusters_out]]))
     if rule.drop_duplicates:
-        where.append("s.id NOT IN (SELECT sample_id FROM dup_groups WHERE NOT representative)")
+        steps.append(("near-duplicates (each group keeps one)",
+                      "s.id NOT IN (SELECT sample_id FROM dup_groups WHERE NOT representative)", []))
     if rule.labels != "any":
         latest = "(SELECT sample_id, arg_max(value, id) AS value FROM labels WHERE kind = 'alignment' GROUP BY 1)"
         if rule.labels == "good_only":
-            where.append(f"s.id IN (SELECT sample_id FROM {latest} WHERE value = 'good')")
+            steps.append(("not labelled good", f"s.id IN (SELECT sample_id FROM {latest} WHERE value = 'good')", []))
         else:
-            where.append(f"s.id NOT IN (SELECT sample_id FROM {latest} WHERE value = 'bad')")
+            steps.append(("labelled bad", f"s.id NOT IN (SELECT sample_id FROM {latest} WHERE value = 'bad')", []))
+    return steps
+
+
+def _where(ws: Workspace, rule: SelectionRule) -> tuple[list[str], list]:
+    where, params = ["s.status = 'ok'"], []
+    for _, condition, values in _steps(ws, rule):
+        where.append(condition)
+        params += values
     return where, params
+
+
+def _ids_sql(where: list[str], params: list, rule: SelectionRule) -> tuple[str, list]:
+    sql = f"SELECT s.id FROM samples s WHERE {' AND '.join(where)}"
+    if rule.per_cluster_k:
+        sql = f"""SELECT sample_id FROM (SELECT k.sample_id, row_number() OVER (PARTITION BY k.cluster
+                  ORDER BY k.distance, k.sample_id) AS rank FROM clusters k WHERE k.sample_id IN ({sql}))
+                  WHERE rank <= ?"""
+        params = [*params, int(rule.per_cluster_k)]
+    return sql, params
+
+
+def preview_selection(ws: Workspace, rule: SelectionRule) -> dict:
+    """What the rule would keep, step by step, without saving: ``steps`` lists each step's name, how many
+    samples it removes and how many remain; ``selected`` is what saving would hold, and ``exists`` the count of
+    a saved selection of the same name (None when there is none)."""
+    where, params = ["s.status = 'ok'"], []
+    total = int(ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok'"))
+    remaining, steps = total, []
+    for name, condition, values in _steps(ws, rule):
+        where.append(condition)
+        params += values
+        left = int(ws.scalar(f"SELECT count(*) FROM samples s WHERE {' AND '.join(where)}", params))
+        steps.append({"step": name, "removed": remaining - left, "remaining": left})
+        remaining = left
+    if rule.per_cluster_k:
+        sql, all_params = _ids_sql(where, params, rule)
+        left = int(ws.scalar(f"SELECT count(*) FROM ({sql})", all_params))
+        steps.append({"step": f"beyond {rule.per_cluster_k} per cluster", "removed": remaining - left,
+                      "remaining": left})
+        remaining = left
+    existing = ws.scalar("SELECT counts FROM selections WHERE name = ?", [rule.name])
+    return {"ok_samples": total, "steps": steps, "selected": remaining,
+            "exists": json.loads(existing)["selected"] if existing else None}
+
+
+def preview_text(preview: dict) -> str:
+    """One line: every step with what it removed, and what is left."""
+    parts = [f"{preview['ok_samples']} ok samples"]
+    parts += [f"{s['step']} −{s['removed']}" for s in preview["steps"]]
+    return " → ".join(parts) + f" → {preview['selected']} selected"
 
 
 def _require_inputs(ws: Workspace, rule: SelectionRule) -> None:
@@ -91,15 +145,23 @@ def _require_inputs(ws: Workspace, rule: SelectionRule) -> None:
         ws.require("clusters", "clusters")
 
 
-def save_selection(ws: Workspace, rule: SelectionRule) -> dict:
-    """Materialise the rule into ``selection_members`` (replacing a selection of the same name)."""
+class SelectionExists(ValueError):
+    """A selection of that name is saved already and replacing it was not asked for; ``held``: its count."""
+
+    def __init__(self, name: str, held: int, how: str = "ask to replace it"):
+        super().__init__(f"a selection named {name!r} is saved already ({held} samples): choose another name, or "
+                         f"{how}")
+        self.name, self.held = name, held
+
+
+def save_selection(ws: Workspace, rule: SelectionRule, replace: bool = True) -> dict:
+    """Materialise the rule into ``selection_members``. A selection of the same name is replaced, or, with
+    ``replace=False``, refused with :class:`SelectionExists`; ``replaced`` says what it held."""
     where, params = _where(ws, rule)
-    sql = f"SELECT s.id FROM samples s WHERE {' AND '.join(where)}"
-    if rule.per_cluster_k:
-        sql = f"""SELECT sample_id FROM (SELECT k.sample_id, row_number() OVER (PARTITION BY k.cluster
-                  ORDER BY k.distance, k.sample_id) AS rank FROM clusters k WHERE k.sample_id IN ({sql}))
-                  WHERE rank <= ?"""
-        params.append(int(rule.per_cluster_k))
+    sql, params = _ids_sql(where, params, rule)
+    before = ws.scalar("SELECT counts FROM selections WHERE name = ?", [rule.name])
+    if before is not None and not replace:
+        raise SelectionExists(rule.name, json.loads(before)["selected"])
     ids = sorted(r[0] for r in ws.rows(sql, params))
     total_ok = int(ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok'"))
     counts = {"selected": len(ids), "ok_samples": total_ok, "share": round(len(ids) / total_ok, 4) if total_ok else 0}
@@ -110,7 +172,7 @@ def save_selection(ws: Workspace, rule: SelectionRule) -> dict:
                     [rule.name, json.dumps(asdict(rule), sort_keys=True), json.dumps(counts), now()])
         if ids:
             ws.insert_arrow("selection_members", pa.table({"name": [rule.name] * len(ids), "sample_id": ids}), cur=cur)
-    return {"name": rule.name, **counts}
+    return {"name": rule.name, **counts, "replaced": json.loads(before)["selected"] if before else None}
 
 
 def load_selection(ws: Workspace, name: str) -> tuple[SelectionRule, list[int]]:

@@ -3,8 +3,9 @@
 ``altlens reward train`` fits it (and the caption chooser, when there are enough
 preferences) on the features of :mod:`curation.review.features`; ``altlens reward
 apply`` writes it for every sample as a new reward version. Cross-validated AUROC
-is reported with the label counts, and training refuses below ``MIN_PER_CLASS``
-labels of either class.
+is reported with the label counts, a bootstrap interval and a warning when the
+labels are few or one-sided; training refuses below ``MIN_PER_CLASS`` labels of
+either class (see :mod:`curation.review.progress`).
 """
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ from curation.review.chooser import save_chooser, train_chooser
 from curation.review.features import features
 from curation.review.labels import current
 from curation.review.models import load_json_model, pipeline, predict, save_json_model
+from curation.review.progress import MIN_PER_CLASS, auroc_interval, label_warning
 from curation.scores.rewards import reward_version, write_version
 from indexer.store import Workspace, now
-
-MIN_PER_CLASS = 8
 
 
 def train_reward(ws: Workspace, folds: int = 5) -> dict:
@@ -38,6 +38,7 @@ def train_reward(ws: Workspace, folds: int = 5) -> dict:
     model = pipeline().fit(feats.x, y)
     scaler, logreg = model[0], model[1]
     return {"labels": len(ids), "good": good, "bad": bad, "cv_auroc": round(float(roc_auc_score(y, cv_prob)), 4),
+            "cv_auroc_interval": list(auroc_interval(y, cv_prob)), "warning": label_warning(good, bad),
             "folds": splits.n_splits, "trained_at": now().isoformat(), "features": feats.names,
             "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(), "coef": logreg.coef_[0].tolist(),
             "intercept": float(logreg.intercept_[0])}

@@ -6,6 +6,8 @@ million rows. Any stored reward version can be filtered by as ``reward@N``.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from curation.views.gallery import JOINS, SCORE_SOURCES, ViewError, active_version_param, score_sql, thumbs_of
@@ -54,6 +56,32 @@ class FilterIndex:
         v = self.score(source)
         return v[~np.isnan(v)]
 
+    def dropped_share(self, source: str, threshold: float) -> float | None:
+        """Share of scored samples below ``threshold`` on ``source`` (None when nothing is scored)."""
+        v = self.values(source)
+        return float((v < threshold).mean()) if len(v) else None
+
+    def scale(self, source: str, dropped_share: float | None = None, current: float | None = None) -> dict:
+        """A threshold control for ``source``: its range (rounded out to 0.01), a step, and a value. With
+        ``dropped_share`` the value drops the same share of samples as before (a score or reward that changed
+        meaning keeps the curator's cut); otherwise ``current`` is kept when it lies in the range, else the
+        value drops the lowest quarter."""
+        v = self.values(source)
+        if not len(v):
+            return {"minimum": 0.0, "maximum": 1.0, "step": 0.001, "value": 0.0, "moved": False}
+        low, high = math.floor(float(v.min()) * 100) / 100, math.ceil(float(v.max()) * 100) / 100
+        high = max(high, low + 0.01)
+        step = 10 ** math.floor(math.log10((high - low) / 500))
+        if dropped_share is not None:
+            value = float(np.quantile(v, dropped_share))
+        elif current is not None and low <= current <= high:
+            value = current
+        else:
+            value = float(np.quantile(v, 0.25))
+        value = round(min(max(value, low), high), 4)
+        return {"minimum": low, "maximum": high, "step": step, "value": value,
+                "moved": current is None or abs(value - current) > step / 2}
+
     def effect(self, source: str, threshold: float, preview: int = 12) -> dict:
         """Kept/dropped counts, the effect per cluster, and what sits just below and above the threshold."""
         score = self.score(source)
@@ -95,6 +123,15 @@ def reward_choices(ws: Workspace) -> list[tuple[str, str]]:
     active = active_version_param(ws)
     return [(f"reward v{v}: {kind}" + (" (active)" if v == active else ""), f"reward@{v}")
             for v, kind in ws.rows("SELECT version, kind FROM reward_versions ORDER BY version")]
+
+
+def score_name(ws: Workspace, source: str) -> str:
+    """A filter source in words: ``reward`` and ``reward@N`` name the version and its kind."""
+    if source != "reward" and _reward_at(source) is None:
+        return f"{source} clip_score"
+    version = _reward_at(source) if source != "reward" else active_version_param(ws)
+    kind = ws.scalar("SELECT kind FROM reward_versions WHERE version = ?", [version])
+    return f"reward v{version} ({kind})" if kind else "reward"
 
 
 def _float_array(column) -> np.ndarray:
