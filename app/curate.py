@@ -8,6 +8,7 @@ reward, select, export), the same code the CLI runs. A server started with
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from app.handlers import Handlers, UserError, as_float, as_int, one_of
@@ -45,6 +46,15 @@ class Curate:
 
     def __init__(self, h: Handlers, read_only: bool):
         self.h, self.ws, self.read_only = h, h.ws, read_only
+        # the furthest review position each browser session was shown (see ``act``)
+        self._positions: dict[str, tuple[tuple[int, ...], int]] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, session: str | None, ids: list[int], pos: int) -> None:
+        """Note the queue and position a session shows (a new queue, or a move)."""
+        if session:
+            with self._lock:
+                self._positions[session] = (tuple(ids), pos)
 
     def _writable(self) -> None:
         if self.read_only:
@@ -80,21 +90,22 @@ class Curate:
         return ids, 0, image, captions, facts, progress
 
     def panel(self, ids: list[int], pos):
-        """(image, captions table, facts, progress text) for position ``pos`` of the queue."""
+        """(sample card, captions table, facts, progress text) for position ``pos`` of the queue."""
         ids = [as_int(i, "sample id") for i in (ids or [])]
         pos = as_int(pos or 0, "position", 0, 10**6)
         if not ids:
-            return None, [], [], "the queue is empty: start one above"
+            return "", [], [], "the queue is empty: start one above"
         if pos >= len(ids):
-            return None, [], [], f"queue done: {len(ids)} samples seen. Start another queue, or train the reward."
-        image, captions, facts, _ = self.h.sample(ids[pos])
-        latest = {kind: label_store.current_of(self.ws, ids[pos], kind) for kind in ("alignment", "preference")}
-        facts = facts + [["label", latest["alignment"] or ""], ["best caption", latest["preference"] or ""]]
+            return "", [], [], f"queue done: {len(ids)} samples seen. Start another queue, or train the reward."
+        card, captions, facts, _ = self.h.sample(ids[pos])
         progress = f"sample {pos + 1} of {len(ids)} · #{ids[pos]} · {progress_text(label_progress(self.ws))}"
-        return image, captions, facts, progress
+        return card, captions, facts, progress
 
-    def act(self, ids: list[int], pos, action: str, who: str = "local"):
-        """Record ``action`` on the current sample; good/bad/skip move on, a caption preference stays."""
+    def act(self, ids: list[int], pos, action: str, who: str = "local", session: str | None = None):
+        """Record ``action`` on the sample at ``pos`` (the one on screen when it was pressed); good/bad/skip move
+        on, a caption preference stays. With ``session``, the screen never moves back: keys pressed faster than
+        the server answers arrive as events that all carry the same position, and the slowest answer would
+        otherwise show a sample already labelled."""
         self._writable()
         kind, value = ACTIONS[one_of(action, tuple(ACTIONS), "action")]
         ids = [as_int(i, "sample id") for i in (ids or [])]
@@ -105,6 +116,12 @@ class Curate:
             label_store.add_label(self.ws, ids[pos], kind, value, who=who or "local", view="review")
         if kind != "preference":
             pos += 1
+        if session:
+            with self._lock:
+                known = self._positions.get(session)
+                if known is not None and known[0] == tuple(ids):
+                    pos = max(pos, known[1])
+                self._positions[session] = (tuple(ids), pos)
         return (pos, *self.panel(ids, pos))
 
     def tag(self, ids: list[int], pos, tag: str, who: str = "local") -> str:

@@ -35,29 +35,41 @@ def _who(request: gr.Request | None) -> str:
     return (getattr(request, "username", None) or "local") if request is not None else "local"
 
 
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
 def legend(names: tuple[str, ...]) -> None:
     """A closed "What these numbers mean" panel for the scores a view shows."""
     with gr.Accordion("What these numbers mean", open=False):
         gr.Markdown(glossary_markdown(names))
 
 
+def details_panel() -> tuple[gr.Dataframe, gr.Dataframe]:
+    """Every caption of every source and every fact of the sample on the card, closed until asked for."""
+    with gr.Accordion("All captions and facts", open=False):
+        captions = gr.Dataframe(headers=CAPTION_COLUMNS, label="Captions (every source)", interactive=False,
+                                wrap=True)
+        facts = gr.Dataframe(headers=["field", "value"], label="Sample facts", interactive=False, wrap=True)
+    legend(CAPTION_SCORES)
+    return facts, captions
+
+
 def review_tab(c: Curate, friendly, clusters: list[str], filters: dict) -> None:
     ids, pos = gr.State([]), gr.State(0)
     gr.Markdown("Label one pair at a time. Keys: **g** good · **b** bad · **s** skip · **1/2/3** best caption "
-                "is alt / syn / fused.")
+                "is alt / syn / fused. Hover a caption for its producer.")
     with gr.Row():
         kind = gr.Dropdown(list(QUEUES), value="most useful next", label="Queue")
         cluster = gr.Dropdown(clusters[1:] or ["0"], value=(clusters[1:] or ["0"])[0], label="Cluster (queue: a cluster)")
         text = gr.Textbox(label="Search (queue: a search)", max_lines=1, placeholder="a dog on a beach")
         start = gr.Button("Start queue", variant="primary", elem_id="review-start")
-    progress = gr.Textbox(label="Progress", interactive=False, elem_id="review-progress")
-    with gr.Row():
-        image = gr.Image(label="Sample", type="filepath", interactive=False, height=300, elem_classes=["big-sample"])
-        facts = gr.Dataframe(headers=["field", "value"], label="Sample facts", interactive=False, wrap=True)
-    captions = gr.Dataframe(headers=CAPTION_COLUMNS, label="Captions (every source)", interactive=False, wrap=True)
-    legend(CAPTION_SCORES)
-    with gr.Row():
-        buttons = {a: gr.Button(f"{a} ({k})", elem_id=BUTTON_IDS[a], variant="secondary") for k, a in KEYS.items()}
+    progress = gr.Textbox(label="Progress", interactive=False, elem_id="review-progress", lines=1, max_lines=2)
+    image = gr.HTML(elem_id="review-card")
+    with gr.Row(elem_id="review-actions"):
+        buttons = {a: gr.Button(f"{a} ({k})", elem_id=BUTTON_IDS[a], variant="secondary", size="sm")
+                   for k, a in KEYS.items()}
+    facts, captions = details_panel()
     with gr.Row():
         tag = gr.Textbox(label="Tag", max_lines=1, placeholder="watermark")
         tag_btn = gr.Button("Add tag")
@@ -67,10 +79,14 @@ def review_tab(c: Curate, friendly, clusters: list[str], filters: dict) -> None:
         apply_btn = gr.Button("Apply learned reward")
     reward_note = gr.Textbox(label="Learned reward", interactive=False, elem_id="review-reward")
     panel = [image, captions, facts, progress]
-    start.click(friendly(c.queue), [kind, cluster, text], [ids, pos, *panel])
+    def start_queue(k, cl, t, request: gr.Request):
+        out = friendly(c.queue)(k, cl, t)
+        c.remember(_session(request), out[0], 0)
+        return out
+    start.click(start_queue, [kind, cluster, text], [ids, pos, *panel], api_name="queue")
     for action, button in buttons.items():
         def act(i, p, request: gr.Request, action=action):
-            return friendly(c.act)(i, p, action, _who(request))
+            return friendly(c.act)(i, p, action, _who(request), _session(request))
         button.click(act, [ids, pos], [pos, *panel], trigger_mode="once")
 
     def add_tag(i, p, t, request: gr.Request):

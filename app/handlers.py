@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 
 from app import charts
+from app.card import card_html, lost_text
+from curation.review.labels import history as label_history
 from curation.structure.defaults import DefaultsQuery, find_default, mined_axes, parse_axis, suggest
 from curation.structure.mapview import COLOR_BY, has_map, map_frame, render_map
 from curation.views.filter import FilterIndex, score_name, score_values
@@ -151,11 +153,16 @@ class Handlers:
                 text, page)
 
     def sample(self, sample_id):
-        """The sample panel: big image, captions table, facts table, duplicate tiles."""
+        """The sample panel: the sample card (HTML), captions table, facts table, duplicate tiles."""
         try:
             detail = sample_detail(self.ws, as_int(sample_id, "sample id"))
         except ViewError as exc:
             raise UserError(str(exc)) from None
+        history = label_history(self.ws, detail["id"])
+        latest = {kind: next((h["value"] for h in reversed(history) if h["kind"] == kind), None)
+                  for kind in ("alignment", "preference")}
+        tags = list(dict.fromkeys(h["value"] for h in history if h["kind"] == "tag"))
+        card = card_html(detail, self.thumb(detail["thumb"]), latest | {"tags": tags})
         captions, syn = collapse_repeats(detail["captions"])
         facts = [[k, _fmt(detail[k])] for k in
                  ("id", "uid", "source", "key", "width", "height", "url", "cluster", "reward", "agreement",
@@ -164,7 +171,7 @@ class Handlers:
             facts.append(["distinct synthetic captions", f"{len(set(syn))} of {len(syn)}"])
         dups = [(self.thumb(d["thumb"]), f"#{d['id']}" + (" (kept)" if d["representative"] else ""))
                 for d in detail["duplicates"] if self.thumb(d["thumb"])]
-        return self.thumb(detail["thumb"]), captions, facts, dups
+        return card, captions, facts, dups
 
     # ------------------------------------------------------------ compare, filter
     def compare(self, sort: str, page=0):
@@ -292,17 +299,10 @@ def collapse_repeats(captions: list[dict]) -> tuple[list[list], list[str]]:
             row[3] = f"{c['text']}  (×{count + 1})"
             continue
         row = [c["source_kind"], c["producer"], str(c["idx"]), c["text"], _fmt(c["clip_score"]), _fmt(c["cycle"]),
-               _fmt(c["contrast"]), _lost(c)]
+               _fmt(c["contrast"]), lost_text(c)]
         first[key] = (row, 1)
         rows.append(row)
     return rows, syn
-
-
-def _lost(caption: dict) -> str:
-    """"purple -> yellow": the claim the image rejected and the variant it preferred (empty if none lost)."""
-    if not caption.get("lost_claim"):
-        return ""
-    return f"{caption['lost_claim']} \u2192 {caption['lost_to']}".replace("<->", " \u21c4 ")
 
 
 def _fmt(value) -> str:

@@ -12,16 +12,28 @@ import functools
 
 import gradio as gr
 
+from app.card import CARD_CSS
 from app.curate import Curate
-from app.curate_ui import KEYS_JS, export_tab, legend, review_tab, selection_choices, selection_panel, threshold_slider
-from app.handlers import CAPTION_COLUMNS, Handlers, UserError
+from app.curate_ui import (
+    KEYS_JS,
+    details_panel,
+    export_tab,
+    legend,
+    review_tab,
+    selection_choices,
+    selection_panel,
+    threshold_slider,
+)
+from app.handlers import Handlers, UserError
 from curation.views.gallery import COMPARE_SORTS, SCORE_SOURCES
 from curation.views.glossary import CAPTION_SCORES
 from indexer.errors import AltlensError
 from indexer.store import Workspace
 
 CSS = """.tile-gallery img, .big-sample img { image-rendering: pixelated; }
-.big-sample img { width: 100% !important; height: 100% !important; object-fit: contain; }"""
+.big-sample img { width: 100% !important; height: 100% !important; object-fit: contain; }""" + CARD_CSS
+# after a tile opens its card below the gallery, bring the card on screen
+SCROLL_TO = "() => document.getElementById('%s')?.scrollIntoView({block: 'start'})"
 
 
 SERVER_LOCK_WAIT_S = 120.0  # a request waits this long for a CLI command to let go of the workspace
@@ -116,11 +128,8 @@ def _browser_tab(h: Handlers, clusters: list[str], tile_ids: gr.State) -> dict:
     info = gr.Textbox(label="In view", interactive=False)
     gallery = gr.Gallery(label="Samples", columns=8, height=560, allow_preview=False, object_fit="contain",
                          elem_classes=["tile-gallery"])
-    with gr.Row():
-        big = gr.Image(label="Sample", type="filepath", interactive=False, height=320, elem_classes=["big-sample"])
-        facts = gr.Dataframe(headers=["field", "value"], label="Sample facts", interactive=False, wrap=True)
-    captions = gr.Dataframe(headers=CAPTION_COLUMNS, label="Captions (every source)", interactive=False, wrap=True)
-    legend(CAPTION_SCORES)
+    big = gr.HTML(elem_id="browser-card")
+    facts, captions = details_panel()
     dups = gr.Gallery(label="Near-duplicates", columns=8, height=140, allow_preview=False)
     outputs = [gallery, tile_ids, info, page]
 
@@ -135,7 +144,7 @@ def _browser_tab(h: Handlers, clusters: list[str], tile_ids: gr.State) -> dict:
         if not ids or evt.index is None or not 0 <= int(evt.index) < len(ids):
             raise gr.Error("that tile is no longer on the page")
         return friendly(h.sample)(ids[int(evt.index)])
-    gallery.select(open_tile, [tile_ids], [big, captions, facts, dups])
+    gallery.select(open_tile, [tile_ids], [big, captions, facts, dups]).then(None, js=SCROLL_TO % "browser-card")
     return {"cluster": cluster, "gallery": gallery, "info": info, "page": page, "big": big, "captions": captions,
             "facts": facts, "dups": dups, "open_tile": open_tile}
 
@@ -212,12 +221,10 @@ def _search_tab(h: Handlers, browser: dict) -> None:
         similar = gr.Button("Similar images")
     results = gr.Gallery(label="Results (cosine to the query)", columns=8, height=480, allow_preview=False)
     legend(("cosine", *CAPTION_SCORES))
-    with gr.Row():
-        big = gr.Image(label="Sample", type="filepath", interactive=False, height=280, elem_classes=["big-sample"])
-        facts = gr.Dataframe(headers=["field", "value"], label="Sample facts", interactive=False, wrap=True)
-    captions = gr.Dataframe(headers=CAPTION_COLUMNS, label="Captions", interactive=False, wrap=True)
+    big = gr.HTML(elem_id="search-card")
+    facts, captions = details_panel()
     dups = gr.Gallery(label="Near-duplicates", columns=8, height=140, allow_preview=False)
     go.click(friendly(h.search_text), [text], [results, hits])
     text.submit(friendly(h.search_text), [text], [results, hits])
     similar.click(friendly(h.search_similar), [sample], [results, hits])
-    results.select(browser["open_tile"], [hits], [big, captions, facts, dups])
+    results.select(browser["open_tile"], [hits], [big, captions, facts, dups]).then(None, js=SCROLL_TO % "search-card")

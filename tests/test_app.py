@@ -36,8 +36,10 @@ def test_overview_and_browser_handlers(handlers):
     cluster = clusters[0][0]
     tiles, ids, text, _ = handlers.browse(cluster, 0)
     assert f"{clusters[0][1]} samples" in text
-    image, captions, facts, dups = handlers.sample(ids[0])
-    assert image.endswith(".webp") and {c[0] for c in captions} == {"alt", "syn", "fused"}
+    card, captions, facts, dups = handlers.sample(ids[0])
+    assert re.search(r'<img src="/gradio_api/file=[^"]+\.webp"', card) and {c[0] for c in captions} == {"alt", "syn",
+                                                                                                     "fused"}
+    assert [m for m in re.findall(r'data-source="(\w+)"', card)] == ["alt", "syn", "fused"]
     assert dict(facts)["cluster"] == str(cluster)
 
 
@@ -98,6 +100,9 @@ def test_every_view_in_a_real_browser(demo_ws, tmp_path):
         page.wait_for_function("el => /samples · page 1 of/.test(el.value)", arg=info.element_handle())
         visible(page.locator(".tile-gallery button")).click()
         visible(page.get_by_text("alt-text", exact=True)).wait_for()
+        page.wait_for_timeout(300)
+        card = page.locator("#browser-card .al-card").bounding_box()
+        assert 0 <= card["y"] and card["y"] + card["height"] <= 1000, f"the opened card is on screen: {card}"
         assert page.get_by_text("rules-v2(").count() >= 1, "fused caption shown with its producer"
         page.screenshot(path=shots / "browser.png", full_page=True)
 
@@ -167,6 +172,7 @@ def test_captions_are_never_executed(tmp_path):
         assert page.evaluate("window.__x") is None, "a caption ran script"
         shown = page.locator("body").inner_text()
         assert any(text in shown for text in nasty), "captions shown literally"
+        assert any(text in page.locator("#browser-card").inner_text() for text in nasty), "on the card too"
 
 
 def test_identical_synthetic_captions_are_shown_once_with_their_count(handlers):
@@ -182,3 +188,18 @@ def test_identical_synthetic_captions_are_shown_once_with_their_count(handlers):
     _, captions, facts, _ = handlers.sample(handlers.browse("all", 0)[1][0])
     distinct, total = dict(facts)["distinct synthetic captions"].split(" of ")
     assert 1 <= int(distinct) <= int(total) and len([r for r in captions if r[0] == "syn"]) == int(distinct)
+
+
+def test_card_escapes_every_caption_and_label():
+    from app.card import card_html
+    evil = '<img src=x onerror="alert(1)">'
+    base = {"producer": '"><script>', "clip_score": 0.5, "cycle": 1.0, "contrast": -0.01, "lost_claim": "<b>",
+            "lost_to": "<i>"}
+    detail = {"id": 7, "cluster": 2, "reward": 0.4, "captions": [
+        {"source_kind": "alt", "idx": 0, "text": evil, **base},
+        {"source_kind": "syn", "idx": 0, "text": "a cat", **base}, {"source_kind": "syn", "idx": 1, "text": "a cat",
+                                                                    **base}]}
+    html = card_html(detail, None, {"alignment": "good", "preference": None, "tags": ["<u>x</u>"]})
+    assert "<script" not in html and "<img src=x" not in html and "<b>" not in html and "<u>" not in html
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html and "tag: &lt;u&gt;x&lt;/u&gt;" in html
+    assert "1 distinct of 2" in html and "(×2)" in html and "labelled good" in html and "fused" in html

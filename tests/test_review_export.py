@@ -29,11 +29,11 @@ def curate(demo_ws, tmp_path):
 
 
 def test_review_queue_labels_and_moves_on(curate):
-    ids, pos, image, captions, facts, progress = curate.queue("lowest reward first")
+    ids, pos, card, captions, facts, progress = curate.queue("lowest reward first")
     assert len(ids) == 50 and pos == 0 and progress.startswith("sample 1 of 50")
     ok = curate.ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok'")
     assert f"the first 50 of {ok} unlabelled; start the queue again for the next 50" in progress, "no silent cap"
-    assert image.endswith(".webp") and {row[0] for row in captions} >= {"alt", "syn"}
+    assert ".webp" in card and "not labelled" in card and {row[0] for row in captions} >= {"alt", "syn"}
     pos, *_ = curate.act(ids, pos, "bad")
     assert pos == 1
     pos, *_, progress = curate.act(ids, pos, "best: fused")
@@ -52,6 +52,17 @@ def test_review_queue_labels_and_moves_on(curate):
     assert ids and set(ids) <= members
     ids, *_ = curate.queue("a search", text="a large yellow star")
     assert ids
+
+
+def test_a_late_answer_labels_what_was_on_screen_and_never_moves_back(curate):
+    ids, *_ = curate.queue("lowest reward first")
+    curate.remember("s1", ids, 0)
+    assert curate.act(ids, 0, "good", session="s1")[0] == 1
+    pos, card, *_ = curate.act(ids, 0, "best: syn", session="s1")  # pressed on sample 1, answered after "good"
+    assert pos == 1 and f'data-sample="{ids[1]}"' in card
+    assert [(r["kind"], r["value"]) for r in history(curate.ws, ids[0])] == [("alignment", "good"),
+                                                                            ("preference", "syn")]
+    assert curate.act(ids, 1, "skip", session="other")[0] == 2, "sessions are apart"
 
 
 def test_read_only_server_refuses_writes(curate):
@@ -99,8 +110,23 @@ def test_label_select_and_export_in_a_real_browser(demo_ws, tmp_path):
         for key, expect in (("g", 2), ("b", 3), ("s", 4), ("2", 4), ("g", 5)):
             page.keyboard.press(key)
             page.wait_for_function(f"el => /^sample {expect} of/.test(el.value)", arg=progress.element_handle())
-        page.wait_for_timeout(300)
+        page.wait_for_timeout(1000)
+        assert progress.input_value().startswith("sample 5 of"), "a slower answer never moves the screen back"
+        assert "not labelled" in page.locator("#review-card").inner_text()
         page.screenshot(path=shots / "review.png", full_page=True)
+        page.set_viewport_size({"width": 1280, "height": 720})
+        page.locator("#review-card").scroll_into_view_if_needed()
+        page.evaluate("document.getElementById('review-card').scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(300)
+        page.screenshot(path=shots / "review-1280.png")
+        boxes = {"image": page.locator("#review-card .al-img img").bounding_box()}
+        for source in ("alt", "syn", "fused"):
+            boxes[source] = page.locator(f'#review-card .al-col[data-source="{source}"]').bounding_box()
+        for action in ("good", "bad", "skip", "best-fused"):
+            boxes[action] = page.locator(f"#review-{action}").bounding_box()
+        off = {k: b for k, b in boxes.items() if not (b and b["y"] >= 0 and b["y"] + b["height"] <= 720
+                                                       and b["x"] >= 0 and b["x"] + b["width"] <= 1280)}
+        assert not off, f"off the 1280x720 screen: {off}"
 
         page.get_by_role("tab", name="Filter").click()
         counts = page.locator("#filter-counts textarea")
