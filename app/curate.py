@@ -39,6 +39,7 @@ ACTIONS = {"good": ("alignment", "good"), "bad": ("alignment", "bad"), "skip": (
            "best: alt": ("preference", "alt"), "best: syn": ("preference", "syn"),
            "best: fused": ("preference", "fused")}
 QUEUE_SIZE = 50
+CARD_VIEWS = ("browser", "search", "filter", "compare", "defaults")
 
 
 class Curate:
@@ -123,6 +124,24 @@ class Curate:
                     pos = max(pos, known[1])
                 self._positions[session] = (tuple(ids), pos)
         return (pos, *self.panel(ids, pos))
+
+    def label_one(self, sample_id, action: str, who: str = "local", view: str = "browser", tag: str = "") -> str:
+        """Label the sample whose card is open in any view (``action``: good, bad, best: SOURCE, or tag with
+        ``tag``); returns the card, now showing the label."""
+        self._writable()
+        one_of(view, CARD_VIEWS, "view")
+        if sample_id in (None, ""):
+            raise UserError("open a sample first: click a tile")
+        sample_id = as_int(sample_id, "sample id")
+        if action == "tag":
+            kind, value = "tag", (tag or "").strip()
+        else:
+            kind, value = ACTIONS[one_of(action, tuple(a for a in ACTIONS if a != "skip"), "action")]
+        try:
+            label_store.add_label(self.ws, sample_id, kind, value, who=who or "local", view=view)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        return self.h.sample(sample_id)[0]
 
     def tag(self, ids: list[int], pos, tag: str, who: str = "local") -> str:
         self._writable()

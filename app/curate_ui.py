@@ -55,6 +55,23 @@ def details_panel() -> tuple[gr.Dataframe, gr.Dataframe]:
     return facts, captions
 
 
+def card_actions(c: Curate, friendly, open_id: gr.State, card: gr.HTML, view: str) -> None:
+    """Label buttons under a view's sample card: the label is stored with the view's name and the card shows it."""
+    with gr.Row(elem_id=f"{view}-actions"):
+        buttons = {a: gr.Button(a, size="sm", elem_id=f"{view}-{a.replace(': ', '-')}")
+                   for a in ("good", "bad", "best: alt", "best: syn", "best: fused")}
+        tag = gr.Textbox(show_label=False, placeholder="tag", max_lines=1, scale=2, elem_id=f"{view}-tag")
+        tag_btn = gr.Button("add tag", size="sm", elem_id=f"{view}-add-tag")
+    for action, button in buttons.items():
+        def label(sample_id, request: gr.Request, action=action):
+            return friendly(c.label_one)(sample_id, action, _who(request), view)
+        button.click(label, [open_id], [card])
+
+    def add_tag(sample_id, text, request: gr.Request):
+        return friendly(c.label_one)(sample_id, "tag", _who(request), view, text)
+    tag_btn.click(add_tag, [open_id, tag], [card])
+
+
 def review_tab(c: Curate, friendly, clusters: list[str], filters: dict) -> None:
     ids, pos = gr.State([]), gr.State(0)
     gr.Markdown("Label one pair at a time. Keys: **g** good · **b** bad · **s** skip · **1/2/3** best caption "

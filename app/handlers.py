@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from app import charts
 from app.card import card_html, lost_text
 from curation.review.labels import history as label_history
+from curation.review.labels import labels_of
 from curation.structure.defaults import DefaultsQuery, find_default, mined_axes, parse_axis, suggest
 from curation.structure.mapview import COLOR_BY, has_map, map_frame, render_map
 from curation.views.filter import FilterIndex, score_name, score_values
@@ -88,12 +89,15 @@ class Handlers:
         return str(path) if path.is_relative_to(self.thumbs.resolve()) and path.is_file() else None
 
     def tiles(self, items: list[dict], label: str = "score") -> list[tuple[str, str]]:
+        """(thumbnail, caption) per item: "#id · <label> <score> · <alignment label>"."""
+        marks = labels_of(self.ws, [item["id"] for item in items])
         out = []
         for item in items:
             path = self.thumb(item["thumb"])  # resolved and checked once per tile
             if path:
-                value = item.get(label)
-                out.append((path, f"#{item['id']} · {label} {value:.3f}" if value is not None else f"#{item['id']}"))
+                value = item.get("score")
+                text = f"#{item['id']}" + (f" · {label} {value:.3f}" if value is not None else "")
+                out.append((path, text + (f" · {marks[item['id']]}" if item["id"] in marks else "")))
         return out
 
     @property

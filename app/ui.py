@@ -16,6 +16,7 @@ from app.card import CARD_CSS
 from app.curate import Curate
 from app.curate_ui import (
     KEYS_JS,
+    card_actions,
     details_panel,
     export_tab,
     legend,
@@ -66,7 +67,7 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
             with gr.Tab("Overview", id="overview"):
                 overview = _overview_tab(h)
             with gr.Tab("Browser", id="browser"):
-                browser = _browser_tab(h, clusters, tile_ids)
+                browser = _browser_tab(h, c, clusters, tile_ids)
             with gr.Tab("Compare captions", id="compare"):
                 _compare_tab(h)
             with gr.Tab("Filter", id="filter") as filter_view:
@@ -74,7 +75,7 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
             with gr.Tab("Defaults", id="defaults"):
                 _defaults_tab(h)
             with gr.Tab("Search", id="search"):
-                _search_tab(h, browser)
+                _search_tab(h, c, browser)
             with gr.Tab("Review", id="review"):
                 review_tab(c, friendly, clusters, filters)
             with gr.Tab("Export", id="export") as export_view:
@@ -117,7 +118,7 @@ def _overview_tab(h: Handlers) -> dict:
     return {"counts": counts, "hist": hist, "map": picture, "clusters": clusters, "color_by": color_by}
 
 
-def _browser_tab(h: Handlers, clusters: list[str], tile_ids: gr.State) -> dict:
+def _browser_tab(h: Handlers, c: Curate, clusters: list[str], tile_ids: gr.State) -> dict:
     with gr.Row():
         cluster = gr.Dropdown(clusters, value="all", label="Cluster")
         source = gr.Dropdown(list(SCORE_SOURCES), value="reward", label="Score shown")
@@ -129,6 +130,8 @@ def _browser_tab(h: Handlers, clusters: list[str], tile_ids: gr.State) -> dict:
     gallery = gr.Gallery(label="Samples", columns=8, height=560, allow_preview=False, object_fit="contain",
                          elem_classes=["tile-gallery"])
     big = gr.HTML(elem_id="browser-card")
+    open_id = gr.State(None)
+    card_actions(c, friendly, open_id, big, "browser")
     facts, captions = details_panel()
     dups = gr.Gallery(label="Near-duplicates", columns=8, height=140, allow_preview=False)
     outputs = [gallery, tile_ids, info, page]
@@ -141,10 +144,12 @@ def _browser_tab(h: Handlers, clusters: list[str], tile_ids: gr.State) -> dict:
     next_btn.click(lambda c, p, s, o: show(c, int(p or 0) + 1, s, o), [cluster, page, source, order], outputs)
 
     def open_tile(evt: gr.SelectData, ids):
+        """The clicked tile's card, tables and duplicates, and its id (what the label buttons act on)."""
         if not ids or evt.index is None or not 0 <= int(evt.index) < len(ids):
             raise gr.Error("that tile is no longer on the page")
-        return friendly(h.sample)(ids[int(evt.index)])
-    gallery.select(open_tile, [tile_ids], [big, captions, facts, dups]).then(None, js=SCROLL_TO % "browser-card")
+        return (*friendly(h.sample)(ids[int(evt.index)]), ids[int(evt.index)])
+    gallery.select(open_tile, [tile_ids], [big, captions, facts, dups, open_id]).then(
+        None, js=SCROLL_TO % "browser-card")
     return {"cluster": cluster, "gallery": gallery, "info": info, "page": page, "big": big, "captions": captions,
             "facts": facts, "dups": dups, "open_tile": open_tile}
 
@@ -211,7 +216,7 @@ def _defaults_tab(h: Handlers) -> None:
     suggest_btn.click(friendly(h.suggestions), [source], [suggestions])
 
 
-def _search_tab(h: Handlers, browser: dict) -> None:
+def _search_tab(h: Handlers, c: Curate, browser: dict) -> None:
     hits = gr.State([])
     with gr.Row():
         text = gr.Textbox(label="Find images matching a text", max_lines=1, placeholder="a dog running on a beach")
@@ -222,9 +227,12 @@ def _search_tab(h: Handlers, browser: dict) -> None:
     results = gr.Gallery(label="Results (cosine to the query)", columns=8, height=480, allow_preview=False)
     legend(("cosine", *CAPTION_SCORES))
     big = gr.HTML(elem_id="search-card")
+    open_id = gr.State(None)
+    card_actions(c, friendly, open_id, big, "search")
     facts, captions = details_panel()
     dups = gr.Gallery(label="Near-duplicates", columns=8, height=140, allow_preview=False)
     go.click(friendly(h.search_text), [text], [results, hits])
     text.submit(friendly(h.search_text), [text], [results, hits])
     similar.click(friendly(h.search_similar), [sample], [results, hits])
-    results.select(browser["open_tile"], [hits], [big, captions, facts, dups]).then(None, js=SCROLL_TO % "search-card")
+    results.select(browser["open_tile"], [hits], [big, captions, facts, dups, open_id]).then(
+        None, js=SCROLL_TO % "search-card")

@@ -65,6 +65,24 @@ def test_a_late_answer_labels_what_was_on_screen_and_never_moves_back(curate):
     assert curate.act(ids, 1, "skip", session="other")[0] == 2, "sessions are apart"
 
 
+def test_label_from_any_card_and_tiles_show_labels(curate):
+    tiles, ids, *_ = curate.h.browse("all", 0)
+    card = curate.label_one(ids[3], "good", view="search")
+    assert "labelled good" in card and f'data-sample="{ids[3]}"' in card
+    assert "tag: blurry" in curate.label_one(ids[3], "tag", view="search", tag="blurry")
+    assert [(r["kind"], r["value"], r["view"]) for r in history(curate.ws, ids[3])] == [
+        ("alignment", "good", "search"), ("tag", "blurry", "search")]
+    tiles, ids2, *_ = curate.h.browse("all", 0)
+    assert tiles[ids2.index(ids[3])][1].endswith(" · good") and not tiles[0][1].endswith(("good", "bad"))
+    for bad in ((None, "good"), (ids[3], "skip"), (ids[3], "<b>")):
+        with pytest.raises(UserError):
+            curate.label_one(*bad, view="browser")
+    with pytest.raises(UserError, match="unknown view"):
+        curate.label_one(ids[3], "good", view="admin")
+    with pytest.raises(UserError, match="--read-only"):
+        Curate(curate.h, read_only=True).label_one(ids[3], "bad")
+
+
 def test_read_only_server_refuses_writes(curate):
     ro = Curate(curate.h, read_only=True)
     ids, *_ = ro.queue("most useful next")
@@ -128,6 +146,14 @@ def test_label_select_and_export_in_a_real_browser(demo_ws, tmp_path):
                                                        and b["x"] >= 0 and b["x"] + b["width"] <= 1280)}
         assert not off, f"off the 1280x720 screen: {off}"
 
+        page.get_by_role("tab", name="Browser").click()  # label from the Browser's card too
+        page.get_by_role("button", name="Show").click()
+        page.locator(".tile-gallery button").filter(visible=True).nth(7).click()
+        card = page.locator("#browser-card")
+        page.wait_for_function("el => /not labelled|labelled/.test(el.innerText)", arg=card.element_handle())
+        page.locator("#browser-bad").click()
+        page.wait_for_function("el => /labelled bad/.test(el.innerText)", arg=card.element_handle())
+
         page.get_by_role("tab", name="Filter").click()
         counts = page.locator("#filter-counts textarea")
         page.wait_for_function("el => /kept \\d+/.test(el.value)", arg=counts.element_handle())  # filled on open
@@ -150,7 +176,8 @@ def test_label_select_and_export_in_a_real_browser(demo_ws, tmp_path):
     with Workspace(root, read_only=True) as ws:
         labels = ws.rows("SELECT kind, value, who, view FROM labels ORDER BY id")
     assert labels == [("alignment", "good", "local", "review"), ("alignment", "bad", "local", "review"),
-                      ("preference", "syn", "local", "review"), ("alignment", "good", "local", "review")]
+                      ("preference", "syn", "local", "review"), ("alignment", "good", "local", "review"),
+                      ("alignment", "bad", "local", "browser")]
     out = root / "exports" / "from-browser-datacompdr"
     import webdataset as wds
     manifest = json.loads((out / "manifest.json").read_text())

@@ -41,6 +41,14 @@ def history(ws: Workspace, sample_id: int) -> list[dict]:
                     [int(sample_id)])
 
 
+def labels_of(ws: Workspace, ids: list[int], kind: str = "alignment") -> dict[int, str]:
+    """The latest label of ``kind`` for each of ``ids`` that has one (a page of tiles, not the whole table)."""
+    if not ids:
+        return {}
+    return dict(ws.rows("""SELECT sample_id, arg_max(value, id) FROM labels WHERE kind = ? AND
+                           list_contains(?, sample_id) GROUP BY sample_id""", [kind, [int(i) for i in ids]]))
+
+
 def current_of(ws: Workspace, sample_id: int, kind: str = "alignment") -> str | None:
     """The latest label of ``kind`` for one sample, or None."""
     return ws.scalar("SELECT arg_max(value, id) FROM labels WHERE sample_id = ? AND kind = ?", [int(sample_id), kind])
