@@ -45,13 +45,15 @@ def export(
     format: str = typer.Option("datacompdr", "--format", help="datacompdr, webdataset, parquet or uids."),
     shard_size: int = typer.Option(10_000, min=1),
     augmentations: int = typer.Option(0, min=0, help="Embed N random augmentations per image (datacompdr)."),
+    keep_repeats: bool = typer.Option(False, help="Keep a captioner's identical captions of one image (default: "
+                                                  "each distinct synthetic caption once)."),
 ):
     """Export a selection as shards a trainer reads (deterministic, atomic, resumable)."""
     from curation.export.export import ExportConfig, run
     from indexer.store import Workspace
 
     cfg = ExportConfig(selection=selection, out=out, format=format, shard_size=shard_size,
-                       augmentations=augmentations)
+                       augmentations=augmentations, keep_repeats=keep_repeats)
     with Workspace(workspace, read_only=True) as ws:
         manifest = run(ws, cfg)
     echo_json({"files": len(manifest["files"]), "samples": manifest["samples"], "out": out})

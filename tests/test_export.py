@@ -82,9 +82,13 @@ def test_datacompdr_shards_read_back_in_order(ws_copy, tmp_path):
             main_id, main_text = _expected_main_caption(ws, sid)
             assert sample["txt"].decode() == main_text, "hybrid keeps the alt-text as the main caption unless it is junk"
             np.testing.assert_allclose(arrays["text_emb"][0], texts[main_id], atol=1e-3)
-            syn_ids = [r[0] for r in ws.rows("""SELECT id FROM captions WHERE sample_id = ? AND producer = ?
-                                                ORDER BY idx""", [sid, meta["syn_producer"]])]
-            np.testing.assert_allclose(arrays["text_emb"][1:], texts[syn_ids], atol=1e-3)
+            written = ws.rows("""SELECT id, text FROM captions WHERE sample_id = ? AND producer = ? ORDER BY idx""",
+                              [sid, meta["syn_producer"]])
+            firsts = {}
+            for caption_id, text in written:
+                firsts.setdefault(text, caption_id)
+            assert syn == list(firsts), "each distinct synthetic caption once, in caption order"
+            np.testing.assert_allclose(arrays["text_emb"][1:], texts[list(firsts.values())], atol=1e-3)
             assert "syn_text_fused" in json.loads(sample["syn.json"])
             import hashlib
             assert hashlib.sha256(sample["jpg"]).hexdigest() == meta["sha256"], "original image bytes"
@@ -98,6 +102,21 @@ def _expected_main_caption(ws, sid) -> tuple[int, str]:
         return alt_id, alt_text
     return tuple(ws.rows("SELECT id, text FROM captions WHERE sample_id = ? AND source_kind = 'fused' ORDER BY id",
                          [sid])[0])
+
+
+def test_repeated_synthetic_captions_are_dropped_unless_kept(ws_copy, tmp_path):
+    """The demo captioner often writes one text several times: export keeps each distinct text once, and
+    --keep-repeats writes them all (the text embeddings follow the texts either way)."""
+    export(ws_copy, ExportConfig("fused-best", str(tmp_path / "once"), progress=False))
+    export(ws_copy, ExportConfig("fused-best", str(tmp_path / "all"), keep_repeats=True, progress=False))
+    once = {s["__key__"]: json.loads(s["syn.json"])["syn_text"] for s in read_shards(tmp_path / "once")}
+    every = {s["__key__"]: (json.loads(s["syn.json"])["syn_text"], np.load(io.BytesIO(s["npz"]))["text_emb"])
+             for s in read_shards(tmp_path / "all")}
+    assert once.keys() == every.keys()
+    assert all(texts == list(dict.fromkeys(every[uid][0])) for uid, texts in once.items())
+    assert all(len(texts) == len(set(texts)) for texts in once.values())
+    assert sum(len(t) for t, _ in every.values()) > sum(len(t) for t in once.values()), "the demo has repeats"
+    assert all(emb.shape[0] == 1 + len(texts) for texts, emb in every.values())
 
 
 def test_hybrid_never_exports_an_empty_or_junk_main_caption(ws_copy, tmp_path):

@@ -30,6 +30,8 @@ class ExportConfig:
     format: str = "datacompdr"
     shard_size: int = 10_000
     augmentations: int = 0
+    # keep a captioner's identical captions of one image (default: each distinct text once, in caption order)
+    keep_repeats: bool = False
     progress: bool = True
 
     def __post_init__(self):
@@ -45,11 +47,12 @@ def run(ws: Workspace, cfg: ExportConfig) -> dict:
     rule, ids = load_selection(ws, cfg.selection)
     if not ids:
         raise ExportError(f"selection {cfg.selection!r} holds no samples; nothing to export")
-    source = SampleSource(ws, rule.caption_policy, cfg.augmentations)
+    source = SampleSource(ws, rule.caption_policy, cfg.augmentations, cfg.keep_repeats)
     uid_of = dict(ws.rows("SELECT id, uid FROM samples WHERE list_contains(?, id)", [ids]))
     ordered = sorted(ids, key=lambda i: uid_of[i])
     plan = {"selection": cfg.selection, "rule": asdict(rule), "format": cfg.format,
-            "shard_size": cfg.shard_size, "augmentations": cfg.augmentations, "samples": len(ordered),
+            "shard_size": cfg.shard_size, "augmentations": cfg.augmentations, "keep_repeats": cfg.keep_repeats,
+            "samples": len(ordered),
             "workspace": str(ws.root), "embedding_model": (ws.get_meta("model") or {}).get("model_id")}
     out.mkdir(parents=True, exist_ok=True)  # everything above is checked before anything is written
     sweep_temp(out)

@@ -37,8 +37,8 @@ def usable_alt(caption: dict) -> bool:
 class SampleSource:
     """Reads everything a sample's export needs from the workspace, in batches."""
 
-    def __init__(self, ws: Workspace, policy: str, augmentations: int = 0):
-        self.ws, self.policy, self.augmentations = ws, policy, augmentations
+    def __init__(self, ws: Workspace, policy: str, augmentations: int = 0, keep_repeats: bool = False):
+        self.ws, self.policy, self.augmentations, self.keep_repeats = ws, policy, augmentations, keep_repeats
         self.images = EmbeddingStore(ws, "image").load()
         self.texts = EmbeddingStore(ws, "text").load()
         self.model = ws.get_meta("model") or {}
@@ -79,7 +79,10 @@ class SampleSource:
         syn_by_producer: dict[str, list[dict]] = {}
         for c in caps:
             if c["source_kind"] == SYN:
-                syn_by_producer.setdefault(c["producer"], []).append(c)
+                mine = syn_by_producer.setdefault(c["producer"], [])
+                # a captioner that wrote the same text twice adds nothing a trainer can use twice
+                if self.keep_repeats or all(c["text"] != other["text"] for other in mine):
+                    mine.append(c)
         main_syn = max(syn_by_producer, key=lambda p: (len(syn_by_producer[p]), p)) if syn_by_producer else None
         fused = [c for c in caps if c["source_kind"] == FUSED]
         chosen, how = self._choose(alt, syn_by_producer.get(main_syn, []), fused, preferred, guess)
