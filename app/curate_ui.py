@@ -72,12 +72,12 @@ def card_actions(c: Curate, friendly, open_id: gr.State, card: gr.HTML, view: st
     tag_btn.click(add_tag, [open_id, tag], [card])
 
 
-def review_tab(c: Curate, friendly, clusters: list[str], filters: dict) -> None:
+def review_tab(c: Curate, friendly, clusters: list[str], filters: dict) -> dict:
     ids, pos = gr.State([]), gr.State(0)
     gr.Markdown("Label one pair at a time. Keys: **g** good · **b** bad · **s** skip · **1/2/3** best caption "
                 "is alt / syn / fused. Hover a caption for its producer.")
     with gr.Row():
-        kind = gr.Dropdown(list(QUEUES), value="most useful next", label="Queue")
+        kind = gr.Dropdown(list(QUEUES), value="most useful next", label="Queue", elem_id="review-kind")
         cluster = gr.Dropdown(clusters[1:] or ["0"], value=(clusters[1:] or ["0"])[0], label="Cluster (queue: a cluster)")
         text = gr.Textbox(label="Search (queue: a search)", max_lines=1, placeholder="a dog on a beach")
         start = gr.Button("Start queue", variant="primary", elem_id="review-start")
@@ -120,6 +120,13 @@ def review_tab(c: Curate, friendly, clusters: list[str], filters: dict) -> None:
     apply_btn.click(apply, [filters["source"], filters["threshold"]],
                     [reward_note, filters["source"], filters["threshold"], filters["scale_note"],
                      filters["last_source"]])
+
+    def review_cluster(chosen, request: gr.Request):
+        """Another view's "Review this cluster": the Review view, its queue set to that cluster and started."""
+        if chosen in (None, "", "all"):
+            raise gr.Error("choose a cluster first")
+        return (gr.Tabs(selected="review"), "a cluster", str(chosen), *start_queue("a cluster", chosen, "", request))
+    return {"outputs": [kind, cluster, ids, pos, *panel], "review_cluster": review_cluster}
 
 
 def threshold_slider(scale: dict) -> gr.Slider:

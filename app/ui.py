@@ -77,7 +77,7 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
             with gr.Tab("Search", id="search"):
                 _search_tab(h, c, browser)
             with gr.Tab("Review", id="review"):
-                review_tab(c, friendly, clusters, filters)
+                review = review_tab(c, friendly, clusters, filters)
             with gr.Tab("Export", id="export") as export_view:
                 export_selection = export_tab(c, friendly)
         app.load(friendly(h.overview), [overview["color_by"]],
@@ -91,6 +91,8 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
         overview["clusters"].select(open_cluster, [overview["clusters"]],
                                     [tabs, browser["cluster"], browser["gallery"], tile_ids, browser["info"],
                                      browser["page"]])
+        browser["review"].click(review["review_cluster"], [browser["cluster"]], [tabs, *review["outputs"]],
+                                show_progress="hidden")
         app.load(None, None, None, js=KEYS_JS)
         # a view shows its data when opened, and Export lists the selections saved meanwhile
         filter_view.select(filters["rescale"], [filters["source"], filters["source"], filters["threshold"]],
@@ -98,6 +100,7 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
             friendly(h.filter), [filters["source"], filters["threshold"]], filters["outputs"])
         export_view.select(lambda current: selection_choices(c, current), [export_selection], [export_selection])
     app.altlens_workspace = ws
+    app.altlens_handlers = h
     return app
 
 
@@ -112,7 +115,8 @@ def _overview_tab(h: Handlers) -> dict:
         with gr.Column(scale=4):
             clusters = gr.Dataframe(headers=["cluster", "size", "top terms", "alt", "syn", "fused", "flagged",
                                              "image diversity", "syn/alt diversity"],
-                                    label="Clusters (click a row to browse it)", interactive=False, wrap=True)
+                                    label="Clusters (click a row to browse it)", interactive=False, wrap=True,
+                                    elem_id="overview-clusters")
     legend(("alt / syn / fused", "clip_score", "reward", "flagged", "image diversity", "syn/alt diversity"))
     color_by.change(friendly(h.map_picture), [color_by], [picture])
     return {"counts": counts, "hist": hist, "map": picture, "clusters": clusters, "color_by": color_by}
@@ -120,12 +124,13 @@ def _overview_tab(h: Handlers) -> dict:
 
 def _browser_tab(h: Handlers, c: Curate, clusters: list[str], tile_ids: gr.State) -> dict:
     with gr.Row():
-        cluster = gr.Dropdown(clusters, value="all", label="Cluster")
+        cluster = gr.Dropdown(clusters, value="all", label="Cluster", elem_id="browser-cluster")
         source = gr.Dropdown(list(SCORE_SOURCES), value="reward", label="Score shown")
         order = gr.Dropdown(["default", "score_asc", "score_desc"], value="default", label="Order")
         page = gr.Number(value=0, precision=0, label="Page (from 0)", minimum=0)
     with gr.Row():
         prev_btn, next_btn, show_btn = gr.Button("◀ previous"), gr.Button("next ▶"), gr.Button("Show", variant="primary")
+        review_btn = gr.Button("Review this cluster", elem_id="browser-review-cluster")
     info = gr.Textbox(label="In view", interactive=False)
     gallery = gr.Gallery(label="Samples", columns=8, height=560, allow_preview=False, object_fit="contain",
                          elem_classes=["tile-gallery"])
@@ -151,6 +156,7 @@ def _browser_tab(h: Handlers, c: Curate, clusters: list[str], tile_ids: gr.State
     gallery.select(open_tile, [tile_ids], [big, captions, facts, dups, open_id]).then(
         None, js=SCROLL_TO % "browser-card")
     return {"cluster": cluster, "gallery": gallery, "info": info, "page": page, "big": big, "captions": captions,
+            "review": review_btn,
             "facts": facts, "dups": dups, "open_tile": open_tile}
 
 

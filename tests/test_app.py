@@ -143,6 +143,8 @@ def test_every_view_in_a_real_browser(demo_ws, tmp_path):
         page.screenshot(path=shots / "search.png", full_page=True)
     for view in ("overview", "browser", "compare", "filter", "defaults", "search"):
         assert (shots / f"{view}.png").stat().st_size > 10_000
+    newest = max(root.parent.glob("serve-*.log"), key=lambda p: p.stat().st_mtime).read_text()
+    assert "search model ready" in newest, "the server loads the search model before the first search"
 
 
 @pytest.mark.browser

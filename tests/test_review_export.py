@@ -118,12 +118,24 @@ def test_label_select_and_export_in_a_real_browser(demo_ws, tmp_path):
     root = writable_copy(demo_ws, tmp_path)
     shots = tmp_path / "screenshots"
     shots.mkdir()
+    with Workspace(root, read_only=True) as ws:
+        cluster = str(ws.scalar("SELECT max(cluster) FROM clusters"))
     with served(root) as url, browser_page() as page:
         page.goto(url)
-        page.get_by_role("tab", name="Review").click()
-        page.get_by_role("button", name="Start queue").click()
+        # pick a cluster in the Browser; from there, review that cluster
+        page.get_by_role("tab", name="Browser").click()
+        page.locator("#browser-cluster input").click()
+        page.get_by_role("option", name=cluster, exact=True).click()
+        page.wait_for_function("el => /samples · page 1 of/.test(el.value)",
+                               arg=page.get_by_label("In view").element_handle())
+        page.get_by_role("button", name="Review this cluster").click()
         progress = page.locator("#review-progress textarea")
         page.wait_for_function("el => /^sample 1 of/.test(el.value)", arg=progress.element_handle())
+        assert f"cluster {cluster}" in page.locator("#review-card").inner_text()
+        page.locator("#review-kind input").click()
+        page.get_by_role("option", name="most useful next").click()
+        page.locator("#review-start").click()  # the most useful queue: 50 of every unlabelled sample
+        page.wait_for_function("el => /^sample 1 of 50 .*the first 50 of/.test(el.value)", arg=progress.element_handle())
         page.locator("body").click(position={"x": 5, "y": 5})  # focus off any text box
         for key, expect in (("g", 2), ("b", 3), ("s", 4), ("2", 4), ("g", 5)):
             page.keyboard.press(key)
@@ -153,6 +165,7 @@ def test_label_select_and_export_in_a_real_browser(demo_ws, tmp_path):
         page.wait_for_function("el => /not labelled|labelled/.test(el.innerText)", arg=card.element_handle())
         page.locator("#browser-bad").click()
         page.wait_for_function("el => /labelled bad/.test(el.innerText)", arg=card.element_handle())
+
 
         page.get_by_role("tab", name="Filter").click()
         counts = page.locator("#filter-counts textarea")
