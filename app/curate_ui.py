@@ -65,11 +65,11 @@ def card_actions(c: Curate, friendly, open_id: gr.State, card: gr.HTML, view: st
     for action, button in buttons.items():
         def label(sample_id, request: gr.Request, action=action):
             return friendly(c.label_one)(sample_id, action, _who(request), view)
-        button.click(label, [open_id], [card])
+        button.click(label, [open_id], [card], api_name=f"{view}_label_{action.replace(': ', '_')}")
 
     def add_tag(sample_id, text, request: gr.Request):
         return friendly(c.label_one)(sample_id, "tag", _who(request), view, text)
-    tag_btn.click(add_tag, [open_id, tag], [card])
+    tag_btn.click(add_tag, [open_id, tag], [card], api_name=f"{view}_add_tag")
 
 
 def review_tab(c: Curate, friendly, clusters: list[str], filters: dict) -> dict:
@@ -108,7 +108,7 @@ def review_tab(c: Curate, friendly, clusters: list[str], filters: dict) -> dict:
 
     def add_tag(i, p, t, request: gr.Request):
         return friendly(c.tag)(i, p, t, _who(request))
-    tag_btn.click(add_tag, [ids, pos, tag], [tag_note])
+    tag_btn.click(add_tag, [ids, pos, tag], [tag_note], api_name="add_tag")
     train_btn.click(friendly(c.train), [], [reward_note])
 
     def apply(source, threshold):
