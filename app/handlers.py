@@ -152,8 +152,7 @@ class Handlers:
         result = gallery_page(self.ws, scope, page, PER_PAGE)
         page = min(page, result["pages"] - 1)
         text = f"{result['total']} samples · page {page + 1} of {result['pages']}"
-        label = "reward" if source == "reward" else f"{source} clip_score"
-        return (self.tiles(result["items"], label), [i["id"] for i in result["items"] if self.thumb(i["thumb"])],
+        return (self.tiles(result["items"], tile_label(source)), [i["id"] for i in result["items"] if self.thumb(i["thumb"])],
                 text, page)
 
     def sample(self, sample_id):
@@ -210,9 +209,8 @@ class Handlers:
         counts = (f"kept {effect['kept']} · dropped {effect['dropped']} "
                   f"({effect['dropped'] / total:.1%} of {total})" if total else "no scored samples yet")
         per_cluster = [[c["cluster"], c["size"], c["dropped"], _fmt(c["dropped_share"])] for c in effect["per_cluster"]]
-        label = "reward" if source == "reward" or source.startswith("reward@") else f"{source} clip_score"
-        return (hist, counts, per_cluster, self.tiles(effect["dropped_lowest_first"], label),
-                self.tiles(effect["just_above"], label))
+        return (hist, counts, per_cluster, self.tiles(effect["dropped_lowest_first"], tile_label(source)),
+                self.tiles(effect["just_above"], tile_label(source)))
 
     def threshold_scale(self, source: str, last_source: str | None, threshold, share: float | None = None) -> dict:
         """The Filter threshold for ``source``: its range and a value; when the score changes (another
@@ -286,6 +284,11 @@ class Handlers:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         return self.tiles(hits, "cosine"), [h["id"] for h in hits if self.thumb(h["thumb"])]
+
+
+def tile_label(source: str) -> str:
+    """The score name a tile shows: the reward, or which caption source's clip_score."""
+    return "reward" if source == "reward" or source.startswith("reward@") else f"{source} clip_score"
 
 
 def collapse_repeats(captions: list[dict]) -> tuple[list[list], list[str]]:

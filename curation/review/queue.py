@@ -71,10 +71,7 @@ def first_queue(pool: list[tuple[int, float | None]], n: int, progress: dict) ->
 
 def unlabelled_count(ws: Workspace, cluster: int | None = None) -> int:
     """How many ok samples (of ``cluster``, when given) have no alignment label yet: what a queue draws from."""
-    labelled = set(current(ws, "alignment"))
-    if cluster is None:
-        ids = [r[0] for r in ws.rows("SELECT id FROM samples WHERE status = 'ok'")]
-    else:
-        ids = [r[0] for r in ws.rows("""SELECT k.sample_id FROM clusters k JOIN samples s ON s.id = k.sample_id
-                                        WHERE s.status = 'ok' AND k.cluster = ?""", [int(cluster)])]
-    return sum(i not in labelled for i in ids)
+    scope, params = ("", []) if cluster is None else (
+        "AND s.id IN (SELECT sample_id FROM clusters WHERE cluster = ?)", [int(cluster)])
+    return int(ws.scalar(f"""SELECT count(*) FROM samples s WHERE s.status = 'ok' {scope} AND s.id NOT IN
+                             (SELECT sample_id FROM labels WHERE kind = 'alignment')""", params))
