@@ -35,6 +35,9 @@ CARD_CSS = """
   padding: 6px 0; border-top: 1px solid #8884; }
 """
 
+# after a tile opens its card below a gallery, bring the card on screen (the JS of a .then() step)
+SCROLL_TO = "() => document.getElementById('%s')?.scrollIntoView({block: 'start'})"
+
 
 def _num(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"

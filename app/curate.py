@@ -22,6 +22,7 @@ from curation.export.select import (
     SelectionRule,
     preview_selection,
     preview_text,
+    save_picked,
     save_selection,
     selection_names,
 )
@@ -39,7 +40,7 @@ ACTIONS = {"good": ("alignment", "good"), "bad": ("alignment", "bad"), "skip": (
            "best: alt": ("preference", "alt"), "best: syn": ("preference", "syn"),
            "best: fused": ("preference", "fused")}
 QUEUE_SIZE = 50
-CARD_VIEWS = ("browser", "search", "filter", "compare", "defaults")
+CARD_VIEWS = ("browser", "search", "filter", "compare", "defaults", "map")
 
 
 class Curate:
@@ -230,6 +231,36 @@ class Curate:
         replaced = f", replacing the previous {result['replaced']}" if result["replaced"] is not None else ""
         return (f"selection {result['name']!r} saved: {result['selected']} of {result['ok_samples']} samples "
                 f"({result['share']:.1%}){replaced}. {preview_text(found)}")
+
+    def save_region(self, name: str, ids, picked: str, policy: str, replace: bool = False) -> str:
+        """Save the samples of a map region as a selection (exactly those; export reads them like any other)."""
+        self._writable()
+        if not ids:
+            raise UserError("draw a box or a lasso on the map first")
+        if not (name or "").strip():
+            raise UserError("type a selection name (letters, digits, - _ or .)")
+        one_of(policy, POLICIES, "caption policy")
+        try:
+            result = save_picked(self.ws, name.strip(), ids, picked, policy, replace=bool(replace))
+        except SelectionExists as exc:
+            raise UserError(str(SelectionExists(exc.name, exc.held, "tick 'Replace' to overwrite it"))) from None
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        replaced = f", replacing the previous {result['replaced']}" if result["replaced"] is not None else ""
+        return (f"selection {result['name']!r} saved: {result['selected']} samples of the region's {result['asked']}"
+                f"{replaced}; export it from the Export tab")
+
+    def tag_many(self, ids, tag: str, who: str = "local", view: str = "map") -> str:
+        """Tag every sample of a map region (one label row each)."""
+        self._writable()
+        one_of(view, CARD_VIEWS, "view")
+        if not ids:
+            raise UserError("draw a box or a lasso on the map first")
+        tag = (tag or "").strip()
+        if not label_store.TAG.fullmatch(tag):
+            raise UserError(f"a tag is 1-64 letters, digits, spaces or . : / -, got {tag!r}")
+        added = label_store.add_labels(self.ws, [as_int(i, "sample id") for i in ids], "tag", tag, who or "local", view)
+        return f"tagged {added} samples {tag!r}"
 
     def selection_names(self) -> list[str]:
         return selection_names(self.ws)

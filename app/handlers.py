@@ -15,6 +15,7 @@ from curation.review.labels import history as label_history
 from curation.review.labels import labels_of
 from curation.structure.defaults import DefaultsQuery, find_default, mined_axes, parse_axis, suggest
 from curation.structure.mapview import COLOR_BY, has_map, map_frame, render_map
+from curation.views.atlas import Atlas
 from curation.views.filter import FilterIndex, score_name, score_values
 from curation.views.gallery import (
     COMPARE_SORTS,
@@ -77,6 +78,7 @@ class Handlers:
     def __post_init__(self):
         self._searcher: Searcher | None = None
         self._filter: FilterIndex | None = None
+        self._atlas: Atlas | None = None
         self._histograms: dict[str, charts.HistogramWithLine] = {}
         self.thumbs = self.ws.thumbs_dir
 
@@ -186,6 +188,7 @@ class Handlers:
     def reset_scores(self) -> None:
         """Forget cached scores after a reward was written (the next filter reloads them)."""
         self._filter = None
+        self._atlas = None
         self._histograms.clear()
 
     @property
@@ -193,6 +196,13 @@ class Handlers:
         if self._filter is None:
             self._filter = FilterIndex(self.ws)
         return self._filter
+
+    @property
+    def atlas(self) -> Atlas:
+        """The interactive map's positions and scores (built on first use, dropped with the scores)."""
+        if self._atlas is None:
+            self._atlas = Atlas(self.ws, self.filter_index)
+        return self._atlas
 
     def filter(self, source: str, threshold):
         if source not in SCORE_SOURCES and not str(source).startswith("reward@"):

@@ -1,4 +1,4 @@
-"""``build_app(workspace) -> gr.Blocks``: lays out the eight views and wires them to :mod:`app.handlers`
+"""``build_app(workspace) -> gr.Blocks``: lays out the nine views and wires them to :mod:`app.handlers`
 (reading) and :mod:`app.curate` (labels, reward, selections, export).
 
 No logic lives here. Per-user state (the ids of the tiles on screen, the page)
@@ -12,7 +12,8 @@ import functools
 
 import gradio as gr
 
-from app.card import CARD_CSS
+from app.atlas_ui import map_tab
+from app.card import CARD_CSS, SCROLL_TO
 from app.curate import Curate
 from app.curate_ui import (
     KEYS_JS,
@@ -33,8 +34,6 @@ from indexer.store import Workspace
 
 CSS = """.tile-gallery img, .big-sample img { image-rendering: pixelated; }
 .big-sample img { width: 100% !important; height: 100% !important; object-fit: contain; }""" + CARD_CSS
-# after a tile opens its card below the gallery, bring the card on screen
-SCROLL_TO = "() => document.getElementById('%s')?.scrollIntoView({block: 'start'})"
 
 
 SERVER_LOCK_WAIT_S = 120.0  # a request waits this long for a CLI command to let go of the workspace
@@ -66,6 +65,8 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Overview", id="overview"):
                 overview = _overview_tab(h)
+            with gr.Tab("Map", id="map"):
+                map_tab(h, c, friendly)
             with gr.Tab("Browser", id="browser"):
                 browser = _browser_tab(h, c, clusters, tile_ids)
             with gr.Tab("Compare captions", id="compare"):

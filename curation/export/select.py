@@ -35,6 +35,7 @@ class SelectionRule:
     labels: str = "exclude_bad"
     per_cluster_k: int | None = None
     caption_policy: str = "hybrid"
+    picked: str = ""  # set for a hand-picked selection (a map region): where its ids came from
 
     def __post_init__(self):
         if not self.name or len(self.name) > 64 or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -159,10 +160,31 @@ def save_selection(ws: Workspace, rule: SelectionRule, replace: bool = True) -> 
     ``replace=False``, refused with :class:`SelectionExists`; ``replaced`` says what it held."""
     where, params = _where(ws, rule)
     sql, params = _ids_sql(where, params, rule)
-    before = ws.scalar("SELECT counts FROM selections WHERE name = ?", [rule.name])
+    _refuse_overwrite(ws, rule.name, replace)
+    return _store(ws, rule, sorted(r[0] for r in ws.rows(sql, params)))
+
+
+def save_picked(ws: Workspace, name: str, ids, picked: str, caption_policy: str = "hybrid",
+                replace: bool = False) -> dict:
+    """Save hand-picked ids (a map region) as a selection: exactly these ok samples, exported with
+    ``caption_policy``; ``picked`` records where they came from."""
+    rule = SelectionRule(name=name, drop_duplicates=False, labels="any", caption_policy=caption_policy,
+                         picked=picked[:500] or "hand-picked")
+    _refuse_overwrite(ws, rule.name, replace)
+    wanted = sorted({int(i) for i in ids})
+    ok = [r[0] for r in ws.rows("""SELECT s.id FROM (SELECT unnest(?) AS id) q JOIN samples s ON s.id = q.id
+                                   WHERE s.status = 'ok' ORDER BY s.id""", [wanted])] if wanted else []
+    return _store(ws, rule, ok) | {"asked": len(wanted)}
+
+
+def _refuse_overwrite(ws: Workspace, name: str, replace: bool) -> None:
+    before = ws.scalar("SELECT counts FROM selections WHERE name = ?", [name])
     if before is not None and not replace:
-        raise SelectionExists(rule.name, json.loads(before)["selected"])
-    ids = sorted(r[0] for r in ws.rows(sql, params))
+        raise SelectionExists(name, json.loads(before)["selected"])
+
+
+def _store(ws: Workspace, rule: SelectionRule, ids: list[int]) -> dict:
+    before = ws.scalar("SELECT counts FROM selections WHERE name = ?", [rule.name])
     total_ok = int(ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok'"))
     counts = {"selected": len(ids), "ok_samples": total_ok, "share": round(len(ids) / total_ok, 4) if total_ok else 0}
     with ws.transaction() as cur:

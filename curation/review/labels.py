@@ -30,6 +30,22 @@ def add_label(ws: Workspace, sample_id: int, kind: str, value: str, who: str = "
                          [int(sample_id), kind, value, who[:64], view, now()]))
 
 
+def add_labels(ws: Workspace, ids: list[int], kind: str, value: str, who: str = "local", view: str = "cli") -> int:
+    """Give the same label to many samples in one transaction (a map region); returns how many got it
+    (ids that are not ok samples are skipped)."""
+    if kind != "tag" and (kind not in KINDS or value not in KINDS[kind]):
+        raise ValueError(f"unknown label {kind}={value!r}")
+    if kind == "tag" and not TAG.fullmatch(value or ""):
+        raise ValueError(f"a tag is 1-64 letters, digits, spaces or . : / -, got {value!r}")
+    ok = """FROM (SELECT DISTINCT unnest(?) AS id) q JOIN samples s ON s.id = q.id WHERE s.status = 'ok'"""
+    wanted = [int(i) for i in ids]
+    with ws.transaction() as cur:
+        n = int(cur.execute(f"SELECT count(*) {ok}", [wanted]).fetchone()[0])
+        cur.execute(f"INSERT INTO labels SELECT nextval('label_ids'), s.id, ?, ?, ?, ?, ? {ok} ORDER BY s.id",
+                    [kind, value, who[:64], view, now(), wanted])
+    return n
+
+
 def current(ws: Workspace, kind: str = "alignment") -> dict[int, str]:
     """The latest label of ``kind`` per sample."""
     return dict(ws.rows("""SELECT sample_id, arg_max(value, id) FROM labels WHERE kind = ?
