@@ -138,7 +138,8 @@ def map_tab(h: Handlers, c: Curate, friendly) -> dict:
         tag_btn = gr.Button("Tag all", scale=1, elem_id="atlas-tag-all")
         name = gr.Textbox(label="Save the region as selection", max_lines=1, scale=2, elem_id="atlas-sel-name",
                           placeholder="letters, digits, - _ .")
-        policy = gr.Dropdown(list(POLICIES), value="hybrid", label="Caption policy for export", scale=1)
+        policy = gr.Dropdown(list(POLICIES), value="hybrid", label="Caption policy for export", scale=1,
+                             elem_id="atlas-policy")
         replace = gr.Checkbox(label="Replace a selection of that name", value=False, scale=1)
         save_btn = gr.Button("Save selection", variant="primary", scale=1, elem_id="atlas-save")
     done = gr.Textbox(label="Result", interactive=False, elem_id="atlas-result")

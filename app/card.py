@@ -10,6 +10,8 @@ from __future__ import annotations
 from html import escape
 from urllib.parse import quote
 
+from indexer.schema import CURATOR
+
 SOURCES = (("alt", "alt-text"), ("syn", "best synthetic"), ("fused", "fused"))
 
 CARD_CSS = """
@@ -52,11 +54,13 @@ def lost_text(caption: dict) -> str:
 
 
 def best_of(captions: list[dict], kind: str) -> tuple[dict | None, int, int]:
-    """The caption of ``kind`` with the highest clip_score, how many captions of that kind there are, and how
-    many of them differ."""
+    """The caption of ``kind`` with the highest clip_score (for a curator's captions: the latest), how many
+    captions of that kind there are, and how many of them differ."""
     mine = [c for c in captions if c["source_kind"] == kind]
     if not mine:
         return None, 0, 0
+    if kind == CURATOR:
+        return max(mine, key=lambda c: c["idx"]), len(mine), len({c["text"] for c in mine})
     best = max(mine, key=lambda c: (c["clip_score"] is not None, c["clip_score"] or 0.0, -c["idx"]))
     return best, len(mine), len({c["text"] for c in mine})
 
@@ -84,7 +88,9 @@ def card_html(detail: dict, thumb_path: str | None, labels: dict) -> str:
     (latest values or None) and ``tags`` (a list)."""
     image = (f'<img src="/gradio_api/file={quote(thumb_path)}" alt="sample {int(detail["id"])}">'
              if thumb_path else '<div class="al-none">no thumbnail</div>')
-    columns = "".join(_column(detail["captions"], kind, title) for kind, title in SOURCES)
+    sources = SOURCES + (((CURATOR, "your caption"),) if any(c["source_kind"] == CURATOR for c in detail["captions"])
+                         else ())
+    columns = "".join(_column(detail["captions"], kind, title) for kind, title in sources)
     badges = [f'<span class="al-badge">#{int(detail["id"])}</span>']
     if detail.get("cluster") is not None:
         badges.append(f'<span class="al-badge">cluster {int(detail["cluster"])}</span>')
@@ -98,4 +104,5 @@ def card_html(detail: dict, thumb_path: str | None, labels: dict) -> str:
         badges.append(f'<span class="al-badge">best caption: {escape(labels["preference"])}</span>')
     badges += [f'<span class="al-badge">tag: {escape(t)}</span>' for t in labels.get("tags", [])]
     return (f'<div class="al-card" data-sample="{int(detail["id"])}"><div class="al-img">{image}</div>'
-            f'<div class="al-cols">{columns}</div></div><div class="al-card-meta">{"".join(badges)}</div>')
+            f'<div class="al-cols" style="grid-template-columns: repeat({len(sources)}, minmax(0, 1fr))">'
+            f'{columns}</div></div><div class="al-card-meta">{"".join(badges)}</div>')

@@ -28,6 +28,7 @@ from curation.export.select import (
 )
 from curation.export.verify import read_back, verify_export
 from curation.review import labels as label_store
+from curation.review.edits import add_curator_caption
 from curation.review.progress import label_progress, progress_text
 from curation.review.queue import review_queue, unlabelled_count
 from curation.review.reward import apply_reward, load_model, train_from_labels
@@ -140,6 +141,19 @@ class Curate:
             kind, value = ACTIONS[one_of(action, tuple(a for a in ACTIONS if a != "skip"), "action")]
         try:
             label_store.add_label(self.ws, sample_id, kind, value, who=who or "local", view=view)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        return self.h.sample(sample_id)[0]
+
+    def write_caption(self, sample_id, text: str, who: str = "local", view: str = "browser") -> str:
+        """Store a caption the curator wrote for the open sample (a new ``curator`` caption, embedded and scored;
+        nothing is overwritten); returns the card, now showing it."""
+        self._writable()
+        one_of(view, CARD_VIEWS + ("review",), "view")
+        if sample_id in (None, ""):
+            raise UserError("open a sample first: click a tile")
+        try:
+            add_curator_caption(self.ws, as_int(sample_id, "sample id"), text or "", self.h.model, who or "local")
         except ValueError as exc:
             raise UserError(str(exc)) from None
         return self.h.sample(sample_id)[0]

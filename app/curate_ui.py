@@ -67,9 +67,19 @@ def card_actions(c: Curate, friendly, open_id: gr.State, card: gr.HTML, view: st
             return friendly(c.label_one)(sample_id, action, _who(request), view)
         button.click(label, [open_id], [card], api_name=f"{view}_label_{action.replace(': ', '_')}")
 
+    with gr.Row(elem_id=f"{view}-edit"):
+        caption = gr.Textbox(show_label=False, max_lines=3, scale=5, elem_id=f"{view}-caption",
+                             placeholder="write or correct the caption: saved as your caption beside the others, "
+                                         "embedded and scored; export's 'best' policy uses it")
+        caption_btn = gr.Button("save caption", size="sm", scale=1, elem_id=f"{view}-save-caption")
+
     def add_tag(sample_id, text, request: gr.Request):
         return friendly(c.label_one)(sample_id, "tag", _who(request), view, text)
     tag_btn.click(add_tag, [open_id, tag], [card], api_name=f"{view}_add_tag")
+
+    def write(sample_id, text, request: gr.Request):
+        return friendly(c.write_caption)(sample_id, text, _who(request), view), ""
+    caption_btn.click(write, [open_id, caption], [card, caption], api_name=f"{view}_write_caption")
 
 
 def review_tab(c: Curate, friendly, clusters: list[str], filters: dict) -> dict:
@@ -92,6 +102,10 @@ def review_tab(c: Curate, friendly, clusters: list[str], filters: dict) -> dict:
         tag_btn = gr.Button("Add tag")
         tag_note = gr.Textbox(label="", interactive=False, show_label=False)
     with gr.Row():
+        caption = gr.Textbox(label="Your caption", max_lines=3, scale=4, elem_id="review-caption",
+                             placeholder="write or correct the caption (saved beside the others, embedded and scored)")
+        caption_btn = gr.Button("Save caption", scale=1, elem_id="review-save-caption")
+    with gr.Row():
         train_btn = gr.Button("Train reward from labels")
         apply_btn = gr.Button("Apply learned reward")
     reward_note = gr.Textbox(label="Learned reward", interactive=False, elem_id="review-reward")
@@ -109,6 +123,13 @@ def review_tab(c: Curate, friendly, clusters: list[str], filters: dict) -> dict:
     def add_tag(i, p, t, request: gr.Request):
         return friendly(c.tag)(i, p, t, _who(request))
     tag_btn.click(add_tag, [ids, pos, tag], [tag_note], api_name="add_tag")
+
+    def write(i, p, text, request: gr.Request):
+        i, p = list(i or []), int(p or 0)
+        if p >= len(i):
+            raise gr.Error("no sample on screen; start a queue first")
+        return friendly(c.write_caption)(i[p], text, _who(request), "review"), ""
+    caption_btn.click(write, [ids, pos, caption], [image, caption], api_name="review_write_caption")
     train_btn.click(friendly(c.train), [], [reward_note])
 
     def apply(source, threshold):

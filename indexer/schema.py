@@ -15,6 +15,8 @@ SCHEMA_VERSION = 1
 # Caption source kinds: the web alt-text, synthetic captions from a captioner, the fused caption.
 ALT, SYN, FUSED = "alt", "syn", "fused"
 SOURCE_KINDS = (ALT, SYN, FUSED)
+# a caption a curator wrote or corrected in the app (never replaces another caption; export's best policy prefers it)
+CURATOR = "curator"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ with the mouse in Chromium, the gallery they open, a label from it and the regio
 from __future__ import annotations
 
 import re
+import tarfile
 
 import numpy as np
 import pytest
@@ -178,7 +179,13 @@ def test_map_box_and_lasso_open_exactly_the_server_region_then_label_and_save(de
         first = int(page.get_attribute("#map-card .al-card", "data-sample"))
         page.click("#map-bad")
         page.wait_for_function("() => /labelled bad/.test(document.querySelector('#map-card').innerText)")
+        page.fill("#map-caption textarea", "a curator's <b>own</b> caption")
+        page.click("#map-save-caption")
+        page.wait_for_function("() => /curator's <b>own<\\/b> caption/.test("
+                               "document.querySelector('#map-card [data-source=curator]')?.innerText || '')")
         page.fill("#atlas-sel-name input, #atlas-sel-name textarea", "lassoed")
+        page.locator("#atlas-policy input").click()
+        page.get_by_role("option", name="best", exact=True).click()
         page.click("#atlas-save")
         page.wait_for_function("() => /saved/.test(document.querySelector('#atlas-result textarea').value)")
         page.screenshot(path=shots / "map-lasso.png", full_page=True)
@@ -187,3 +194,14 @@ def test_map_box_and_lasso_open_exactly_the_server_region_then_label_and_save(de
         assert ws.scalar("SELECT view FROM labels WHERE sample_id = ? ORDER BY id DESC LIMIT 1", [first]) == "map"
         _, members = load_selection(ws, "lassoed")
     assert members == lasso and first in members
+    # the caption written in the browser is what the export's best policy writes for that sample
+    with Workspace(root) as ws:
+        export_webdataset(ws, "lassoed")
+        uid = ws.scalar("SELECT uid FROM samples WHERE id = ?", [first])
+    with tarfile.open(next((root / "exports" / "lassoed").glob("*.tar"))) as tar:
+        assert tar.extractfile(f"{uid}.txt").read().decode() == "a curator's <b>own</b> caption"
+
+
+def export_webdataset(ws, name: str) -> None:
+    from curation.export.export import ExportConfig, run
+    run(ws, ExportConfig(selection=name, format="webdataset", out=str(ws.root / "exports" / name), progress=False))

@@ -2,8 +2,8 @@
 its embeddings and provenance, read from the workspace in batches.
 
 Policies: ``alt`` and ``hybrid`` (alt-text as the main caption; hybrid adds the
-synthetic captions beside it), ``fused``, and ``best`` (the curator's preference,
-else the caption chooser, else the top clip_score). Where the policy's caption is
+synthetic captions beside it), ``fused``, and ``best`` (a caption the curator wrote,
+else the curator's preference, else the caption chooser, else the top clip_score). Where the policy's caption is
 missing, or the alt-text is empty or junk, the fused caption stands in, else the
 best synthetic one, so no exported sample is left without text.
 """
@@ -18,7 +18,7 @@ from curation.review.chooser import best_of, choose_sources, load_chooser
 from curation.scores.rewards import active_reward
 from indexer.errors import AltlensError
 from indexer.paths import read_member
-from indexer.schema import ALT, FUSED, SYN
+from indexer.schema import ALT, CURATOR, FUSED, SYN
 from indexer.store import Workspace
 from indexer.vectors import EmbeddingStore
 
@@ -85,14 +85,16 @@ class SampleSource:
                     mine.append(c)
         main_syn = max(syn_by_producer, key=lambda p: (len(syn_by_producer[p]), p)) if syn_by_producer else None
         fused = [c for c in caps if c["source_kind"] == FUSED]
-        chosen, how = self._choose(alt, syn_by_producer.get(main_syn, []), fused, preferred, guess)
+        written = max((c for c in caps if c["source_kind"] == CURATOR), key=lambda c: c["idx"], default=None)
+        chosen, how = self._choose(alt, syn_by_producer.get(main_syn, []), fused, preferred, guess, written)
         return {"sample": s, "alt": alt, "main_syn": main_syn, "syn": syn_by_producer, "fused": fused,
-                "chosen": chosen, "chosen_by": how}
+                "curator": written, "chosen": chosen, "chosen_by": how}
 
-    def _choose(self, alt, syn, fused, preferred, guess) -> tuple[dict | None, str]:
+    def _choose(self, alt, syn, fused, preferred, guess, written=None) -> tuple[dict | None, str]:
         """The caption that becomes ``<uid>.txt`` and why, by policy.
 
-        ``best``: the curator's preference, else the caption chooser's, else the top clip_score.
+        ``best``: a caption the curator wrote (the latest), else the curator's preference, else the caption
+        chooser's, else the top clip_score.
         ``fused``: the fused caption. ``alt`` and ``hybrid`` (which adds the synthetic captions beside
         it): the alt-text. Where the policy's caption is missing, or the alt-text is empty or junk, the
         fused caption stands in, else the best synthetic one, so no exported sample is left without text.
@@ -100,6 +102,8 @@ class SampleSource:
         usable = alt if alt and usable_alt(alt) else None
         pools = {"alt": [usable] if usable else [], "syn": syn, "fused": fused}
         if self.policy == "best":
+            if written is not None:
+                return written, "curator"
             for source, how in ((preferred, "preference"), (guess, "chooser")):
                 if source in pools and pools[source]:
                     return best_of(pools[source]), how
@@ -128,7 +132,8 @@ class SampleSource:
     def metadata(self, item: dict) -> dict:
         s = item["sample"]
         scores = {c["source_kind"] + (f"_{c['idx']}" if c["source_kind"] == SYN else ""): c["clip_score"]
-                  for c in ([item["alt"]] if item["alt"] else []) + item["syn"].get(item["main_syn"], []) + item["fused"]}
+                  for c in ([item["alt"]] if item["alt"] else []) + item["syn"].get(item["main_syn"], []) + item["fused"]
+                  + ([item["curator"]] if item.get("curator") else [])}
         return {"uid": s["uid"], "sha256": s["sha256"], "key": s["key"], "source": s["source"],
                 "width": s["width"], "height": s["height"], "reward": s["reward"], "reward_version": self.version,
                 "agreement": s["agreement"], "clip_score": scores,
