@@ -11,7 +11,8 @@
   const status = root.querySelector(".atlas-status");
   const colour = root.querySelector(".atlas-colour");
   const webgl = (() => { try { return !!document.createElement("canvas").getContext("webgl"); } catch (e) { return false; } })();
-  let started = false, busy = 0, thumbRoot = "", points = null, timer = null;
+  let started = false, busy = 0, points = null, timer = null, hovered = null;
+  const details = new Map();  // sample id -> hover card data, asked for once
   root.dataset.state = "waiting";
 
   function box() {
@@ -39,7 +40,6 @@
   function draw(d) {
     const p = d.points;
     points = p;
-    thumbRoot = d.thumb_root;
     const dense = d.density !== null;
     const trace = {
       type: webgl ? "scattergl" : "scatter", mode: "markers", x: p.x, y: p.y, customdata: p.id,
@@ -108,18 +108,23 @@
     }
   }
 
-  function showHover(ev) {
+  async function showHover(ev) {
     const pt = ev.points && ev.points[0];
     if (!pt || !points) return;
-    const i = pt.pointIndex;
-    hover.replaceChildren();
-    const img = document.createElement("img");
-    if (points.thumb[i]) img.src = thumbRoot + points.thumb[i];
-    const text = document.createElement("div");
-    text.textContent = `#${points.id[i]} · cluster ${points.cluster[i]}\n${points.alt[i] || "(no alt-text)"}`;
-    hover.append(img, text);
+    const id = points.id[pt.pointIndex];
+    hovered = id;
     const rect = root.getBoundingClientRect();
     const x = ev.event.clientX - rect.left, y = ev.event.clientY - rect.top;
+    if (!details.has(id)) details.set(id, await server.hover(id));
+    if (hovered !== id) return;  // the pointer moved on while the server answered
+    const d = details.get(id);
+    hover.replaceChildren();
+    const img = document.createElement("img");
+    if (d.thumb_url) img.src = d.thumb_url;
+    const text = document.createElement("div");
+    text.textContent = d.error ? d.error : `#${d.id} · cluster ${d.cluster} · reward ${d.reward ?? "–"}\n` +
+      (d.alt || "(no alt-text)");
+    hover.append(img, text);
     hover.style.left = Math.min(x + 14, rect.width - 250) + "px";
     hover.style.top = Math.max(y - 40, 0) + "px";
     hover.style.display = "block";
@@ -132,7 +137,7 @@
       timer = setTimeout(() => load("xaxis.autorange" in ev ? null : box()), 120);
     });
     plot.on("plotly_hover", showHover);
-    plot.on("plotly_unhover", () => { hover.style.display = "none"; });
+    plot.on("plotly_unhover", () => { hovered = null; hover.style.display = "none"; });
     plot.on("plotly_selected", ev => {
       if (!ev) return;
       if (ev.lassoPoints) trigger("region", {lasso: {x: ev.lassoPoints.x, y: ev.lassoPoints.y}, drawn: ev.points.length});
@@ -146,8 +151,24 @@
     plot.on("plotly_doubleclick", () => load(null));
   }
 
+  // plotly.min.js (4.8 MB) is not part of the page load: the page starts fetching it shortly after it shows
+  // (PREFETCH_JS in atlas_ui.py), and the map waits for that script, or adds it if the map is opened first
+  let script = null;
+  function fetchPlotly() {
+    if (script || typeof Plotly !== "undefined") return;
+    script = document.querySelector("script[data-altlens-plotly]");
+    if (!script) {
+      script = document.createElement("script");
+      script.src = root.dataset.plotly;
+      script.dataset.altlensPlotly = "1";
+      document.head.appendChild(script);
+    }
+    script.addEventListener("load", start);
+    script.addEventListener("error", () => { status.textContent = "could not load plotly.min.js from the server"; });
+  }
   function start() {
-    if (started || plot.clientWidth === 0 || typeof Plotly === "undefined") return;
+    if (started || plot.clientWidth === 0) return;
+    if (typeof Plotly === "undefined") { fetchPlotly(); return; }
     started = true;
     load(null).then(wire);
   }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 from pathlib import Path
 from urllib.parse import quote
 
@@ -62,9 +63,22 @@ def plotly_js() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
 
 
+def plotly_url() -> str:
+    return f"/gradio_api/file={quote(str(plotly_js()))}"
+
+
+def prefetch_js() -> str:
+    """JS for the page's load event: fetch and run plotly.min.js a moment after the page shows, so opening the
+    Map does not wait a second for it (the Map tab's own script is only run when the tab is first opened)."""
+    return ("() => { setTimeout(() => { if (window.Plotly || document.querySelector('script[data-altlens-plotly]')) "
+            "return; const s = document.createElement('script'); s.src = %s; s.dataset.altlensPlotly = '1'; "
+            "document.head.appendChild(s); }, 1000); }" % json.dumps(plotly_url()))
+
+
 def _template() -> str:
     options = "".join(f'<option value="{name}">{name}</option>' for name in COLOURINGS)
-    return f"""<div class="atlas" data-dragmode="lasso" id="atlas-root">
+    script = plotly_url()
+    return f"""<div class="atlas" data-dragmode="lasso" id="atlas-root" data-plotly="{script}">
 <div class="atlas-bar"><label>Colour by <select class="atlas-colour">{options}</select></label>
 <button data-mode="lasso" title="drag a free shape">Lasso</button><button data-mode="select" title="drag a box">Box</button>
 <button data-mode="pan" title="drag to move">Pan</button><button class="atlas-reset">Whole map</button>
@@ -89,7 +103,16 @@ class MapHandlers:
                                       as_int(height or 600, "height", 1, 8000))
             except (ValueError, LookupError) as exc:
                 return {"error": str(exc)[:300]}
-        out["thumb_root"] = f"/gradio_api/file={quote(str(self.h.thumbs.resolve()))}/"
+        return out
+
+    def hover(self, sample_id) -> dict:
+        with self.ws.session():
+            try:
+                out = self.atlas.hover(as_int(sample_id, "sample id"))
+            except (ValueError, LookupError) as exc:
+                return {"error": str(exc)[:300]}
+        path = self.h.thumb(out.pop("thumb"))
+        out["thumb_url"] = f"/gradio_api/file={quote(path)}" if path else None
         return out
 
     def region(self, spec: dict) -> tuple[list[int], str]:
@@ -112,17 +135,26 @@ class MapHandlers:
         return tiles, shown, f"samples {first}–{first + len(chunk) - 1} of {len(ids)} · page {page + 1} of {pages}", page
 
 
+def _args(data, n: int) -> list:
+    """A server function's arguments: Gradio passes several as a list and a single one as itself."""
+    values = list(data) if isinstance(data, (list, tuple)) and n > 1 else [data]
+    return (values + [None] * n)[:n]
+
+
 def map_tab(h: Handlers, c: Curate, friendly) -> dict:
     """Lay out the Map tab; returns its components."""
     m = MapHandlers(h)
 
     async def view(args):
-        box, colour, width, height = (list(args) + [None] * 4)[:4]
+        box, colour, width, height = _args(args, 4)
         return await anyio.to_thread.run_sync(functools.partial(m.view, box, colour, width, height))
 
+    async def hover(args):
+        return await anyio.to_thread.run_sync(m.hover, _args(args, 1)[0])
+
     region_ids, picked = gr.State([]), gr.State("")
-    atlas = gr.HTML(html_template=_template(), css_template=ATLAS_CSS, js_on_load=ATLAS_JS, server_functions=[view],
-                    head=f'<script src="/gradio_api/file={quote(str(plotly_js()))}"></script>', elem_id="atlas", padding=False)
+    atlas = gr.HTML(html_template=_template(), css_template=ATLAS_CSS, js_on_load=ATLAS_JS, server_functions=[view, hover],
+                    elem_id="atlas", padding=False)
     legend(("reward", "clip_score", "alt / syn / fused"))
     info = gr.Textbox(label="Selected region", interactive=False, elem_id="atlas-region")
     with gr.Row():

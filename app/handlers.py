@@ -79,6 +79,7 @@ class Handlers:
         self._searcher: Searcher | None = None
         self._filter: FilterIndex | None = None
         self._atlas: Atlas | None = None
+        self._overview: tuple | None = None
         self._histograms: dict[str, charts.HistogramWithLine] = {}
         self.thumbs = self.ws.thumbs_dir
 
@@ -118,7 +119,15 @@ class Handlers:
 
     # ------------------------------------------------------------ overview
     def overview(self, color_by: str = "cluster"):
+        """(counts, histogram, map picture, cluster table), computed once per state of the workspace: the
+        first page load of a 1 M-sample workspace waited a second for it."""
         one_of(color_by, COLOR_BY, "map colouring")
+        key = (color_by, self.ws.fingerprint())
+        if self._overview is None or self._overview[0] != key:
+            self._overview = (key, self._compute_overview(color_by))
+        return self._overview[1]
+
+    def _compute_overview(self, color_by: str):
         data = overview(self.ws)
         stats = data["stats"]
         counts = [[f"status: {k}", v] for k, v in stats["by_status"].items()]

@@ -122,10 +122,14 @@ class LoginRequired:
 
 
 def warm_up(handlers, announce=log.info) -> None:
-    """Load the search model and FAISS index while the first page loads, so the first text search does not
-    wait for them (it took 7.6 s)."""
+    """Compute the Overview and the map's atlas, and load the search model and FAISS index while the first page loads, so neither
+    the first page nor the first text search waits for them (they took 1 s and 7.6 s)."""
     started = time.monotonic()
     try:
+        with handlers.ws.session():
+            handlers.overview("cluster")
+            if handlers.ws.get_meta("map") is not None:
+                handlers.atlas  # noqa: B018 - the Map's first window needs it
         with handlers.ws.session():
             handlers.searcher.model  # noqa: B018 - loading is the point
         announce(f"altlens: search model ready ({time.monotonic() - started:.1f} s)")

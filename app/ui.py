@@ -12,7 +12,7 @@ import functools
 
 import gradio as gr
 
-from app.atlas_ui import map_tab
+from app.atlas_ui import map_tab, prefetch_js
 from app.card import CARD_CSS, SCROLL_TO
 from app.curate import Curate
 from app.curate_ui import (
@@ -95,6 +95,7 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
         browser["review"].click(review["review_cluster"], [browser["cluster"]], [tabs, *review["outputs"]],
                                 show_progress="hidden")
         app.load(None, None, None, js=KEYS_JS)
+        app.load(None, None, None, js=prefetch_js())
         # a view shows its data when opened, and Export lists the selections saved meanwhile
         filter_view.select(filters["rescale"], [filters["source"], filters["source"], filters["threshold"]],
                            [filters["threshold"], filters["scale_note"], filters["last_source"]]).then(

@@ -72,6 +72,7 @@ def build(root: Path, n: int, k: int = 300, seed: int = 0) -> None:
         cur.execute("INSERT INTO reward_versions VALUES (1, 'clip_score:alt', '{}', ?)", [now()])
         ws.insert_arrow("rewards", pa.table({"sample_id": ids, "version": np.ones(n, np.int32), "value": reward}), cur=cur)
         ws.set_meta("active_reward", 1, cur=cur)
+        ws.set_meta("map", {"k": k, "n": n, "bench": True}, cur=cur)
     # per-source scores as 'altlens score' materialises them: alt = the reward, syn/fused = noisy copies
     with ws.transaction() as cur:
         ws.insert_arrow("sample_source_scores", pa.table({
@@ -96,14 +97,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--browser", action="store_true", help="also time page load and map first paint in Chromium")
+    ap.add_argument("--keep", help="build the workspace here (or reuse it if it exists) instead of a temp folder")
     args = ap.parse_args()
     from app.atlas_ui import MapHandlers
     from app.handlers import Handlers
     from curation.views.filter import filter_effect
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "ws"
+        root = Path(args.keep) if args.keep else Path(tmp) / "ws"
         t0 = time.perf_counter()
-        build(root, args.n)
+        if not (root / "altlens.duckdb").exists():
+            build(root, args.n)
         setup = time.perf_counter() - t0
         ws = Workspace(root, read_only=True)
         h = Handlers(ws)
@@ -126,7 +129,8 @@ def main() -> None:
     print(json.dumps({"n": args.n, "setup_s": round(setup, 1), **results}, indent=1))
     goals = {"gallery_page_of_cluster": 150, "filter_change": 150, "text_search": 50, "sample_card": 1000,
              "map_picture": 1000, "map_first_window": 1000, "map_zoomed_window": 1000, "map_box_region_page": 1000,
-             "map_lasso_region_page": 1000, "browser_page_load": 2000, "browser_map_first_paint": 2000}
+             "map_lasso_region_page": 1000, "browser_page_load": 2000, "browser_map_first_paint": 2000,
+             "browser_map_first_paint_at_once": 2000}
     for name, goal in goals.items():
         if name not in results:
             continue
@@ -164,23 +168,29 @@ def map_timings(m, rng, repeats: int) -> dict:
 
 
 def browser_timings(root: Path) -> dict:
-    """Cold page load (until the Overview's counts show) and the Map tab's first paint, in Chromium."""
+    """Page load (until the Overview's counts show) and the Map tab's first paint (click until the map is drawn),
+    in Chromium: the Map opened at once, and after 3 s on the Overview (plotly.min.js is fetched meanwhile).
+    Six page loads; p95 is the slowest."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from browser import browser_page, served
-    loads, paints = [], []
+    loads, at_once, later = [], [], []
     with served(root, "--read-only") as url:
-        for _ in range(3):
+        time.sleep(5)  # the server computes the Overview and the atlas at start
+        for i in range(6):
             with browser_page(1280, 800) as page:
                 t0 = time.perf_counter()
                 page.goto(url)
                 page.get_by_text("status: ok").filter(visible=True).first.wait_for()
                 loads.append((time.perf_counter() - t0) * 1000)
+                if i % 2:
+                    time.sleep(3)
                 t0 = time.perf_counter()
                 page.get_by_role("tab", name="Map").click()
                 page.wait_for_selector("#atlas-root[data-state=ready]", timeout=120_000)
-                paints.append((time.perf_counter() - t0) * 1000)
+                (later if i % 2 else at_once).append((time.perf_counter() - t0) * 1000)
     as_stats = lambda xs: {"p50_ms": round(float(np.median(xs)), 1), "p95_ms": round(float(max(xs)), 1)}  # noqa: E731
-    return {"browser_page_load": as_stats(loads), "browser_map_first_paint": as_stats(paints)}
+    return {"browser_page_load": as_stats(loads), "browser_map_first_paint": as_stats(later),
+            "browser_map_first_paint_at_once": as_stats(at_once)}
 
 
 if __name__ == "__main__":

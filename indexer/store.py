@@ -81,6 +81,18 @@ class Workspace:
     def db_path(self) -> Path:
         return self.root / DB_NAME
 
+    def fingerprint(self) -> tuple:
+        """Changes whenever anyone commits to the workspace (the database file and its write-ahead log), so a
+        server can cache what it computed from the data and notice a CLI command's writes."""
+        out = []
+        for path in (self.db_path, self.db_path.with_name(DB_NAME + ".wal")):
+            try:
+                st = path.stat()
+                out += [st.st_mtime_ns, st.st_size]
+            except FileNotFoundError:
+                out += [0, 0]
+        return tuple(out)
+
     @property
     def thumbs_dir(self) -> Path:
         return self.root / "thumbs"

@@ -51,7 +51,12 @@ def test_hover_data_and_labels_come_with_the_points(atlas, demo_ws):
         i = view["points"]["id"][0]
         alt = ws.scalar("SELECT arg_min(text, idx) FROM captions WHERE sample_id = ? AND source_kind = 'alt'", [i])
         thumb = ws.scalar("SELECT thumb FROM samples WHERE id = ?", [i])
-    assert view["points"]["alt"][0] == (alt or "")[:140] and view["points"]["thumb"][0] == thumb
+    card = atlas.hover(i)
+    row = int(np.searchsorted(atlas.ids, i))
+    assert card["alt"] == (alt or "")[:200] and card["thumb"] == thumb and card["cluster"] == atlas.cluster[row]
+    assert set(view["points"]) == {"id", "x", "y", "colour"}, "a window carries no caption text"
+    with pytest.raises(AtlasError, match="not on the map"):
+        atlas.hover(10**9)
     assert view["labels"] and all(re.fullmatch(r"\d+(: [\w\s'\-]+)?", lab["text"]) for lab in view["labels"])
     assert clean_term('<a href="x">dog</a>') == "a hrefxdoga"
 
@@ -143,7 +148,15 @@ def test_map_box_and_lasso_open_exactly_the_server_region_then_label_and_save(de
         page.wait_for_selector("#atlas-root[data-state=ready]")
         assert int(page.get_attribute("#atlas-root", "data-in-view")) == len(atlas.ids)
         plot = page.locator("#atlas-root .nsewdrag").first.bounding_box()
+        (xr, yr) = page.evaluate(AXES)
+        px, py = page.evaluate("() => { const t = document.querySelector('#atlas-root .atlas-plot').data[0]; "
+                               "return [t.x[0], t.y[0]]; }")
+        page.mouse.move(plot["x"] + (px - xr[0]) / (xr[1] - xr[0]) * plot["width"],
+                        plot["y"] + (yr[1] - py) / (yr[1] - yr[0]) * plot["height"])
+        page.wait_for_function("() => /#\\d+ · cluster \\d+/.test(document.querySelector('.atlas-hover').innerText)")
+        assert "/gradio_api/file=" in page.get_attribute(".atlas-hover img", "src")
         page.screenshot(path=shots / "map.png")
+        page.mouse.move(plot["x"] + 2, plot["y"] + 2)
 
         page.click("#atlas-root button[data-mode=select]")
         a = (plot["x"] + plot["width"] * 0.35, plot["y"] + plot["height"] * 0.35)

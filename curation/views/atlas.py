@@ -3,9 +3,9 @@
 ``Atlas`` holds every mapped sample's coordinates in memory (16 bytes a point)
 and answers a window (pan or zoom) in a few numpy passes:
 
-* at most ``cap`` points go out, with id, colour, thumbnail and alt-text for the
-  hover card. Which points are shown is a fixed random rank, so zooming in only
-  adds points and never reshuffles them;
+* at most ``cap`` points go out (id, position, colour). Which points are shown is
+  a fixed random rank, so zooming in only adds points and never reshuffles them.
+  The hover card's thumbnail and alt-text are asked for one point at a time;
 * when the window holds more than ``cap`` points, a density picture of all of
   them goes out too (:func:`curation.structure.mapview.density_image`), so a
   zoomed-out map still shows every sample without shipping them;
@@ -164,18 +164,22 @@ class Atlas:
         return out
 
     def _points(self, rows: np.ndarray, colouring: Colouring) -> dict:
-        ids = self.ids[rows]
-        hover = {}
-        if len(ids):
-            hover = {r[0]: (r[1], r[2]) for r in self.ws.rows(
-                """SELECT s.id, s.thumb, (SELECT arg_min(c.text, c.idx) FROM captions c
-                                          WHERE c.sample_id = s.id AND c.source_kind = 'alt')
-                   FROM (SELECT unnest(?) AS id) q JOIN samples s ON s.id = q.id""", [ids.tolist()])}
-        return {"id": ids.tolist(), "x": np.round(self.x[rows], 5).tolist(), "y": np.round(self.y[rows], 5).tolist(),
-                "colour": _hex(colouring.rgb(rows)),
-                "thumb": [hover.get(int(i), (None, None))[0] for i in ids],
-                "alt": [(hover.get(int(i), (None, None))[1] or "")[:140] for i in ids],
-                "cluster": self.cluster[rows].tolist()}
+        return {"id": self.ids[rows].tolist(), "x": np.round(self.x[rows], 5).tolist(),
+                "y": np.round(self.y[rows], 5).tolist(), "colour": _hex(colouring.rgb(rows))}
+
+    def hover(self, sample_id: int) -> dict:
+        """What the hover card shows for one point: thumbnail path, alt-text (cut to 200 characters), cluster and
+        active reward. Asked for when the pointer rests on a point, so windows stay small."""
+        row = int(np.searchsorted(self.ids, int(sample_id)))
+        if row >= len(self.ids) or self.ids[row] != int(sample_id):
+            raise AtlasError(f"sample {sample_id} is not on the map")
+        found = self.ws.rows("""SELECT s.thumb, (SELECT arg_min(c.text, c.idx) FROM captions c
+                                 WHERE c.sample_id = s.id AND c.source_kind = 'alt') FROM samples s WHERE s.id = ?""",
+                             [int(sample_id)])
+        thumb, alt = found[0] if found else (None, None)
+        reward = self.reward[row]
+        return {"id": int(sample_id), "thumb": thumb, "alt": (alt or "")[:200], "cluster": int(self.cluster[row]),
+                "reward": None if np.isnan(reward) else round(float(reward), 3)}
 
     def _labels(self, x0, x1, y0, y1) -> list[dict]:
         cx, cy = self.centres[:, 0], self.centres[:, 1]
