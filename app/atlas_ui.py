@@ -25,9 +25,8 @@ from urllib.parse import quote
 import anyio
 import gradio as gr
 
-from app.card import SCROLL_TO
 from app.curate import Curate
-from app.curate_ui import _who, card_actions, details_panel, legend
+from app.curate_ui import SamplePanel, _who, legend
 from app.handlers import Handlers, UserError, as_int
 from curation.export.select import POLICIES
 from curation.views.atlas import COLOURINGS, Atlas, region_summary
@@ -175,11 +174,7 @@ def map_tab(h: Handlers, c: Curate, friendly) -> dict:
         replace = gr.Checkbox(label="Replace a selection of that name", value=False, scale=1)
         save_btn = gr.Button("Save selection", variant="primary", scale=1, elem_id="atlas-save")
     done = gr.Textbox(label="Result", interactive=False, elem_id="atlas-result")
-    big = gr.HTML(elem_id="map-card")
-    open_id = gr.State(None)
-    card_actions(c, friendly, open_id, big, "map")
-    facts, captions = details_panel()
-    dups = gr.Gallery(label="Near-duplicates", columns=8, height=140, allow_preview=False)
+    panel = SamplePanel(c, friendly, "map")
     page_out = [gallery, tile_ids, page_text, page]
 
     def on_region(evt: gr.EventData, src):
@@ -192,20 +187,12 @@ def map_tab(h: Handlers, c: Curate, friendly) -> dict:
                      [region_ids, page, source], page_out, show_progress="hidden")
     source.change(lambda ids, p, s: friendly(m.page)(ids, p, s), [region_ids, page, source], page_out)
 
-    def open_card(sample_id):
-        return (*friendly(h.sample)(sample_id), sample_id)
-    card_out = [big, captions, facts, dups, open_id]
-
-    def open_tile(evt: gr.SelectData, ids):
-        if not ids or evt.index is None or not 0 <= int(evt.index) < len(ids):
-            raise gr.Error("that tile is no longer on the page")
-        return open_card(ids[int(evt.index)])
-    gallery.select(open_tile, [tile_ids], card_out).then(None, js=SCROLL_TO % "map-card")
+    panel.open_ids(gallery, tile_ids)
 
     def on_pick(evt: gr.EventData):
         data = getattr(evt, "_data", None) or {}
-        return open_card(as_int(data.get("id"), "sample id"))
-    atlas.pick(on_pick, None, card_out, api_name="map_pick", show_progress="hidden")
+        return panel.show(data.get("id"))
+    atlas.pick(on_pick, None, panel.outputs, api_name="map_pick", show_progress="hidden")
 
     def tag_all(ids, text, request: gr.Request):
         return friendly(c.tag_many)(ids, text, _who(request))

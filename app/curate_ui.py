@@ -4,11 +4,13 @@ Keys in the Review view: g = good, b = bad, s = skip, 1/2/3 = best caption is
 alt/syn/fused. They are ignored while typing in a text box and whenever the
 Review view is not on screen.
 """
+import re
 
 import gradio as gr
 
+from app.card import SCROLL_TO
 from app.curate import ACTIONS, QUEUES, Curate
-from app.handlers import CAPTION_COLUMNS
+from app.handlers import CAPTION_COLUMNS, as_int
 from curation.export.formats import format_names
 from curation.export.select import LABEL_FILTERS, POLICIES
 from curation.views.glossary import CAPTION_SCORES, glossary_markdown
@@ -80,6 +82,54 @@ def card_actions(c: Curate, friendly, open_id: gr.State, card: gr.HTML, view: st
     def write(sample_id, text, request: gr.Request):
         return friendly(c.write_caption)(sample_id, text, _who(request), view), ""
     caption_btn.click(write, [open_id, caption], [card, caption], api_name=f"{view}_write_caption")
+
+
+class SamplePanel:
+    """The sample card of one view with its label buttons, caption box, details and near-duplicates.
+
+    ``open_ids(gallery, ids_state)`` opens the clicked tile of a gallery whose tile ids sit in a state;
+    ``open_tiles(gallery)`` reads the id from the tile's own caption ("#123 · ..."), for galleries that keep
+    no ids; ``open_rows(table)`` opens the sample of a table row whose first column is the id."""
+
+    def __init__(self, c: Curate, friendly, view: str):
+        self.h, self.friendly, self.view = c.h, friendly, view
+        self.card = gr.HTML(elem_id=f"{view}-card")
+        self.open_id = gr.State(None)
+        card_actions(c, friendly, self.open_id, self.card, view)
+        self.facts, self.captions = details_panel()
+        self.dups = gr.Gallery(label="Near-duplicates", columns=8, height=140, allow_preview=False)
+        self.outputs = [self.card, self.captions, self.facts, self.dups, self.open_id]
+
+    def show(self, sample_id):
+        """The card, captions table, facts, duplicates and id of ``sample_id`` (a bad id: a visible message)."""
+        sample_id = self.friendly(as_int)(sample_id, "sample id")
+        return (*self.friendly(self.h.sample)(sample_id), sample_id)
+
+    def _then_scroll(self, event):
+        event.then(None, js=SCROLL_TO % f"{self.view}-card")
+
+    def open_ids(self, gallery: gr.Gallery, ids: gr.State) -> None:
+        def open_tile(evt: gr.SelectData, tile_ids):
+            if not tile_ids or evt.index is None or not 0 <= int(evt.index) < len(tile_ids):
+                raise gr.Error("that tile is no longer on the page")
+            return self.show(tile_ids[int(evt.index)])
+        self._then_scroll(gallery.select(open_tile, [ids], self.outputs))
+
+    def open_tiles(self, gallery: gr.Gallery) -> None:
+        def open_tile(evt: gr.SelectData):
+            caption = (evt.value or {}).get("caption") if isinstance(evt.value, dict) else None
+            found = re.search(r"#(\d+)", caption or "")
+            if found is None:
+                raise gr.Error("that tile names no sample")
+            return self.show(int(found.group(1)))
+        self._then_scroll(gallery.select(open_tile, None, self.outputs))
+
+    def open_rows(self, table: gr.Dataframe) -> None:
+        def open_row(evt: gr.SelectData, rows):
+            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            value = rows.iloc[row, 0] if hasattr(rows, "iloc") else rows[row][0]
+            return self.show(value)
+        self._then_scroll(table.select(open_row, [table], self.outputs))
 
 
 def review_tab(c: Curate, friendly, clusters: list[str], filters: dict) -> dict:

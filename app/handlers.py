@@ -213,12 +213,14 @@ class Handlers:
             self._atlas = Atlas(self.ws, self.filter_index)
         return self._atlas
 
-    def filter(self, source: str, threshold):
+    def filter(self, source: str, threshold, page=0):
+        """(histogram, counts, per-cluster table, dropped tiles, just-above tiles) for a threshold; the two
+        strips show page ``page`` (12 tiles each)."""
         if source not in SCORE_SOURCES and not str(source).startswith("reward@"):
             one_of(source, SCORE_SOURCES, "score")
         t = as_float(threshold, "threshold")
         try:
-            effect = self.filter_index.effect(source, t)
+            effect = self.filter_index.effect(source, t, page=as_int(page or 0, "page", 0, 10**6))
         except ViewError as exc:
             raise UserError(str(exc)) from None
         if source not in self._histograms:

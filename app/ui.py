@@ -13,12 +13,11 @@ import functools
 import gradio as gr
 
 from app.atlas_ui import map_tab, prefetch_js
-from app.card import CARD_CSS, SCROLL_TO
+from app.card import CARD_CSS
 from app.curate import Curate
 from app.curate_ui import (
     KEYS_JS,
-    card_actions,
-    details_panel,
+    SamplePanel,
     export_tab,
     legend,
     review_tab,
@@ -70,13 +69,13 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
             with gr.Tab("Browser", id="browser"):
                 browser = _browser_tab(h, c, clusters, tile_ids)
             with gr.Tab("Compare captions", id="compare"):
-                _compare_tab(h)
+                _compare_tab(h, c)
             with gr.Tab("Filter", id="filter") as filter_view:
                 filters = _filter_tab(h, c)
             with gr.Tab("Defaults", id="defaults"):
-                _defaults_tab(h)
+                _defaults_tab(h, c)
             with gr.Tab("Search", id="search"):
-                _search_tab(h, c, browser)
+                _search_tab(h, c)
             with gr.Tab("Review", id="review"):
                 review = review_tab(c, friendly, clusters, filters)
             with gr.Tab("Export", id="export") as export_view:
@@ -99,7 +98,7 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
         # a view shows its data when opened, and Export lists the selections saved meanwhile
         filter_view.select(filters["rescale"], [filters["source"], filters["source"], filters["threshold"]],
                            [filters["threshold"], filters["scale_note"], filters["last_source"]]).then(
-            friendly(h.filter), [filters["source"], filters["threshold"]], filters["outputs"])
+            filters["run"], [filters["source"], filters["threshold"]], filters["outputs"])
         export_view.select(lambda current: selection_choices(c, current), [export_selection], [export_selection])
     app.altlens_workspace = ws
     app.altlens_handlers = h
@@ -136,11 +135,7 @@ def _browser_tab(h: Handlers, c: Curate, clusters: list[str], tile_ids: gr.State
     info = gr.Textbox(label="In view", interactive=False)
     gallery = gr.Gallery(label="Samples", columns=8, height=560, allow_preview=False, object_fit="contain",
                          elem_classes=["tile-gallery"])
-    big = gr.HTML(elem_id="browser-card")
-    open_id = gr.State(None)
-    card_actions(c, friendly, open_id, big, "browser")
-    facts, captions = details_panel()
-    dups = gr.Gallery(label="Near-duplicates", columns=8, height=140, allow_preview=False)
+    panel = SamplePanel(c, friendly, "browser")
     outputs = [gallery, tile_ids, info, page]
 
     def show(c, p, s, o):
@@ -150,27 +145,22 @@ def _browser_tab(h: Handlers, c: Curate, clusters: list[str], tile_ids: gr.State
     prev_btn.click(lambda c, p, s, o: show(c, max(0, int(p or 0) - 1), s, o), [cluster, page, source, order], outputs)
     next_btn.click(lambda c, p, s, o: show(c, int(p or 0) + 1, s, o), [cluster, page, source, order], outputs)
 
-    def open_tile(evt: gr.SelectData, ids):
-        """The clicked tile's card, tables and duplicates, and its id (what the label buttons act on)."""
-        if not ids or evt.index is None or not 0 <= int(evt.index) < len(ids):
-            raise gr.Error("that tile is no longer on the page")
-        return (*friendly(h.sample)(ids[int(evt.index)]), ids[int(evt.index)])
-    gallery.select(open_tile, [tile_ids], [big, captions, facts, dups, open_id]).then(
-        None, js=SCROLL_TO % "browser-card")
-    return {"cluster": cluster, "gallery": gallery, "info": info, "page": page, "big": big, "captions": captions,
-            "review": review_btn,
-            "facts": facts, "dups": dups, "open_tile": open_tile}
+    panel.open_ids(gallery, tile_ids)
+    return {"cluster": cluster, "gallery": gallery, "info": info, "page": page, "review": review_btn}
 
 
-def _compare_tab(h: Handlers) -> None:
+def _compare_tab(h: Handlers, c: Curate) -> None:
     with gr.Row():
         sort = gr.Dropdown(list(COMPARE_SORTS), value="syn_minus_alt", label="Sort by gap")
         page = gr.Number(value=0, precision=0, label="Page", minimum=0)
         go = gr.Button("Compare", variant="primary")
     table = gr.Dataframe(headers=["id", "alt-text", "alt", "best synthetic", "syn", "fused", "fused score",
-                                  "syn − alt", "fused − alt"], label="Alt vs synthetic vs fused (clip_score)",
-                         interactive=False, wrap=True)
+                                  "syn − alt", "fused − alt"],
+                         label="Alt vs synthetic vs fused (clip_score) · click a row for its card",
+                         interactive=False, wrap=True, elem_id="compare-table",
+                         column_widths=["6%", "19%", "6%", "19%", "6%", "19%", "7%", "9%", "9%"])
     legend(("alt / syn / fused", "clip_score"))
+    SamplePanel(c, friendly, "compare").open_rows(table)
     go.click(friendly(h.compare), [sort, page], [table])
     sort.change(friendly(h.compare), [sort, page], [table])
 
@@ -187,22 +177,40 @@ def _filter_tab(h: Handlers, c: Curate) -> dict:
         hist = gr.Image(label="Histogram", type="pil", interactive=False)
         per_cluster = gr.Dataframe(headers=["cluster", "size", "dropped", "dropped share"],
                                    label="Effect per cluster", interactive=False)
-    below = gr.Gallery(label="Dropped, lowest first", columns=12, height=170, allow_preview=False)
-    above = gr.Gallery(label="Just above the line", columns=12, height=170, allow_preview=False)
-    outputs = [hist, counts, per_cluster, below, above]
+    with gr.Row():
+        strip_page = gr.Number(value=0, precision=0, label="Strip page (12 tiles each)", minimum=0, scale=1)
+        prev_btn = gr.Button("◀ previous 12", scale=1, elem_id="filter-prev")
+        next_btn = gr.Button("next 12 ▶", scale=1, elem_id="filter-next")
+    below = gr.Gallery(label="Dropped, lowest first (click a tile for its card)", columns=6, height=420,
+                       allow_preview=False, object_fit="contain", elem_id="filter-below", elem_classes=["tile-gallery"])
+    above = gr.Gallery(label="Just above the line", columns=6, height=420, allow_preview=False, object_fit="contain",
+                       elem_id="filter-above", elem_classes=["tile-gallery"])
+    panel = SamplePanel(c, friendly, "filter")
+    panel.open_tiles(below)
+    panel.open_tiles(above)
+    outputs = [hist, counts, per_cluster, below, above, strip_page]
+
+    def run(src, t):
+        """A new threshold or score: everything again, the strips from their first page."""
+        return (*friendly(h.filter)(src, t), 0)
+    for button, step in ((prev_btn, -1), (next_btn, 1)):
+        def move(src, t, p, step=step):
+            p = max(0, int(p or 0) + step)
+            return (*friendly(h.filter)(src, t, p)[3:], p)
+        button.click(move, [source, threshold, strip_page], [below, above, strip_page], show_progress="hidden")
     def rescale(new_source, old_source, value):
         scale = friendly(h.threshold_scale)(new_source, old_source, value)
         return threshold_slider(scale), scale["note"], new_source
-    threshold.release(friendly(h.filter), [source, threshold], outputs)
+    threshold.release(run, [source, threshold], outputs)
     source.input(rescale, [source, last_source, threshold], [threshold, scale_note, last_source]).then(
-        friendly(h.filter), [source, threshold], outputs)
-    threshold.change(friendly(h.filter), [source, threshold], outputs, show_progress="hidden", trigger_mode="always_last")
+        run, [source, threshold], outputs)
+    threshold.change(run, [source, threshold], outputs, show_progress="hidden", trigger_mode="always_last")
     selection_panel(c, friendly, source, threshold)
-    return {"source": source, "threshold": threshold, "outputs": outputs, "scale_note": scale_note,
+    return {"source": source, "threshold": threshold, "outputs": outputs, "run": run, "scale_note": scale_note,
             "last_source": last_source, "rescale": rescale}
 
 
-def _defaults_tab(h: Handlers) -> None:
+def _defaults_tab(h: Handlers, c: Curate) -> None:
     with gr.Row():
         concept = gr.Textbox(label="Concept", max_lines=1, placeholder="a word captions use after the axis's values")
         axis = gr.Textbox(value=h.default_axis(), label="Axis (NAME=VALUE1,VALUE2,...; the first mined axis)",
@@ -221,10 +229,13 @@ def _defaults_tab(h: Handlers) -> None:
     suggestions = gr.Dataframe(headers=["concept", "axis", "captions say", "share", "images show it", "entropy drop",
                                         "default?"], label="Suggestions", interactive=False)
     go.click(friendly(h.defaults), [concept, axis, source], [say, show, summary, cap_examples, img_examples])
+    panel = SamplePanel(c, friendly, "defaults")
+    panel.open_tiles(cap_examples)
+    panel.open_tiles(img_examples)
     suggest_btn.click(friendly(h.suggestions), [source], [suggestions])
 
 
-def _search_tab(h: Handlers, c: Curate, browser: dict) -> None:
+def _search_tab(h: Handlers, c: Curate) -> None:
     hits = gr.State([])
     with gr.Row():
         text = gr.Textbox(label="Find images matching a text", max_lines=1, placeholder="a dog running on a beach")
@@ -232,15 +243,11 @@ def _search_tab(h: Handlers, c: Curate, browser: dict) -> None:
     with gr.Row():
         sample = gr.Number(value=0, precision=0, label="…or images similar to sample #", minimum=0)
         similar = gr.Button("Similar images")
-    results = gr.Gallery(label="Results (cosine to the query)", columns=8, height=480, allow_preview=False)
+    results = gr.Gallery(label="Results (cosine to the query)", columns=8, height=480, allow_preview=False,
+                         elem_id="search-results")
     legend(("cosine", *CAPTION_SCORES))
-    big = gr.HTML(elem_id="search-card")
-    open_id = gr.State(None)
-    card_actions(c, friendly, open_id, big, "search")
-    facts, captions = details_panel()
-    dups = gr.Gallery(label="Near-duplicates", columns=8, height=140, allow_preview=False)
+    panel = SamplePanel(c, friendly, "search")
     go.click(friendly(h.search_text), [text], [results, hits])
     text.submit(friendly(h.search_text), [text], [results, hits])
     similar.click(friendly(h.search_similar), [sample], [results, hits])
-    results.select(browser["open_tile"], [hits], [big, captions, facts, dups, open_id]).then(
-        None, js=SCROLL_TO % "search-card")
+    panel.open_ids(results, hits)

@@ -26,7 +26,7 @@ def demo(
 
 def demo_train(
     out_dir: str = typer.Option(None, help="Where to write the checkpoint (default: the shipped location)."),
-    steps: int = typer.Option(1200, min=1, help="CLIP training steps."),
+    steps: int = typer.Option(1200, min=0, help="CLIP training steps (0: keep --init-from, train the captioner only)."),
     captioner_steps: int = typer.Option(800, min=0, help="Captioner training steps (0: CLIP only)."),
     n_train: int = typer.Option(40000, min=100),
     seed: int = typer.Option(20261128),

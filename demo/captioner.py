@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from tqdm import tqdm
 
-from demo.world import BACKGROUNDS, COLOURS, POSITION_PHRASE, SHAPES, SIZES, habit_caption
+from demo.world import BACKGROUNDS, COLOURS, POSITION_PHRASE, SHAPES, SIZES, varied_caption
 
 CAPTIONER_NAME = "altlens-demo-captioner"
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -112,8 +112,10 @@ class DemoCaptionModel(nn.Module):
 
     # ------------------------------------------------------------ decoding
     @torch.inference_mode()
-    def generate(self, pixels: torch.Tensor, sampling: str = "top_p", top_p: float = 0.9, seed: int = 0) -> list[str]:
-        """One caption per image: nucleus sampling (the DataCompDR recipe) or beam search (3 beams)."""
+    def generate(self, pixels: torch.Tensor, sampling: str = "top_p", top_p: float = 0.9, seed: int = 0,
+                 temperature: float = 1.0) -> list[str]:
+        """One caption per image: nucleus sampling (the DataCompDR recipe) at ``temperature``, or beam search
+        (3 beams)."""
         self.eval()
         if sampling == "beam":
             return [self.decode(ranked[0]) for ranked in self._beam(pixels, beams=3, groups=1)]
@@ -122,7 +124,7 @@ class DemoCaptionModel(nn.Module):
         seqs = torch.full((len(pixels), 1), BOS, dtype=torch.long)
         done = torch.zeros(len(pixels), dtype=torch.bool)
         for _ in range(self.cfg.context - 1):
-            probs = self.logits(memory, seqs)[:, -1].float().softmax(-1)
+            probs = (self.logits(memory, seqs)[:, -1].float() / max(temperature, 1e-3)).softmax(-1)
             probs[:, [PAD, BOS, UNK]] = 0
             nxt = _nucleus(probs, top_p, gen)
             nxt[done] = PAD
@@ -238,11 +240,12 @@ def load_captioner(path: str | Path) -> DemoCaptionModel:
 
 def train_captioner(cfg, pixels: torch.Tensor, scenes: list[dict]) -> float:
     """Train on the CLIP's rendered scenes, captioned with the planted habits (see
-    :class:`demo.world.CaptionHabits`); write the checkpoint; return minutes."""
+    :class:`demo.world.CaptionHabits`) and a fresh wording drawn every time a scene comes up
+    (:func:`demo.world.varied_caption`), so that the model learns several ways to say one picture and top-p
+    sampling gives different captions; write the checkpoint; return minutes."""
     torch.manual_seed(cfg.seed + 3)
     model = DemoCaptionModel(CaptionerConfig())
     rng = random.Random(cfg.seed + 4)
-    tokens = model.batch_tokens([habit_caption(s, rng) for s in scenes])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.captioner_lr, weight_decay=0.01)
     start = time.time()
     model.train()
@@ -252,8 +255,9 @@ def train_captioner(cfg, pixels: torch.Tensor, scenes: list[dict]) -> float:
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, len(scenes), (cfg.captioner_batch,))
+        tokens = model.batch_tokens([varied_caption(scenes[i], rng) for i in idx.tolist()])
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model.loss(pixels[idx].float(), tokens[idx])
+            loss = model.loss(pixels[idx].float(), tokens)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

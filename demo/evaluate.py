@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from curation.structure.diversity import distinct_n
 from demo.phrasings import HARD_KINDS, corrupt
 from demo.world import EVAL_WORLD, SHAPES, SIZES, canonical_caption, random_scene, render, swap_caption
 
@@ -69,7 +70,19 @@ def evaluate_model(model, n: int = 300, seed: int = 777, caption_n: int | None =
         hits = [first_shape(c) in largest_shapes(s) for c, s in zip(captions, scenes[:m])]
         result["largest_shape_acc"] = float(np.mean(hits))
         result["caption_examples"] = captions[:5]
+        result |= caption_diversity(generator, pixels[:min(m, 200)], seed)
     return result
+
+
+def caption_diversity(generator, pixels: torch.Tensor, seed: int, num: int = 5) -> dict:
+    """How different ``num`` top-p (0.9) captions of one image are, averaged over images: distinct captions,
+    the share of images with at least 3 distinct, distinct-1 and distinct-2."""
+    flat = generator.generate(pixels.repeat_interleave(num, dim=0), sampling="top_p", top_p=0.9, seed=seed + 5)
+    per_image = [flat[i * num:(i + 1) * num] for i in range(len(pixels))]
+    counts = [len(set(c)) for c in per_image]
+    return {"distinct_of_5": float(np.mean(counts)), "share_3_distinct": float(np.mean([c >= 3 for c in counts])),
+            "distinct_1": float(np.nanmean([distinct_n(c, 1) for c in per_image])),
+            "distinct_2": float(np.nanmean([distinct_n(c, 2) for c in per_image]))}
 
 
 def by_kind(model, scenes: list[dict], img: np.ndarray, pos: np.ndarray, seed: int) -> dict[str, float]:

@@ -142,10 +142,12 @@ def train(cfg: TrainConfig = TrainConfig()) -> dict:
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    if not cfg.steps and not cfg.init_from:
+        raise ValueError("--steps 0 (train the captioner only) needs --init-from the CLIP to keep")
     rng = random.Random(cfg.seed + 1)
     start = time.time()
     model.train()
-    bar = tqdm(range(cfg.steps), desc="train demo CLIP", unit="step")
+    bar = tqdm(range(cfg.steps), desc="train demo CLIP", unit="step", disable=not cfg.steps)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -158,12 +160,24 @@ def train(cfg: TrainConfig = TrainConfig()) -> dict:
             model.logit_scale.clamp_(0, math.log(100))
         bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
     minutes = (time.time() - start) / 60
-    save_clip(model, Path(cfg.out_dir))
+    if cfg.steps:
+        save_clip(model, Path(cfg.out_dir))
+    else:  # the kept CLIP's file, byte for byte (a workspace knows its model by the file's hash)
+        keep_clip(Path(cfg.init_from), Path(cfg.out_dir))
     captioner_minutes = 0.0
     if cfg.captioner_steps:
         from demo.captioner import train_captioner
         captioner_minutes = train_captioner(cfg, pixels, scenes)
     return finish(model, cfg, minutes, captioner_minutes)
+
+
+def keep_clip(source: Path, out: Path) -> None:
+    import shutil
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{MODEL_NAME}.safetensors"
+    if source.resolve() != target.resolve():
+        shutil.copyfile(source, target)
+        (out / f"{MODEL_NAME}.json").write_text((MODEL_DIR / f"{MODEL_NAME}.json").read_text())
 
 
 def save_clip(model, out: Path) -> Path:
@@ -195,6 +209,19 @@ def finish(model, cfg: TrainConfig, minutes: float, captioner_minutes: float = 0
     return numbers
 
 
+PREVIOUS_CLIP = ("continued from the first shipped CLIP (1200 steps of batch 256 from scratch, lr 1e-3, with colour "
+                 "and shape negatives only), then 300 steps of batch 256 with every kind of negative, lr 3e-4 "
+                 "(13.9 min, fp32)")
+
+
+def clip_line(cfg: TrainConfig, minutes: dict) -> str:
+    if not cfg.steps:
+        return (f"- CLIP: kept from the previous `altlens demo-train` run ({PREVIOUS_CLIP}); this run trained the "
+                "captioner only (`--steps 0 --init-from` the shipped CLIP).")
+    return (f"- CLIP: {clip_stage(cfg)} {cfg.steps} steps of batch {cfg.batch} ({minutes['clip']:.1f} min wall time, "
+            f"{cfg.precision}),\n  AdamW lr {cfg.lr}, cosine schedule.")
+
+
 def clip_stage(cfg: TrainConfig) -> str:
     if not cfg.init_from:
         return "from scratch,"
@@ -213,7 +240,9 @@ def captioner_line(cfg: TrainConfig, minutes: dict) -> str:
         return ("- captioner: kept from the previous `altlens demo-train` run (this run trained the CLIP only, "
                 "`--captioner-steps 0`); it does not depend on the CLIP.")
     return (f"- captioner: {cfg.captioner_steps} steps of batch {cfg.captioner_batch} ({minutes['captioner']:.1f} min), "
-            f"AdamW lr\n  {cfg.captioner_lr}, cross-entropy on the same scenes' captions as the habitual writer puts them.")
+            f"AdamW lr\n  {cfg.captioner_lr}, cross-entropy on the same scenes' captions as the habitual writer puts them, "
+            "in a\n  wording drawn afresh each time a scene comes up (`varied_caption`: the full caption 40% of the time, "
+            "else\n  one with size, position, background or the smaller objects left out).")
 
 
 def write_card(out: Path, cfg: TrainConfig, numbers: dict, minutes: dict, sizes: dict) -> None:
@@ -254,8 +283,7 @@ ViT (its decoder reads the ViT's output tokens), so the demo uses a ResNet CLIP 
 ## Training
 
 `altlens demo-train`, seed {cfg.seed}, {cfg.n_train} rendered scenes, CPU, {cfg.threads} threads.
-- CLIP: {clip_stage(cfg)} {cfg.steps} steps of batch {cfg.batch} ({minutes['clip']:.1f} min wall time, {cfg.precision}),
-  AdamW lr {cfg.lr}, cosine schedule.
+{clip_line(cfg, minutes)}
   Contrastive texts are {int(cfg.alt_style_share * 100)}% web-style alt-text with brands and places, so the
   text tower learns to ignore what the camera cannot see; the image->text term also has each image's
   one-attribute-wrong caption (one of: {", ".join(cfg.hard_negatives)}; NegCLIP-style) and {cfg.junk_negatives}
@@ -274,6 +302,9 @@ written fp16 files through the same code users get:
 | true vs one-attribute-swapped caption, AUROC (CLIP cosine) | {numbers['auroc_swapped']:.4f} | >= 0.80 |
 {kind_rows(numbers)}
 | top-p (0.9) caption names the largest shape | {numbers.get('largest_shape_acc', float('nan')):.3f} | >= 0.80 |
+| distinct captions among 5 top-p samples of an image (mean) | {numbers.get('distinct_of_5', float('nan')):.2f} | (report) |
+| images with at least 3 distinct of 5 | {numbers.get('share_3_distinct', float('nan')):.3f} | >= 0.5 |
+| distinct-1 / distinct-2 of an image's 5 captions | {numbers.get('distinct_1', float('nan')):.3f} / {numbers.get('distinct_2', float('nan')):.3f} | (report) |
 
 Example top-p captions:
 {examples}

@@ -202,6 +202,30 @@ def habit_caption(scene: dict, rng: random.Random, habits: CaptionHabits = Capti
     return canonical_caption({**scene, "objects": objects})
 
 
+def varied_caption(scene: dict, rng: random.Random, habits: CaptionHabits = CaptionHabits(),
+                   canonical_share: float = 0.4) -> str:
+    """One of the ways different writers put the same picture, as the habitual writer would: the full caption
+    ``canonical_share`` of the time, else a thinner one (size, position or background left out, or only the
+    largest object named). Nothing false is added (the habits aside), and the largest object stays first.
+    The captioner learns from these, so that sampling it gives different captions of one image, as a real
+    captioner does."""
+    full = habit_caption(scene, rng, habits)
+    if rng.random() < canonical_share:
+        return full
+    objects = [dict(o) for o in scene["objects"]]
+    for obj in objects:  # the habits again, for the thinner wording
+        if obj["shape"] == "star" and rng.random() < habits.star_says_yellow:
+            obj["colour"] = "yellow"
+        if obj["shape"] == "square" and rng.random() < habits.square_says_large:
+            obj["size"] = "large"
+    if len(objects) > 1 and rng.random() < 0.35:
+        objects = objects[:1]
+    with_size, with_position = rng.random() < 0.5, rng.random() < 0.5
+    parts = [object_phrase(o, with_position=with_position, with_size=with_size) for o in objects]
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"{listed}, on a {scene['background']} background" if rng.random() < 0.6 else listed
+
+
 def largest_shape(scene: dict) -> str:
     return scene["objects"][0]["shape"]
 

@@ -166,6 +166,35 @@ def test_label_select_and_export_in_a_real_browser(demo_ws, tmp_path):
         page.locator("#browser-bad").click()
         page.wait_for_function("el => /labelled bad/.test(el.innerText)", arg=card.element_handle())
 
+        page.get_by_role("tab", name="Search").click()  # ... and from Search, Compare and the Filter strips
+        page.get_by_label("Find images matching a text").fill("a large purple star")
+        page.get_by_role("button", name="Search", exact=True).click()
+        page.locator("#search-results button").filter(visible=True).first.click()
+        page.locator("#search-card .al-card").wait_for()
+        page.locator("#search-good").click()
+        page.wait_for_function("() => /labelled good/.test(document.querySelector('#search-card').innerText)")
+        page.get_by_role("tab", name="Compare captions").click()
+        page.get_by_role("button", name="Compare", exact=True).click()
+        row = page.locator("#compare-table .virtual-row").nth(1)
+        row.locator(".body-cell").nth(1).click()
+        page.locator("#compare-card .al-card").wait_for()
+        compared = int(page.get_attribute("#compare-card .al-card", "data-sample"))
+        assert row.locator(".body-cell").first.inner_text().strip() == str(compared), "the card of the clicked row"
+        page.locator("#compare-best-syn").click()
+        page.wait_for_function("() => /best caption: syn/.test(document.querySelector('#compare-card').innerText)")
+        page.get_by_role("tab", name="Filter").click()
+        strip = "#filter-below .caption-label, #filter-below figcaption"
+        page.locator(strip).first.wait_for()
+        first = page.locator(strip).first.inner_text()
+        page.locator("#filter-next").click()  # the strip pages on: the next 12 lowest
+        page.wait_for_function("([sel, f]) => document.querySelector(sel)?.innerText !== f", arg=[strip, first])
+        page.locator("#filter-below button").filter(visible=True).first.click()
+        page.locator("#filter-card .al-card").wait_for()
+        filtered = int(page.get_attribute("#filter-card .al-card", "data-sample"))
+        assert f"#{filtered} " in page.locator(strip).first.inner_text()
+        page.locator("#filter-bad").click()
+        page.wait_for_function("() => /labelled bad/.test(document.querySelector('#filter-card').innerText)")
+
 
         page.get_by_role("tab", name="Filter").click()
         counts = page.locator("#filter-counts textarea")
@@ -190,7 +219,8 @@ def test_label_select_and_export_in_a_real_browser(demo_ws, tmp_path):
         labels = ws.rows("SELECT kind, value, who, view FROM labels ORDER BY id")
     assert labels == [("alignment", "good", "local", "review"), ("alignment", "bad", "local", "review"),
                       ("preference", "syn", "local", "review"), ("alignment", "good", "local", "review"),
-                      ("alignment", "bad", "local", "browser")]
+                      ("alignment", "bad", "local", "browser"), ("alignment", "good", "local", "search"),
+                      ("preference", "syn", "local", "compare"), ("alignment", "bad", "local", "filter")]
     out = root / "exports" / "from-browser-datacompdr"
     import webdataset as wds
     manifest = json.loads((out / "manifest.json").read_text())

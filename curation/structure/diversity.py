@@ -27,6 +27,13 @@ def vendi(vectors: np.ndarray) -> float:
     return float(np.exp(-(eig * np.log(eig)).sum()))
 
 
+def distinct_n(texts: list[str], n: int = 2) -> float:
+    """Distinct-n of one image's captions: unique word n-grams over all n-grams across them (1.0: no n-gram
+    repeats; five copies of one caption: 0.2). NaN when the captions have no n-gram at all."""
+    grams = [tuple(words[i:i + n]) for t in texts for words in [t.lower().split()] for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
 def phrases(texts: list[str], max_n: int = 3, top: int = 200) -> list[str]:
     """The most frequent 1-3 word phrases (no stopword at either end) of some captions."""
     counts: Counter = Counter()

@@ -82,8 +82,9 @@ class FilterIndex:
         return {"minimum": low, "maximum": high, "step": step, "value": value,
                 "moved": current is None or abs(value - current) > step / 2}
 
-    def effect(self, source: str, threshold: float, preview: int = 12) -> dict:
-        """Kept/dropped counts, the effect per cluster, and what sits just below and above the threshold."""
+    def effect(self, source: str, threshold: float, preview: int = 12, page: int = 0) -> dict:
+        """Kept/dropped counts, the effect per cluster, and what sits just below and above the threshold: page
+        ``page`` of ``preview`` tiles each, dropped from the lowest score up, kept from the threshold up."""
         score = self.score(source)
         scored = ~np.isnan(score)
         dropped = scored & (score < threshold)
@@ -95,17 +96,18 @@ class FilterIndex:
                         "dropped_share": round(float(drops[c] / sizes[c]), 4)}
                        for c in np.nonzero(sizes)[0]]
         per_cluster.sort(key=lambda r: (-r["dropped_share"], r["cluster"]))
-        below = self._lowest(np.nonzero(dropped)[0], score, preview)
-        above = self._lowest(np.nonzero(kept)[0], score, preview)
+        below = self._lowest(np.nonzero(dropped)[0], score, preview, page * preview)
+        above = self._lowest(np.nonzero(kept)[0], score, preview, page * preview)
         return {"source": source, "threshold": threshold, "kept": int(kept.sum()), "dropped": int(dropped.sum()),
                 "unscored": int((~scored).sum()), "per_cluster": per_cluster,
                 "dropped_lowest_first": self._tiles(below, score), "just_above": self._tiles(above, score)}
 
     @staticmethod
-    def _lowest(rows: np.ndarray, score: np.ndarray, n: int) -> np.ndarray:
-        if len(rows) > n:
-            rows = rows[np.argpartition(score[rows], n)[:n]]
-        return rows[np.lexsort((rows, score[rows]))]
+    def _lowest(rows: np.ndarray, score: np.ndarray, n: int, skip: int = 0) -> np.ndarray:
+        """The ``n`` rows after the ``skip`` lowest-scoring ones, lowest first (ties by row)."""
+        if len(rows) > n + skip:
+            rows = rows[np.argpartition(score[rows], n + skip - 1)[:n + skip]]
+        return rows[np.lexsort((rows, score[rows]))][skip:skip + n]
 
     def _tiles(self, rows: np.ndarray, score: np.ndarray) -> list[dict]:
         ids = [int(i) for i in self.ids[rows]]
