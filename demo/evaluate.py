@@ -70,7 +70,7 @@ def evaluate_model(model, n: int = 300, seed: int = 777, caption_n: int | None =
         hits = [first_shape(c) in largest_shapes(s) for c, s in zip(captions, scenes[:m])]
         result["largest_shape_acc"] = float(np.mean(hits))
         result["caption_examples"] = captions[:5]
-        result |= caption_diversity(generator, pixels[:min(m, 200)], seed)
+        result |= caption_diversity(generator, pixels[:min(m, 100)], seed)
     return result
 
 

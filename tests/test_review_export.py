@@ -8,6 +8,7 @@ browser did is checked in the workspace and the shards afterwards.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from browser import browser_page, served
@@ -270,3 +271,45 @@ def test_selection_preview_explains_the_count_and_a_name_is_not_silently_reused(
     again = curate.save("dups", "reward", 0.3, True, "exclude_bad", 0, "hybrid", True)
     assert f"replacing the previous {selected}" in again
     assert "a selection named 'dups' exists" in curate.preview(*rule)
+
+
+@pytest.mark.browser
+def test_balanced_first_queue_then_train_apply_and_the_threshold_rescales_in_a_real_browser(demo_ws, tmp_path):
+    """With no labels yet, the first queue labelled by keyboard (as the demo's truth says) reaches a trainable
+    set of both classes; training shows an interval; applying the learned reward moves the Filter threshold
+    onto the new score's range and says so."""
+    from demo.reward_sim import GOOD, truth_by_id
+    root = writable_copy(demo_ws, tmp_path)
+    with Workspace(root, read_only=True) as ws:
+        truth = truth_by_id(ws)
+    with served(root) as url, browser_page(1280, 900) as page:
+        page.goto(url)
+        page.get_by_role("tab", name="Filter").click()
+        scale = page.locator("#filter-scale textarea")
+        page.wait_for_function("el => /^reward v1 .* runs 0 to 2\\./.test(el.value)", arg=scale.element_handle())
+        page.get_by_role("tab", name="Review").click()
+        page.locator("#review-start").click()
+        progress = page.locator("#review-progress textarea")
+        page.wait_for_function("el => /^sample 1 of/.test(el.value)", arg=progress.element_handle())
+        page.locator("body").click(position={"x": 5, "y": 5})
+        labelled = []
+        while "enough to train" not in progress.input_value():
+            text = progress.input_value()
+            sample = int(re.search(r"· #(\d+) ·", text).group(1))
+            labelled.append(truth[sample] in GOOD)
+            page.keyboard.press("g" if labelled[-1] else "b")
+            page.wait_for_function("([el, before]) => el.value !== before", arg=[progress.element_handle(), text])
+            assert len(labelled) <= 24, f"still not trainable after {len(labelled)} labels: {progress.input_value()}"
+        assert sum(labelled) >= 8 and len(labelled) - sum(labelled) >= 8
+        page.get_by_role("button", name="Train reward from labels").click()
+        note = page.locator("#review-reward textarea")
+        page.wait_for_function("el => /CV AUROC [\\d.]+ \\(95% interval [\\d.]+/.test(el.value)",
+                               arg=note.element_handle(), timeout=120_000)
+        page.get_by_role("button", name="Apply learned reward").click()
+        page.wait_for_function("el => /reward v2 written/.test(el.value)", arg=note.element_handle(), timeout=120_000)
+        page.get_by_role("tab", name="Filter").click()
+        page.wait_for_function("el => /^reward v2 .* runs 0(\\.\\d+)? to 0?\\.\\d+; the threshold moved from 0.625 to "
+                               "[\\d.]+ to keep dropping \\d+%/.test(el.value)", arg=scale.element_handle())
+        slider = page.get_by_role("slider").first
+        assert float(slider.get_attribute("aria-valuemax") or slider.get_attribute("max")) <= 1.0
+        page.screenshot(path=tmp_path / "rescaled.png", full_page=True)
