@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
+from curation.export.budget import ALLOCATE, PICK, budget_pick
 from curation.scores.rewards import active_reward
 from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace, now
@@ -36,6 +37,9 @@ class SelectionRule:
     per_cluster_k: int | None = None
     caption_policy: str = "hybrid"
     picked: str = ""  # set for a hand-picked selection (a map region): where its ids came from
+    budget: float | None = None  # keep this share of what the other steps keep (curation/export/budget.py)
+    allocate: str = "sqrt"
+    pick: str = "central"
 
     def __post_init__(self):
         if not self.name or len(self.name) > 64 or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -48,6 +52,10 @@ class SelectionRule:
             if source not in SOURCE_KINDS:
                 raise ValueError(f"unknown caption source {source!r} in a threshold; allowed: {', '.join(SOURCE_KINDS)}")
             float(value)
+        if self.budget is not None and not 0 < self.budget <= 1:
+            raise ValueError(f"--budget is a share of the selection, above 0 and at most 1, got {self.budget}")
+        if self.allocate not in ALLOCATE or self.pick not in PICK:
+            raise ValueError(f"--allocate must be one of {', '.join(ALLOCATE)} and --pick one of {', '.join(PICK)}")
         if self.per_cluster_k is not None and self.per_cluster_k < 1:
             raise ValueError(f"--per-cluster must be >= 1, got {self.per_cluster_k}")
 
@@ -124,8 +132,16 @@ def preview_selection(ws: Workspace, rule: SelectionRule) -> dict:
         steps.append({"step": f"beyond {rule.per_cluster_k} per cluster", "removed": remaining - left,
                       "remaining": left})
         remaining = left
+    per_cluster = None
+    if rule.budget is not None:
+        sql, all_params = _ids_sql(where, params, rule)
+        kept, per_cluster = budget_pick(ws, [r[0] for r in ws.rows(sql, all_params)], rule.budget, rule.allocate,
+                                        rule.pick)
+        steps.append({"step": f"beyond the budget ({rule.budget:.0%}, allocate {rule.allocate}, pick {rule.pick})",
+                      "removed": remaining - len(kept), "remaining": len(kept)})
+        remaining = len(kept)
     existing = ws.scalar("SELECT counts FROM selections WHERE name = ?", [rule.name])
-    return {"ok_samples": total, "steps": steps, "selected": remaining,
+    return {"ok_samples": total, "steps": steps, "selected": remaining, "per_cluster": per_cluster,
             "exists": json.loads(existing)["selected"] if existing else None}
 
 
@@ -161,7 +177,10 @@ def save_selection(ws: Workspace, rule: SelectionRule, replace: bool = True) -> 
     where, params = _where(ws, rule)
     sql, params = _ids_sql(where, params, rule)
     _refuse_overwrite(ws, rule.name, replace)
-    return _store(ws, rule, sorted(r[0] for r in ws.rows(sql, params)))
+    ids = sorted(r[0] for r in ws.rows(sql, params))
+    if rule.budget is not None:
+        ids, _ = budget_pick(ws, ids, rule.budget, rule.allocate, rule.pick)
+    return _store(ws, rule, ids)
 
 
 def save_picked(ws: Workspace, name: str, ids, picked: str, caption_policy: str = "hybrid",
