@@ -73,6 +73,23 @@ def map_(
     echo_json(run_stage("map", workspace, cfg))
 
 
+def semdedup(
+    workspace: str = WORKSPACE,
+    keep: str = typer.Option("caption", help="Which member of a group stays: caption (best reward), central or "
+                                             "random."),
+    seed: int = typer.Option(0, help="Seed of --keep random."),
+    memory_mb: int = typer.Option(256, min=1, help="Most memory one block of similarities may take."),
+):
+    """Semantic duplicates inside each cluster: stores, for every sample, its highest cosine to a member the keep
+    policy prefers, and prints how many each eps would remove ('altlens select --semdedup EPS' applies one)."""
+    from curation.structure.semdedup import SemDedupConfig
+    from curation.structure.semdedup import semdedup as run
+    from indexer.store import Workspace
+
+    with Workspace(workspace) as ws:
+        echo_json(run(ws, SemDedupConfig(keep=keep, seed=seed, memory_mb=memory_mb)))
+
+
 def defaults(
     workspace: str = WORKSPACE,
     concept: str = typer.Option(None, help="What to check, e.g. dog (omit with --suggest)."),

@@ -22,6 +22,8 @@ def select(
     labels: str = typer.Option("exclude_bad", help="any, good_only or exclude_bad."),
     per_cluster: int = typer.Option(None, help="Keep at most K samples per cluster, nearest the centroid."),
     caption_policy: str = typer.Option("hybrid", help="alt, best, fused or hybrid (alt + synthetic)."),
+    semdedup: float = typer.Option(None, help="Drop semantic duplicates at this eps (run 'altlens semdedup' first)."),
+    keep: str = typer.Option("caption", help="The keep policy of --semdedup: caption, central or random."),
     budget: float = typer.Option(None, help="Keep this share (0-1) of what the other rules keep, over clusters."),
     allocate: str = typer.Option("sqrt", help="How --budget spreads over clusters: size, sqrt or diversity."),
     pick: str = typer.Option("central", help="Which samples a cluster keeps under --budget: central, diverse or "
@@ -36,7 +38,8 @@ def select(
     rule = SelectionRule(name=name, min_reward=min_reward, reward_version=reward_version, source_min=source_min,
                          clusters_in=tuple(cluster or ()), clusters_out=tuple(exclude_cluster or ()),
                          drop_duplicates=not keep_duplicates, labels=labels, per_cluster_k=per_cluster,
-                         caption_policy=caption_policy, budget=budget, allocate=allocate, pick=pick)
+                         caption_policy=caption_policy, semdedup_eps=semdedup, semdedup_keep=keep,
+                         budget=budget, allocate=allocate, pick=pick)
     with Workspace(workspace) as ws:
         preview = preview_selection(ws, rule)
         extra = {"steps": preview["steps"]} | ({"per_cluster": preview["per_cluster"]} if budget is not None else {})

@@ -17,7 +17,7 @@ from indexer.errors import AltlensError
 COMMANDS = (
     ("index", ingest.index), ("stats", ingest.stats), ("search", ingest.search),
     ("caption", curate.caption), ("fuse", curate.fuse), ("score", curate.score), ("map", curate.map_),
-    ("defaults", curate.defaults),
+    ("semdedup", curate.semdedup), ("defaults", curate.defaults),
     ("label", review.label),
     ("select", deliver.select), ("export", deliver.export), ("verify-export", deliver.verify_export),
     ("serve", web.serve),

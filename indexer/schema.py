@@ -75,6 +75,9 @@ PRODUCT_TABLES = (
           terms VARCHAR, reward VARCHAR, flagged_share DOUBLE, diversity VARCHAR, computed_at TIMESTAMP"""),
     Table("dup_groups", "map", "sample_id BIGINT PRIMARY KEY, group_id BIGINT NOT NULL, "
                                "representative BOOLEAN NOT NULL, similarity DOUBLE, method VARCHAR"),
+    # altlens semdedup: per clustered sample, its highest cosine to a member the keep policy prefers (any eps)
+    Table("semdedup", "semdedup", """sample_id BIGINT PRIMARY KEY, cluster INTEGER NOT NULL, rank INTEGER NOT NULL,
+          max_sim DOUBLE, duplicate_of BIGINT, keep VARCHAR NOT NULL, computed_at TIMESTAMP"""),
     # altlens label (and the browser's label buttons)
     Table("labels", "label", "id BIGINT PRIMARY KEY, sample_id BIGINT NOT NULL, kind VARCHAR NOT NULL, "
                              "value VARCHAR NOT NULL, who VARCHAR NOT NULL, view VARCHAR, created_at TIMESTAMP NOT NULL"),

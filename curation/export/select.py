@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from curation.export.budget import ALLOCATE, PICK, budget_pick
 from curation.scores.rewards import active_reward
+from curation.structure.semdedup import require_run
 from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace, now
 
@@ -37,6 +38,8 @@ class SelectionRule:
     per_cluster_k: int | None = None
     caption_policy: str = "hybrid"
     picked: str = ""  # set for a hand-picked selection (a map region): where its ids came from
+    semdedup_eps: float | None = None  # drop semantic duplicates at this eps (curation/structure/semdedup.py)
+    semdedup_keep: str = "caption"
     budget: float | None = None  # keep this share of what the other steps keep (curation/export/budget.py)
     allocate: str = "sqrt"
     pick: str = "central"
@@ -52,6 +55,8 @@ class SelectionRule:
             if source not in SOURCE_KINDS:
                 raise ValueError(f"unknown caption source {source!r} in a threshold; allowed: {', '.join(SOURCE_KINDS)}")
             float(value)
+        if self.semdedup_eps is not None and not 0 < self.semdedup_eps < 1:
+            raise ValueError(f"--semdedup is an eps between 0 and 1 (0.05: cosine 0.95), got {self.semdedup_eps}")
         if self.budget is not None and not 0 < self.budget <= 1:
             raise ValueError(f"--budget is a share of the selection, above 0 and at most 1, got {self.budget}")
         if self.allocate not in ALLOCATE or self.pick not in PICK:
@@ -86,6 +91,10 @@ def _steps(ws: Workspace, rule: SelectionRule) -> list[tuple[str, str, list]]:
     if rule.drop_duplicates:
         steps.append(("near-duplicates (each group keeps one)",
                       "s.id NOT IN (SELECT sample_id FROM dup_groups WHERE NOT representative)", []))
+    if rule.semdedup_eps is not None:
+        require_run(ws, rule.semdedup_keep)
+        steps.append((f"semantic duplicates (eps {rule.semdedup_eps:g}, keep by {rule.semdedup_keep})",
+                      "s.id NOT IN (SELECT sample_id FROM semdedup WHERE max_sim >= ?)", [1 - float(rule.semdedup_eps)]))
     if rule.labels != "any":
         latest = "(SELECT sample_id, arg_max(value, id) AS value FROM labels WHERE kind = 'alignment' GROUP BY 1)"
         if rule.labels == "good_only":

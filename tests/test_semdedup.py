@@ -1,0 +1,65 @@
+"""Semantic dedup mechanics: block-wise similarities equal the full matrix, each group keeps the member its
+policy prefers, one run answers every eps, and a selection applies it."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli, writable_copy
+
+from curation.export.select import SelectionRule, preview_selection, save_selection
+from curation.structure.semdedup import SemDedupConfig, earlier_max, keep_order, semdedup
+from indexer.store import Workspace
+
+
+def test_blocks_give_the_same_answer_as_the_full_matrix():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    full = x @ x.T
+    want = np.array([-np.inf] + [full[:i, i].max() for i in range(1, 300)])
+    which = np.array([-1] + [int(full[:i, i].argmax()) for i in range(1, 300)])
+    for memory_mb in (1e-3, 256):  # one row a block, or everything at once
+        best, got = earlier_max(x, memory_mb)
+        assert np.allclose(best, want, atol=1e-6) and np.array_equal(got, which)
+
+
+def test_keep_orders():
+    distance = np.array([0.3, 0.1, 0.2, 0.1])
+    reward = np.array([0.5, 0.9, 0.9, np.nan])
+    assert keep_order("caption", distance, reward, 0).tolist() == [1, 2, 0, 3], "reward first, then centrality"
+    assert keep_order("central", distance, reward, 0).tolist() == [1, 3, 2, 0]
+    assert sorted(keep_order("random", distance, reward, 5).tolist()) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="keep"):
+        SemDedupConfig(keep="newest")
+
+
+def test_caption_policy_keeps_the_best_captioned_member_and_select_applies_any_eps(demo_ws, tmp_path):
+    root = writable_copy(demo_ws, tmp_path)
+    with Workspace(root) as ws:
+        with pytest.raises(ValueError, match="no semantic dedup yet"):
+            preview_selection(ws, SelectionRule(name="x", semdedup_eps=0.05))
+        report = semdedup(ws, SemDedupConfig(keep="caption", memory_mb=1), progress=False)
+        removed = [row["removed"] for row in report["curve"]]
+        assert removed == sorted(removed) and removed[-1] > removed[0], "a looser eps removes more"
+        rows = ws.dicts("""SELECT d.sample_id, d.duplicate_of, d.max_sim, d.rank, r.value AS reward,
+                                  o.rank AS other_rank, ro.value AS other_reward, k.cluster, ko.cluster AS other_cluster
+                           FROM semdedup d LEFT JOIN rewards r ON r.sample_id = d.sample_id AND r.version = 1
+                           LEFT JOIN semdedup o ON o.sample_id = d.duplicate_of
+                           LEFT JOIN rewards ro ON ro.sample_id = d.duplicate_of AND ro.version = 1
+                           JOIN clusters k ON k.sample_id = d.sample_id
+                           LEFT JOIN clusters ko ON ko.sample_id = d.duplicate_of""")
+        dups = [r for r in rows if r["max_sim"] is not None and r["max_sim"] >= 0.95]
+        assert dups and all(r["other_rank"] < r["rank"] and r["cluster"] == r["other_cluster"] for r in dups)
+        assert all((r["other_reward"] or 0) >= (r["reward"] or 0) for r in dups), "the kept one has the better caption"
+        for eps in (0.02, 0.05):
+            rule = SelectionRule(name=f"sd{int(eps * 100)}", semdedup_eps=eps, drop_duplicates=False, labels="any")
+            step = preview_selection(ws, rule)["steps"][-1]
+            expected = ws.scalar("SELECT count(*) FROM semdedup WHERE max_sim >= ?", [1 - eps])
+            assert step["step"].startswith(f"semantic duplicates (eps {eps:g}") and step["removed"] == expected
+            assert save_selection(ws, rule)["selected"] == step["remaining"]
+        with pytest.raises(ValueError, match="keeps by 'caption', not 'central'"):
+            preview_selection(ws, SelectionRule(name="x", semdedup_eps=0.05, semdedup_keep="central"))
+    out = json.loads(run_cli("semdedup", "-w", str(root), "--keep", "central").stdout)
+    assert out["keep"] == "central" and len(out["curve"]) == 8
