@@ -96,7 +96,7 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
         app.load(None, None, None, js=KEYS_JS)
         app.load(None, None, None, js=prefetch_js())
         # a view shows its data when opened, and Export lists the selections saved meanwhile
-        filter_view.select(filters["rescale"], [filters["source"], filters["source"], filters["threshold"]],
+        filter_view.select(filters["on_open"], [filters["source"], filters["threshold"], filters["scale_note"]],
                            [filters["threshold"], filters["scale_note"], filters["last_source"]]).then(
             filters["run"], [filters["source"], filters["threshold"]], filters["outputs"])
         export_view.select(lambda current: selection_choices(c, current), [export_selection], [export_selection])
@@ -201,13 +201,19 @@ def _filter_tab(h: Handlers, c: Curate) -> dict:
     def rescale(new_source, old_source, value):
         scale = friendly(h.threshold_scale)(new_source, old_source, value)
         return threshold_slider(scale), scale["note"], new_source
-    threshold.release(run, [source, threshold], outputs)
+    def on_open(src, t, note):
+        """Opening the view sets the slider to the score's range; a note saying why the threshold moved (a
+        reward applied in Review) stays until the curator has seen it."""
+        scale = friendly(h.threshold_scale)(src, src, t)
+        keep = bool(note) and note.startswith(scale["note"])
+        return threshold_slider(scale), gr.update() if keep else scale["note"], src
+    threshold.release(run, [source, threshold], outputs, api_name="filter")
     source.input(rescale, [source, last_source, threshold], [threshold, scale_note, last_source]).then(
         run, [source, threshold], outputs)
     threshold.change(run, [source, threshold], outputs, show_progress="hidden", trigger_mode="always_last")
     selection_panel(c, friendly, source, threshold)
     return {"source": source, "threshold": threshold, "outputs": outputs, "run": run, "scale_note": scale_note,
-            "last_source": last_source, "rescale": rescale}
+            "last_source": last_source, "rescale": rescale, "on_open": on_open}
 
 
 def _defaults_tab(h: Handlers, c: Curate) -> None:

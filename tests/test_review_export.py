@@ -308,8 +308,12 @@ def test_balanced_first_queue_then_train_apply_and_the_threshold_rescales_in_a_r
         page.get_by_role("button", name="Apply learned reward").click()
         page.wait_for_function("el => /reward v2 written/.test(el.value)", arg=note.element_handle(), timeout=120_000)
         page.get_by_role("tab", name="Filter").click()
-        page.wait_for_function("el => /^reward v2 .* runs 0(\\.\\d+)? to 0?\\.\\d+; the threshold moved from 0.625 to "
-                               "[\\d.]+ to keep dropping \\d+%/.test(el.value)", arg=scale.element_handle())
+        page.wait_for_function("el => /^reward v2 /.test(el.value)", arg=scale.element_handle())
+        moved = re.match(r"reward v2 .* runs ([\d.]+) to ([\d.]+); the threshold moved from 0.625 to ([\d.]+) to keep "
+                         r"dropping \d+%", scale.input_value())
+        assert moved, scale.input_value()
+        low, high, value = map(float, moved.groups())
+        assert 0 <= low <= value <= high <= 1.0, scale.input_value()
         slider = page.get_by_role("slider").first
         assert float(slider.get_attribute("aria-valuemax") or slider.get_attribute("max")) <= 1.0
         page.screenshot(path=tmp_path / "rescaled.png", full_page=True)

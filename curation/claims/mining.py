@@ -80,6 +80,9 @@ def mine(ws: Workspace, model, cfg: MiningConfig = MiningConfig()) -> dict:
     vocabulary = frequent_words([t for _, t in rows], cfg)
     pairs = candidate_pairs([t for _, t in rows], vocabulary, cfg)
     tested = test_swaps(rows, images, pairs, model, cfg)
+    names = names_among(tested, cfg)
+    for p in tested:
+        p["kept"] = p["kept"] and p["a"] not in names and p["b"] not in names
     kept = sum(p["kept"] for p in tested)
     table = pa.Table.from_pylist([row for p in tested for row in _both_directions(p)], schema=pa.schema([
         ("word", pa.string()), ("alternative", pa.string()), ("similarity", pa.float64()),
@@ -176,6 +179,36 @@ def test_swaps(rows: list[tuple[int, str]], images, pairs, model, cfg: MiningCon
         out.append({"a": a, "b": b, "similarity": similarity, "text_similarity": text_sim, "image_effect": effect,
                     "tested": len(both), "kept": text_sim <= cfg.max_text_similarity and effect >= cfg.min_effect})
     return out
+
+
+def names_among(tested: list[dict], cfg: MiningConfig) -> set[str]:
+    """Words the image cannot tell from the words most like them: names (brands, places), not claims.
+
+    Words the model cannot tell apart (near-synonyms: "acme" and "vandelay", "grey" and "gray") form one
+    group. The group's most interchangeable outside word is its tested pair of highest slot similarity;
+    when the image cannot judge that pair, the group is not a visual kind and every pair with one of its
+    words is dropped. (Swapping a size word for a brand looked decisive both ways: the size a brand's
+    caption gains is usually false, and the size a size caption loses was true.)"""
+    group = {}
+
+    def root(word):
+        while group.get(word, word) != word:
+            word = group[word]
+        return word
+    for p in tested:
+        if p["text_similarity"] > cfg.max_text_similarity:
+            group[root(p["a"])] = root(p["b"])
+    nearest: dict[str, dict] = {}
+    for p in tested:
+        if root(p["a"]) == root(p["b"]):
+            continue
+        for word in (p["a"], p["b"]):
+            g = root(word)
+            if g not in nearest or p["similarity"] > nearest[g]["similarity"]:
+                nearest[g] = p
+    blind = {g for g, p in nearest.items() if not p["image_effect"] >= cfg.min_effect}
+    words = {w for p in tested for w in (p["a"], p["b"])}
+    return {w for w in words if root(w) in blind}
 
 
 def wrong_caption_gap(rows, images, vectors: dict, model, cfg: MiningConfig, n: int = 256) -> float:
