@@ -7,6 +7,7 @@ reward, select, export), the same code the CLI runs. A server started with
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from pathlib import Path
@@ -51,6 +52,7 @@ class Curate:
         self.h, self.ws, self.read_only = h, h.ws, read_only
         # the furthest review position each browser session was shown (see ``act``)
         self._positions: dict[str, tuple[tuple[int, ...], int]] = {}
+        self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def remember(self, session: str | None, ids: list[int], pos: int) -> None:
@@ -115,6 +117,18 @@ class Curate:
         pos = as_int(pos or 0, "position", 0, 10**6)
         if pos >= len(ids):
             raise UserError("no sample on screen; start a queue first")
+        # one session's actions run one at a time, in arrival order: two keys pressed together ran in parallel,
+        # and the one that finished last (a preference, which stays on its sample) moved the screen back
+        with self._session_lock(session):
+            return self._act(ids, pos, kind, value, who, session)
+
+    def _session_lock(self, session: str | None):
+        if not session:
+            return contextlib.nullcontext()
+        with self._lock:
+            return self._locks.setdefault(session, threading.Lock())
+
+    def _act(self, ids: list[int], pos: int, kind, value, who: str, session: str | None):
         if kind is not None:
             label_store.add_label(self.ws, ids[pos], kind, value, who=who or "local", view="review")
         if kind != "preference":
