@@ -45,6 +45,21 @@ QUEUE_SIZE = 50
 CARD_VIEWS = ("browser", "search", "filter", "compare", "defaults", "map")
 
 
+@contextlib.contextmanager
+def _selection_errors():
+    """A refused or invalid selection save as a message for the curator (an existing name: tick Replace)."""
+    try:
+        yield
+    except SelectionExists as exc:
+        raise UserError(str(SelectionExists(exc.name, exc.held, "tick 'Replace' to overwrite it"))) from None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _replaced(result: dict) -> str:
+    return f", replacing the previous {result['replaced']}" if result["replaced"] is not None else ""
+
+
 class Curate:
     """Writes on behalf of the browser; ``read_only`` servers refuse them."""
 
@@ -249,16 +264,11 @@ class Curate:
         if not (name or "").strip():
             raise UserError("type a selection name (letters, digits, - _ or .)")
         rule = self._rule(name, source, threshold, drop_dups, labels, per_cluster, policy)
-        try:
+        with _selection_errors():
             found = preview_selection(self.ws, rule)
             result = save_selection(self.ws, rule, replace=bool(replace))
-        except SelectionExists as exc:
-            raise UserError(str(SelectionExists(exc.name, exc.held, "tick 'Replace' to overwrite it"))) from None
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        replaced = f", replacing the previous {result['replaced']}" if result["replaced"] is not None else ""
         return (f"selection {result['name']!r} saved: {result['selected']} of {result['ok_samples']} samples "
-                f"({result['share']:.1%}){replaced}. {preview_text(found)}")
+                f"({result['share']:.1%}){_replaced(result)}. {preview_text(found)}")
 
     def save_region(self, name: str, ids, picked: str, policy: str, replace: bool = False) -> str:
         """Save the samples of a map region as a selection (exactly those; export reads them like any other)."""
@@ -268,15 +278,10 @@ class Curate:
         if not (name or "").strip():
             raise UserError("type a selection name (letters, digits, - _ or .)")
         one_of(policy, POLICIES, "caption policy")
-        try:
+        with _selection_errors():
             result = save_picked(self.ws, name.strip(), ids, picked, policy, replace=bool(replace))
-        except SelectionExists as exc:
-            raise UserError(str(SelectionExists(exc.name, exc.held, "tick 'Replace' to overwrite it"))) from None
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        replaced = f", replacing the previous {result['replaced']}" if result["replaced"] is not None else ""
         return (f"selection {result['name']!r} saved: {result['selected']} samples of the region's {result['asked']}"
-                f"{replaced}; export it from the Export tab")
+                f"{_replaced(result)}; export it from the Export tab")
 
     def tag_many(self, ids, tag: str, who: str = "local", view: str = "map") -> str:
         """Tag every sample of a map region (one label row each)."""
