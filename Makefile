@@ -9,7 +9,7 @@ DEMO_WS ?= demo-workspace
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

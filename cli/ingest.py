@@ -25,6 +25,11 @@ def index(
     allow_root: List[str] = typer.Option(None, help="A folder outside the source that table rows and symlinks "
                                                     "may point into (repeatable); nothing else outside is read."),
     commit_every: int = typer.Option(1024, min=1, help="Samples per atomic commit (what a crash can cost)."),
+    engine: str = typer.Option("local", help="local (this process) or ray (Ray Data: decode tasks, model "
+                                              "actors; pip install 'altlens[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, help="An existing Ray cluster (auto, ray://HOST:10001); "
+                                                         "default: start a local one."),
+    ray_workers: int = typer.Option(1, min=1, help="Model actors on Ray (one GPU each where there are GPUs)."),
 ):
     """Index images and their alt-text into a workspace (resumable; only new inputs are processed)."""
     from curation.pipeline import run_stage
@@ -37,7 +42,7 @@ def index(
     cfg = IndexConfig(sources=tuple(sources), model=spec, batch_size=batch_size, workers=workers,
                       index_type=index_type, image_column=image_column, caption_column=caption_column,
                       allow_roots=tuple(allow_root or ()),
-                      commit_rows=commit_every)
+                      commit_rows=commit_every, engine=engine, ray_address=ray_address, ray_workers=ray_workers)
     echo_json(run_stage("index", workspace, cfg))
 
 

@@ -30,6 +30,8 @@ from indexer.writer import SampleWriter, rebuild_index_if_stale
 
 log = logging.getLogger(__name__)
 
+ENGINES = ("local", "ray")
+
 
 @dataclass(frozen=True)
 class IndexConfig:
@@ -47,10 +49,21 @@ class IndexConfig:
     allow_roots: tuple[str, ...] = ()  # folders besides each source's own that table rows and links may point into
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     progress: bool = True
+    engine: str = "local"  # "ray": decode in Ray tasks, embed in a pool of model actors (indexer/engine_ray.py)
+    ray_address: str | None = None  # an existing cluster ("auto", "ray://HOST:10001"); None starts a local Ray
+    ray_workers: int = 1  # model actors (one GPU each where there are GPUs)
+    block_rows: int = 512  # samples per Ray block of a folder or table source (tar sources: one shard a block)
 
     def __post_init__(self):
         if not self.sources:
             raise ValueError("give at least one source (a folder, a table file or tar shards)")
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; allowed: {', '.join(ENGINES)}")
+        if self.ray_address and self.engine != "ray":
+            raise ValueError("--ray-address needs --engine ray")
+        for name in ("ray_workers", "block_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("batch_size", "workers", "prefetch", "commit_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -87,10 +100,13 @@ def run(ws: Workspace, cfg: IndexConfig) -> dict:
     run_id = _start_run(ws, cfg)
     times = StageTimes()
     decode_cfg = DecodeConfig(cfg.decode.max_pixels, cfg.decode.thumb_size, str(ws.thumbs_dir))
-    stream = _new_samples(ws, sources, writer)
     bar = tqdm(desc="index", unit="img", disable=not cfg.progress, total=_estimate_total(ws, sources))
-    for batch in _decoded_batches(stream, cfg, decode_cfg, model.preprocess, times):
-        images, texts = _embed(model, batch, times)
+    if cfg.engine == "ray":
+        from indexer.engine_ray import ray_results
+        results = ray_results(ws, sources, cfg, decode_cfg, model, writer, run_id, times)
+    else:
+        results = _local_results(_new_samples(ws, sources, writer), cfg, decode_cfg, model, times)
+    for batch, images, texts in results:
         t0 = time.perf_counter()
         writer.add(batch, images, texts)
         times.write += time.perf_counter() - t0
@@ -119,38 +135,54 @@ def _estimate_total(ws: Workspace, sources: list[Source]) -> int | None:
     return max(total, 0)
 
 
+def _local_results(stream, cfg: IndexConfig, decode_cfg: DecodeConfig, model, times: StageTimes):
+    """(batch, image vectors, text vectors) in input order, decoded in threads and embedded here."""
+    for batch in _decoded_batches(stream, cfg, decode_cfg, model.preprocess, times):
+        t0 = time.perf_counter()
+        images, texts = embed_batch(model, batch)
+        times.embed += time.perf_counter() - t0
+        yield batch, images, texts
+
+
 def _new_samples(ws: Workspace, sources: list[Source], writer: SampleWriter) -> Iterator[dict]:
     """Raw samples not yet in the workspace, each with its ``__uid__``; shard markers pass through."""
     for src in sources:
         writer.register_source(src)
         known = {row[0] for row in ws.rows("SELECT key FROM samples WHERE source = ?", [src.name])}
-        seen: dict[str, int] = {}
-        for raw in src.read(skip_shard=writer.shard_done):
-            if "__key__" not in raw:
-                yield raw
-                continue
-            key = raw["__key__"]
-            if key in seen:
-                seen[key] += 1
-                raw["__key__"] = key = f"{key}#dup{seen[key]}"
-                raw["__error__"] = ("duplicate_key", f"key {raw['__key__'].split('#')[0]!r} appeared before")
-            seen.setdefault(key, 0)
-            if key in known:
-                continue
-            raw["__uid__"] = make_uid(src.name, key)
+        yield from keyed(src.read(skip_shard=writer.shard_done), src.name, known, {})
+
+
+def keyed(raws: Iterator[dict], source: str, known: set[str], seen: dict[str, int]) -> Iterator[dict]:
+    """Raw samples of ``source`` with their uid, minus those whose key is ``known``; a key repeated within what
+    ``seen`` has seen becomes ``KEY#dupN`` with a duplicate_key error. Shard markers pass through."""
+    for raw in raws:
+        if "__key__" not in raw:
             yield raw
+            continue
+        key = raw["__key__"]
+        if key in seen:
+            seen[key] += 1
+            raw["__key__"] = key = f"{key}#dup{seen[key]}"
+            raw["__error__"] = ("duplicate_key", f"key {raw['__key__'].split('#')[0]!r} appeared before")
+        seen.setdefault(key, 0)
+        if key in known:
+            continue
+        raw["__uid__"] = make_uid(source, key)
+        yield raw
+
+
+def decode_batch(raws: list[dict], decode_cfg: DecodeConfig, preprocess) -> list[dict]:
+    """Decode each raw sample (markers pass through); both engines' decode step."""
+    return [decode_sample(r, decode_cfg, preprocess) if "__key__" in r else r for r in raws]
 
 
 def _decoded_batches(stream, cfg: IndexConfig, decode_cfg: DecodeConfig, preprocess, times: StageTimes):
     """Batches of decoded samples, decoded ``prefetch`` batches ahead in a thread pool, in order."""
-    def decode_batch(raws: list[dict]) -> list[dict]:
-        return [decode_sample(r, decode_cfg, preprocess) if "__key__" in r else r for r in raws]
-
     with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="decode") as pool:
         pending: deque = deque()
         raw_batches = iter(lambda: list(itertools.islice(stream, cfg.batch_size)), [])
         for raws in raw_batches:
-            pending.append(pool.submit(decode_batch, raws))
+            pending.append(pool.submit(decode_batch, raws, decode_cfg, preprocess))
             if len(pending) >= cfg.prefetch:
                 yield _take(pending, times)
         while pending:
@@ -164,16 +196,15 @@ def _take(pending: deque, times: StageTimes) -> list[dict]:
     return batch
 
 
-def _embed(model, batch: list[dict], times: StageTimes) -> tuple[np.ndarray, np.ndarray]:
-    """Image embeddings for ok samples (zeros for failed ones) and alt-text embeddings for all."""
-    t0 = time.perf_counter()
+def embed_batch(model, batch: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Image embeddings for ok samples (zeros for failed ones) and alt-text embeddings for all; both engines'
+    model step. Takes the pixels out of the samples."""
     samples = [s for s in batch if "__key__" in s]
     images = np.zeros((len(samples), model.dim), dtype=np.float32)
     ok = [i for i, s in enumerate(samples) if s["status"] == "ok"]
     if ok:
         images[ok] = model.encode_images(torch.stack([samples[i].pop("pixels") for i in ok]))
     texts = model.encode_texts([s["caption"] for s in samples]) if samples else np.zeros((0, model.dim))
-    times.embed += time.perf_counter() - t0
     return images, texts
 
 
