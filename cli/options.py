@@ -7,7 +7,7 @@ import typer
 
 WORKSPACE = typer.Option(..., "--workspace", "-w", help="Workspace directory.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
-PRECISION = typer.Option("fp32", help="fp32 or bf16.")
+PRECISION = typer.Option("fp32", help="fp32, bf16 (weights cast once; CPU or GPU) or fp16 (GPU).")
 
 
 def echo_json(report) -> None:

@@ -56,26 +56,23 @@ def generate(em, pixels: torch.Tensor, sampling: str = "top_p", seq_len: int | N
         out = sample_top_p(em, pixels.to(em.device), seq_len, top_p)
     else:
         groups = 3 if sampling == "diverse_beam" else 1
-        with em._autocast():
-            out = em.model.generate(pixels.to(em.device), seq_len=seq_len, generation_type="beam_search",
-                                    num_beams=3 * groups, num_beam_groups=groups)
+        out = em.model.generate(em.pixels_in(pixels), seq_len=seq_len, generation_type="beam_search",
+                                num_beams=3 * groups, num_beam_groups=groups)
     return [clean_generated(open_clip.decode(row)) for row in out.cpu()]
 
 
 def next_logits(em, image_embs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Decoder logits for the last position of each token sequence."""
-    with em._autocast():
-        _, token_embs = em.model._encode_text(tokens)
-        dec = em.model.text_decoder
-        return (decoder_hidden(dec, image_embs, token_embs, last_only=True) @ dec.text_projection).float()
+    _, token_embs = em.model._encode_text(tokens)
+    dec = em.model.text_decoder
+    return (decoder_hidden(dec, image_embs, token_embs, last_only=True) @ dec.text_projection).float()
 
 
 def sample_top_p(em, pixels: torch.Tensor, seq_len: int, top_p: float, min_len: int = 5) -> torch.Tensor:
     """Nucleus sampling as open_clip's ``generate(generation_type="top_p", fixed_output_length=True)``:
     end-of-text blocked before ``min_len`` tokens and forced at ``seq_len``; finished rows stop computing."""
     pad = getattr(em.model, "pad_id", 0)
-    with em._autocast():
-        _, image_embs = em.model._encode_image(pixels)
+    _, image_embs = em.model._encode_image(em.pixels_in(pixels))
     tokens = torch.full((len(pixels), 1), SOT, dtype=torch.long, device=em.device)
     done = torch.zeros(len(pixels), dtype=torch.bool, device=em.device)
     for _ in range(seq_len - 1):
@@ -105,8 +102,7 @@ def diverse_beam(em, pixels: torch.Tensor, num: int, beams_per_group: int = 2, p
     pad = getattr(em.model, "pad_id", 0)
     seq_len = seq_len or getattr(em.model, "context_length", 30)
     b, g, w = len(pixels), num, beams_per_group
-    with em._autocast():
-        _, embs = em.model._encode_image(pixels.to(em.device))
+    _, embs = em.model._encode_image(em.pixels_in(pixels))
     embs = embs.repeat_interleave(g * w, 0)
     tokens = torch.full((b * g * w, 1), SOT, dtype=torch.long, device=em.device)
     scores = torch.zeros(b, g, w, device=em.device)
