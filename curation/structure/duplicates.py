@@ -1,8 +1,9 @@
 """Near-duplicates: image embeddings + thumbnails -> duplicate groups with one representative each.
 
 Two images are duplicates when their bytes are identical (sha256), or when
-their embeddings are closer than ``threshold`` (FAISS range search; k-NN with
-the same threshold above 100k images) and their thumbnails agree locally: on
+their embeddings are closer than ``threshold`` (an exact range search up to 100k images; above that,
+within the map's clusters and the cells nearest each image, see :class:`DupConfig`) and their
+thumbnails agree locally: on
 32x32 grey images normalised for brightness and contrast, no 4x4 block differs
 by more than ``max_local_diff`` on average. This keeps "the same picture
 re-encoded, resized or brightened" apart from "another picture of the same
@@ -27,48 +28,120 @@ from tqdm import tqdm
 from curation.scores.rewards import reward_values
 from curation.structure.clusters import ok_embeddings
 from indexer.store import Workspace, now
-from indexer.vectors import build_index
 
 log = logging.getLogger(__name__)
 
 RANGE_SEARCH_MAX = 100_000
 
 
+SEARCHES = ("auto", "global", "clusters")
+
+
 @dataclass(frozen=True)
 class DupConfig:
-    """Near-duplicate settings; ``threshold`` is a cosine similarity."""
+    """Near-duplicate settings; ``threshold`` is a cosine similarity.
+
+    ``search``: where candidates are looked for. ``global`` compares every image with every other (exact; the
+    default up to 100k images); ``clusters`` compares each image only with the images of the cells nearest to
+    it: the map's k-means clusters, split by k-means into cells of about ``cell_size`` images, each image
+    against its own cell and its ``probes`` nearest cells (SemDeDup's within-cluster search, with IVF-style
+    probing across cell borders, so a copy that fell into the next cluster is still found). Its cost grows
+    linearly with the number of images."""
 
     threshold: float = 0.85
     max_local_diff: float = 0.5
-    knn: int = 16
+    search: str = "auto"
+    cell_size: int = 2048
+    probes: int = 3
 
     def __post_init__(self):
         if not 0 < self.threshold <= 1:
             raise ValueError(f"duplicate threshold must be in (0, 1], got {self.threshold}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"unknown duplicate search {self.search!r}; allowed: {', '.join(SEARCHES)}")
+        for name in ("cell_size", "probes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-def candidate_pairs(ids: np.ndarray, vectors: np.ndarray, cfg: DupConfig,
-                    progress: bool = True) -> list[tuple[int, int, float]]:
-    """(id_a, id_b, cosine) with a < b and cosine >= threshold."""
-    pairs = []
-    if len(ids) <= RANGE_SEARCH_MAX:
-        index = faiss.IndexFlatIP(vectors.shape[1])
-        index.add(vectors)
-        lims, sims, nbrs = index.range_search(vectors, cfg.threshold)
-        for i in range(len(ids)):
-            for j, s in zip(nbrs[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]]):
-                if j > i:
-                    pairs.append((int(ids[i]), int(ids[j]), float(s)))
-        return pairs
-    index = build_index(vectors, np.arange(len(ids)), "ivf")  # builds far faster than HNSW at 1 M x 512
-    step = 50_000
-    for start in tqdm(range(0, len(ids), step), desc="duplicate candidates", unit="chunk", disable=not progress):
-        sims, nbrs = index.search(vectors[start:start + step], cfg.knn)
-        for i, (row_s, row_n) in enumerate(zip(sims, nbrs), start):
-            for s, j in zip(row_s, row_n):
-                if j > i and s >= cfg.threshold:
-                    pairs.append((int(ids[i]), int(ids[j]), float(s)))
-    return pairs
+def candidate_pairs(ids: np.ndarray, vectors: np.ndarray, cfg: DupConfig, labels: np.ndarray | None = None,
+                    centroids: np.ndarray | None = None, progress: bool = True) -> list[tuple[int, int, float]]:
+    """(id_a, id_b, cosine) with a < b and cosine >= threshold; ``labels``/``centroids`` are the map's clusters
+    (needed by the cluster-local search)."""
+    local = cfg.search == "clusters" or (cfg.search == "auto" and len(ids) > RANGE_SEARCH_MAX)
+    if local and labels is None:
+        raise ValueError("the cluster-local duplicate search needs the map's clusters: run 'altlens map' first")
+    rows = _cluster_local(vectors, labels, cfg, progress) if local else _global(vectors, cfg)
+    return [(int(ids[i]), int(ids[j]), float(s)) for i, j, s in rows]
+
+
+def _global(vectors: np.ndarray, cfg: DupConfig) -> list[tuple[int, int, float]]:
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    lims, sims, nbrs = index.range_search(vectors, cfg.threshold)
+    return [(i, int(j), float(s)) for i in range(len(vectors))
+            for j, s in zip(nbrs[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]]) if j > i]
+
+
+def nearest_cells(vectors: np.ndarray, centres: np.ndarray, k: int, block: int = 100_000) -> np.ndarray:
+    """Each row's ``k`` most similar cell centres (exact up to 4,096 cells, HNSW beyond: linear in rows)."""
+    k = min(k, len(centres))
+    if len(centres) <= 4096:
+        index = faiss.IndexFlatIP(centres.shape[1])
+    else:
+        index = faiss.IndexHNSWFlat(centres.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = max(64, 4 * k)
+    index.add(centres)
+    return np.concatenate([index.search(vectors[i:i + block], k)[1] for i in range(0, len(vectors), block)])
+
+
+def cells_of(vectors: np.ndarray, labels: np.ndarray, cfg: DupConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's cell (its map cluster, split by k-means into parts of about ``cell_size``) and each cell's
+    unit centroid."""
+    cell = np.empty(len(vectors), dtype=np.int64)
+    centres = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        parts = -(-len(members) // cfg.cell_size)
+        if parts > 1:
+            km = faiss.Kmeans(vectors.shape[1], parts, niter=10, seed=seed + int(c), spherical=True,
+                              max_points_per_centroid=256)
+            km.train(vectors[members])
+            sub = km.index.search(vectors[members], 1)[1][:, 0]
+        else:
+            sub = np.zeros(len(members), dtype=np.int64)
+        for s in np.unique(sub):
+            cell[members[sub == s]] = len(centres)
+            centre = vectors[members[sub == s]].mean(0)
+            centres.append(centre / max(float(np.linalg.norm(centre)), 1e-12))
+    return cell, np.asarray(centres, dtype=np.float32)
+
+
+def _cluster_local(vectors, labels, cfg: DupConfig, progress: bool) -> list[tuple[int, int, float]]:
+    cell, centres = cells_of(vectors, labels, cfg)
+    probed = np.concatenate([nearest_cells(vectors, centres, cfg.probes), cell[:, None]], axis=1)
+    probes = np.unique(np.stack([probed.ravel(), np.repeat(np.arange(len(vectors)), probed.shape[1])], axis=1),
+                       axis=0)  # (cell, row), each once, sorted by cell
+    starts = np.searchsorted(probes[:, 0], np.arange(len(centres) + 1))
+    by_cell = np.argsort(cell, kind="stable")
+    cell_starts = np.searchsorted(cell[by_cell], np.arange(len(centres) + 1))
+    found = []
+    bar = tqdm(range(len(centres)), desc="duplicate candidates", unit="cell", disable=not progress)
+    for j in bar:
+        q = probes[starts[j]:starts[j + 1], 1]
+        if not len(q):
+            continue
+        m = by_cell[cell_starts[j]:cell_starts[j + 1]]
+        sims = vectors[q] @ vectors[m].T
+        qi, mi = np.nonzero(sims >= cfg.threshold)
+        keep = q[qi] != m[mi]
+        a, b = q[qi[keep]], m[mi[keep]]
+        found.append(np.stack([np.minimum(a, b), np.maximum(a, b), sims[qi[keep], mi[keep]]], axis=1))
+    if not found:
+        return []
+    rows = np.concatenate(found)
+    _, first = np.unique(rows[:, 0] * len(vectors) + rows[:, 1], return_index=True)
+    return [(int(a), int(b), float(s)) for a, b, s in rows[np.sort(first)]]
 
 
 def fingerprint(path) -> np.ndarray | None:
@@ -90,10 +163,11 @@ def find_duplicates(ws: Workspace, cfg: DupConfig = DupConfig()) -> dict:
     """Compute and store duplicate groups; return counts."""
     ids, vectors = ok_embeddings(ws)
     meta = {r[0]: (r[1], r[2]) for r in ws.rows("SELECT id, sha256, thumb FROM samples WHERE status = 'ok'")}
+    labels, centroids = map_clusters(ws, ids)
     ws.release()  # the candidate search is the long part
     pairs = [(a, b, 1.0, "sha256") for a, b in _same_bytes(meta)]
     prints: dict[int, np.ndarray | None] = {}
-    for a, b, sim in candidate_pairs(ids, vectors, cfg):
+    for a, b, sim in candidate_pairs(ids, vectors, cfg, labels, centroids):
         fa = prints.setdefault(a, fingerprint(ws.thumbs_dir / meta[a][1]) if meta[a][1] else None)
         fb = prints.setdefault(b, fingerprint(ws.thumbs_dir / meta[b][1]) if meta[b][1] else None)
         if fa is not None and fb is not None and local_difference(fa, fb) <= cfg.max_local_diff:
@@ -110,11 +184,24 @@ def find_duplicates(ws: Workspace, cfg: DupConfig = DupConfig()) -> dict:
     return {"pairs": len(pairs), "groups": n_groups, "duplicates_to_drop": len(rows["sample_id"]) - n_groups}
 
 
+def map_clusters(ws: Workspace, ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The map's cluster of each of ``ids`` and its centroids (None, None before ``altlens map``, or when the map
+    does not cover every id)."""
+    cluster = dict(ws.rows("SELECT sample_id, cluster FROM clusters"))
+    if not cluster or any(int(i) not in cluster for i in ids):
+        return None, None
+    path = ws.root / "index" / "centroids.npy"
+    centroids = np.load(path) if path.is_file() else None
+    return np.array([cluster[int(i)] for i in ids], dtype=np.int64), centroids
+
+
 def _same_bytes(meta: dict) -> list[tuple[int, int]]:
     first: dict[str, int] = {}
     pairs = []
     for sid in sorted(meta):
         digest = meta[sid][0]
+        if digest is None:
+            continue
         if digest in first:
             pairs.append((first[digest], sid))
         else:
