@@ -1,0 +1,166 @@
+"""How a workspace's costs grow with its size: batch stages, interactive queries and memory at 100k .. 3M rows.
+
+    python bench/growth.py [--sizes 100000,300000,1000000,3000000] [--repeats 20]
+
+Each size runs in its own process (so peak memory is that size's): it builds a
+synthetic workspace (bench/ui_latency.py's: clustered 512-d embeddings in the
+demo model's space, shared thumbnails, rewards, map coordinates), then times
+
+- batch stages: the FAISS index build, the map (k-means + layout), the
+  near-duplicate search (exact up to 100k rows, cluster-local beyond) and a 10%
+  selection exported as a uid list (the synthetic rows have no image bytes to
+  shard);
+- interactive queries, p50/p95: text search, a gallery page, a filter change,
+  the sample panel; and the search's recall@10 against exact search;
+- peak resident memory.
+
+It prints a row per size and the fitted growth exponent of every figure (the
+slope of log cost on log rows: 1 is linear, 0 flat), then extrapolates the map
+and search to 10 M rows. Goals: batch stages <= 1.1, queries <= 0.2, 3 M rows in
+24 GB, 10 M: map <= 30 min, search p95 <= 100 ms at recall@10 >= 0.95.
+Prints; never fails on time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+BATCH = ("index_build_s", "map_s", "duplicates_s", "export_10pct_s")
+QUERIES = ("search", "gallery_page", "filter_change", "sample_panel")
+
+
+def seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return round(time.perf_counter() - t0, 2)
+
+
+def one_size(n: int, repeats: int) -> dict:
+    """Build and measure one workspace of ``n`` rows (run in a child process)."""
+    from app.handlers import Handlers
+    from bench.ui_latency import build, timed
+    from curation.export.export import ExportConfig
+    from curation.export.export import run as export
+    from curation.export.select import SelectionRule, save_selection
+    from curation.structure.clusters import ClusterConfig, cluster_and_layout
+    from curation.structure.duplicates import find_duplicates
+    from indexer.store import Workspace
+    from indexer.vectors import EmbeddingStore, read_index, search
+    from indexer.writer import rebuild_index_if_stale
+
+    out: dict = {"n": n}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ws"
+        out["build_s"] = seconds(lambda: build(root, n))
+        with Workspace(root) as ws:
+            ws.execute("UPDATE samples SET sha256 = uid")  # distinct bytes, as real images have
+            out["index_build_s"] = seconds(lambda: rebuild_index_if_stale(ws, force=True))
+            out["map_s"] = seconds(lambda: cluster_and_layout(ws, ClusterConfig()))
+            out["duplicates_s"] = seconds(lambda: find_duplicates(ws))
+            cut = float(np.quantile(np.array([r[0] for r in ws.rows("SELECT value FROM rewards")]), 0.9))
+
+            def export_tenth():
+                save_selection(ws, SelectionRule("tenth", min_reward=cut, drop_duplicates=False, labels="all"))
+                export(ws, ExportConfig("tenth", str(Path(tmp) / "export"), format="uids", progress=False))
+            out["export_10pct_s"] = seconds(export_tenth)
+        ws = Workspace(root, read_only=True)
+        h = Handlers(ws)
+        rng = np.random.default_rng(1)
+        clusters = h.clusters()
+        thresholds = iter(rng.uniform(0.3, 1.5, 10 * repeats))
+        queries = iter(["a large yellow star", "a small red circle on the left", "a blue square",
+                        "purple hexagon", "a green cross at the bottom"] * (4 * repeats))
+        out["search"] = timed(lambda: h.search_text(next(queries)), repeats)
+        out["gallery_page"] = timed(lambda: h.browse(str(rng.choice(clusters)), int(rng.integers(0, 5))), repeats)
+        out["filter_change"] = timed(lambda: h.filter("reward", float(next(thresholds))), repeats)
+        out["sample_panel"] = timed(lambda: h.sample(int(rng.integers(0, n))), repeats)
+        out["search_recall_at_10"] = recall_at_10(ws, h, read_index, search, EmbeddingStore)
+        ws.close()
+    out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
+    return out
+
+
+def recall_at_10(ws, h, read_index, search, EmbeddingStore, n_queries: int = 50) -> float:
+    """The workspace index's top 10 against exact inner-product search, for text queries and sample images."""
+    vectors = EmbeddingStore(ws, "image").load()
+    rng = np.random.default_rng(2)
+    texts = ["a large yellow star", "a small red circle", "a blue square", "purple hexagon", "a green cross"]
+    q = np.concatenate([np.asarray(h.model.encode_texts(texts), np.float32),
+                        np.asarray(vectors[rng.integers(0, len(vectors), n_queries)], np.float32)])
+    _, found = search(read_index(ws.index_path), q, 10)
+    hits = 0
+    for row, got in zip(q, found):
+        exact = np.argpartition(-(vectors @ row.astype(np.float16)).astype(np.float32), 10)[:10]
+        hits += len(set(exact.tolist()) & set(got.tolist()))
+    return round(hits / (10 * len(q)), 3)
+
+
+def exponent(ns, values) -> float:
+    ok = [(n, v) for n, v in zip(ns, values) if v and v > 0]
+    if len(ok) < 2:
+        return float("nan")
+    x, y = np.log([n for n, _ in ok]), np.log([v for _, v in ok])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="100000,300000,1000000,3000000")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(one_size(args.one, args.repeats)))
+        return
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--repeats", str(args.repeats)],
+                              capture_output=True, text=True)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{n}: failed ({proc.returncode})\n{proc.stderr[-2000:]}")
+            break
+        rows.append(json.loads(line[7:]))
+        print(json.dumps(rows[-1]), flush=True)
+    if len(rows) < 2:
+        return
+    ns = [r["n"] for r in rows]
+    print(f"\n{'rows':>9} " + " ".join(f"{b:>15}" for b in BATCH) + " " +
+          " ".join(f"{q + ' p95':>18}" for q in QUERIES) + f" {'recall@10':>9} {'peak GB':>8}")
+    for r in rows:
+        print(f"{r['n']:>9} " + " ".join(f"{r[b]:>15.2f}" for b in BATCH) + " " +
+              " ".join(f"{r[q]['p95_ms']:>15.1f} ms" for q in QUERIES) +
+              f" {r['search_recall_at_10']:>9.3f} {r['peak_rss_gb']:>8.2f}")
+    print("\ngrowth exponents (log cost / log rows; goal: batch <= 1.1, queries <= 0.2):")
+    fits = {}
+    for b in BATCH:
+        fits[b] = exponent(ns, [r[b] for r in rows])
+        print(f"  {b:<18} {fits[b]:5.2f}  {'ok' if fits[b] <= 1.1 else 'MISSED'}")
+    for q in QUERIES:
+        fits[q] = exponent(ns, [r[q]["p95_ms"] for r in rows])
+        print(f"  {q + ' p95':<18} {fits[q]:5.2f}  {'ok' if fits[q] <= 0.2 else 'MISSED'}")
+    fits["peak_rss_gb"] = exponent(ns, [r["peak_rss_gb"] for r in rows])
+    print(f"  {'peak memory':<18} {fits['peak_rss_gb']:5.2f}")
+    last = rows[-1]
+    scale = 10_000_000 / last["n"]
+    map_10m = last["map_s"] * scale ** fits["map_s"] + last["duplicates_s"] * scale ** fits["duplicates_s"]
+    search_10m = last["search"]["p95_ms"] * scale ** max(fits["search"], 0)
+    print(f"\nextrapolated to 10 M rows from {last['n']:,} (each figure's own exponent):")
+    print(f"  map + duplicates {map_10m / 60:6.1f} min   goal <= 30 min  {'ok' if map_10m <= 1800 else 'MISSED'}")
+    print(f"  search p95       {search_10m:6.1f} ms    goal <= 100 ms  {'ok' if search_10m <= 100 else 'MISSED'}"
+          f"  (recall@10 at {last['n']:,}: {last['search_recall_at_10']:.3f}, goal >= 0.95)")
+    print(f"  peak memory at {last['n']:,}: {last['peak_rss_gb']:.1f} GB (goal: 3 M rows within 24 GB)")
+
+
+if __name__ == "__main__":
+    main()
