@@ -33,6 +33,9 @@ def demo_train(
     init_from: str = typer.Option(None, help="Continue from this CLIP checkpoint instead of random weights."),
     lr: float = typer.Option(1e-3, help="Peak learning rate of the CLIP."),
     warmup: int = typer.Option(50, min=0, help="Warm-up steps of the CLIP."),
+    paraphrase_share: float = typer.Option(0.0, min=0.0, max=1.0,
+                                           help="Share of description captions worded by demo.paraphrase."),
+    negatives_per_image: int = typer.Option(1, min=1, help="One-detail-wrong captions per image."),
 ):
     """Train the demo CLIP and captioner on CPU (from scratch, or --init-from a checkpoint); write the model card.
     The shipped CLIP: 1200 steps from scratch, then --init-from it --steps 300 --lr 3e-4 --warmup 20
@@ -41,6 +44,7 @@ def demo_train(
     from demo.train import TrainConfig, train
 
     cfg = TrainConfig(out_dir=out_dir or str(MODEL_DIR), steps=steps, n_train=n_train, seed=seed,
-                      captioner_steps=captioner_steps, init_from=init_from, lr=lr, warmup=warmup)
+                      captioner_steps=captioner_steps, init_from=init_from, lr=lr, warmup=warmup,
+                      paraphrase_share=paraphrase_share, negatives_per_image=negatives_per_image)
     numbers = train(cfg)
     echo_json({k: v for k, v in numbers.items() if k != "caption_examples"})

@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from curation.structure.diversity import distinct_n
-from demo.phrasings import HARD_KINDS, corrupt
+from demo.phrasings import HARD_KINDS, corrupt, describe
 from demo.world import EVAL_WORLD, SHAPES, SIZES, canonical_caption, random_scene, render, swap_caption
 
 
@@ -56,6 +56,7 @@ def evaluate_model(model, n: int = 300, seed: int = 777, caption_n: int | None =
         "auroc_random": _auroc(pos, other),
         "auroc_swapped": _auroc(pos, swap),
         "auroc_by_kind": by_kind(model, scenes, img, pos, seed),
+        "auroc_by_kind_unseen": by_kind(model, scenes, img, None, seed, unseen=True),
     }
     if captioner is not None:
         generator = captioner
@@ -85,14 +86,24 @@ def caption_diversity(generator, pixels: torch.Tensor, seed: int, num: int = 5) 
             "distinct_2": float(np.nanmean([distinct_n(c, 2) for c in per_image]))}
 
 
-def by_kind(model, scenes: list[dict], img: np.ndarray, pos: np.ndarray, seed: int) -> dict[str, float]:
-    """True caption vs the same caption wrong in one way, per kind (scenes that cannot show a kind are left out)."""
+def by_kind(model, scenes: list[dict], img: np.ndarray, pos: np.ndarray | None, seed: int,
+            unseen: bool = False) -> dict[str, float]:
+    """True caption vs the same caption wrong in one way, per kind (scenes that cannot show a kind are left out).
+    ``unseen``: both captions in :mod:`demo.phrasings`' wordings (the contrast bench's, never trained on),
+    scene i in style i % 4, instead of the canonical caption."""
     rng = random.Random(seed + 2)
+    if unseen:
+        def word(scene, i):
+            return describe(scene, i % 4)
+        pos = (img * model.encode_texts([word(s, i) for i, s in enumerate(scenes)])).sum(1)
+    else:
+        def word(scene, i):
+            return canonical_caption(scene)
     out = {}
     for kind in HARD_KINDS:
         pairs = [(i, corrupt(s, kind, rng, s)) for i, s in enumerate(scenes)]
         pairs = [(i, w) for i, w in pairs if w is not None]
-        wrong = model.encode_texts([canonical_caption(w) for _, w in pairs])
+        wrong = model.encode_texts([word(w, i) for i, w in pairs])
         rows = np.array([i for i, _ in pairs])
         out[kind] = round(_auroc(pos[rows], (img[rows] * wrong).sum(1)), 4)
     return out
