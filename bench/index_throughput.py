@@ -25,7 +25,7 @@ from PIL import Image  # noqa: E402
 from curation.pipeline import run_stage  # noqa: E402
 from demo.samples import generate_samples, sample_image  # noqa: E402
 from indexer.index import IndexConfig, model_only_rate  # noqa: E402
-from indexer.models import ModelSpec, load_model  # noqa: E402
+from indexer.models import PRECISIONS, ModelSpec, encode_trimmed, load_model  # noqa: E402
 
 
 def write_shard(path: Path, n: int) -> tuple[list[bytes], list[str]]:
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--pretrained", default="none")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     spec = ModelSpec(name=args.model, pretrained=args.pretrained, precision=args.precision)
@@ -62,13 +62,34 @@ def main() -> None:
         model.encode_images(pixels[0].unsqueeze(0))  # warm-up
         model_rate = model_only_rate(model, pixels, args.batch_size, captions)
         image_rate = model_only_rate(model, pixels, args.batch_size)
+        trimmed, full = text_rates(model, captions, args.batch_size)
     e2e = report["samples_per_s"]
     print(json.dumps({"model": args.model, "precision": args.precision, "n": args.n, "batch_size": args.batch_size,
                       "end_to_end_img_s": e2e, "model_only_img_s": round(model_rate, 2),
                       "image_tower_only_img_s": round(image_rate, 2), "ratio": round(e2e / model_rate, 3),
+                      "text_trimmed_per_s": round(trimmed, 1), "text_full_context_per_s": round(full, 1),
                       "stages": report}))
     print(f"end-to-end {e2e:.1f} img/s, model-only (image + alt-text towers) {model_rate:.1f} img/s, "
           f"ratio {e2e / model_rate:.2f}; image tower alone {image_rate:.1f} img/s")
+    print(f"text tower: {trimmed:.0f} captions/s at each batch's longest length, {full:.0f}/s at the full context: "
+          f"{trimmed / full:.2f}x")
+
+
+def text_rates(model, captions: list[str], batch_size: int) -> tuple[float, float]:
+    """Captions/s of the text tower trimmed to each batch's longest caption vs over the model's whole context."""
+    import time
+
+    import torch
+    tokens = model.tokenizer(captions).to(model.device)
+    rates = []
+    for fn in (lambda t: encode_trimmed(model.model, t), lambda t: model.model.encode_text(t, normalize=True)):
+        with torch.inference_mode():
+            fn(tokens[:batch_size])
+            t0 = time.perf_counter()
+            for i in range(0, len(tokens), batch_size):
+                fn(tokens[i:i + batch_size])
+        rates.append(len(tokens) / (time.perf_counter() - t0))
+    return rates[0], rates[1]
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """``altlens caption``, ``fuse``, ``score``, ``map`` and ``defaults``: the pipeline's stages, and checking defaults."""
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
-from cli.options import DEVICE, PRECISION, WORKSPACE, echo_json
+from cli.options import DEVICE, ENGINE, PRECISION, RAY_ADDRESS, RAY_WORKERS, WORKSPACE, echo_json
 
 
 def caption(
@@ -17,6 +19,9 @@ def caption(
     precision: str = PRECISION,
     device: str = DEVICE,
     limit: int = typer.Option(None, min=1, help="Caption at most this many pending images."),
+    engine: str = ENGINE,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    ray_workers: int = RAY_WORKERS,
 ):
     """Add synthetic captions (incremental: images that already have NUM from this captioner are skipped)."""
     from curation.captions.caption import CaptionConfig
@@ -24,7 +29,7 @@ def caption(
 
     echo_json(run_stage("caption", workspace, CaptionConfig(
         captioner=captioner, num=num, sampling=sampling, batch_size=batch_size, seed=seed, precision=precision,
-        device=device, limit=limit)))
+        device=device, limit=limit, engine=engine, ray_address=ray_address, ray_workers=ray_workers)))
 
 
 def fuse(

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from cli.options import DEVICE, PRECISION, WORKSPACE, echo_json
+from cli.options import DEVICE, ENGINE, PRECISION, RAY_ADDRESS, RAY_WORKERS, WORKSPACE, echo_json
 
 
 def index(
@@ -25,11 +25,9 @@ def index(
     allow_root: List[str] = typer.Option(None, help="A folder outside the source that table rows and symlinks "
                                                     "may point into (repeatable); nothing else outside is read."),
     commit_every: int = typer.Option(1024, min=1, help="Samples per atomic commit (what a crash can cost)."),
-    engine: str = typer.Option("local", help="local (this process) or ray (Ray Data: decode tasks, model "
-                                              "actors; pip install 'altlens[ray]')."),
-    ray_address: Optional[str] = typer.Option(None, help="An existing Ray cluster (auto, ray://HOST:10001); "
-                                                         "default: start a local one."),
-    ray_workers: int = typer.Option(1, min=1, help="Model actors on Ray (one GPU each where there are GPUs)."),
+    engine: str = ENGINE,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    ray_workers: int = RAY_WORKERS,
 ):
     """Index images and their alt-text into a workspace (resumable; only new inputs are processed)."""
     from curation.pipeline import run_stage

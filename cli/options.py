@@ -13,3 +13,7 @@ PRECISION = typer.Option("fp32", help="fp32, bf16 (weights cast once; CPU or GPU
 def echo_json(report) -> None:
     """A command's report as one JSON line (what scripts read)."""
     typer.echo(json.dumps(report, default=str))
+ENGINE = typer.Option("local", help="local (this process) or ray (Ray Data: decode tasks, model actors; "
+                                    "pip install 'altlens[ray]').")
+RAY_ADDRESS = typer.Option(None, help="An existing Ray cluster (auto, ray://HOST:10001); default: start a local one.")
+RAY_WORKERS = typer.Option(1, min=1, help="Model actors on Ray (one GPU each where there are GPUs).")

@@ -96,45 +96,24 @@ def decode_block(row: dict, decode_cfg: DecodeConfig, preprocess, staging: str) 
     return {"number": row["number"], "decoded": pickle.dumps(decoded, protocol=5)}
 
 
-class EmbedBlock:
-    """Ray actor: loads the workspace's model once, embeds each decoded block and writes its staging file."""
+class BlockActor:
+    """A Ray actor that loads the workspace's model once, turns each block into a result (:meth:`process`) and
+    writes it to the block's staging file, atomically; the driver commits it (see :func:`stream_blocks`)."""
 
-    def __init__(self, record: dict, config: dict, device: str, precision: str, batch_size: int, staging: str,
-                 threads: int, kill: str | None = None):
-        import open_clip
-        import torch
+    def __init__(self, record: dict, config: dict, device: str, precision: str, staging: str, threads: int,
+                 kill: str | None = None):
+        self.model = worker_model(record, config, device, precision, threads)
+        self.staging, self.kill = Path(staging), kill
 
-        from indexer.models import ModelSpec, load_model
-        if device != "cuda":
-            torch.set_num_threads(max(1, threads))
-        if record["name"] not in open_clip.list_models():
-            open_clip.factory._MODEL_CONFIGS[record["name"]] = config
-        self.model = load_model(ModelSpec(name=record["name"] if not record["checkpoint"] else None,
-                                          pretrained=record["pretrained"], checkpoint=record["checkpoint"],
-                                          device=device, precision=precision))
-        if self.model.model_id != record["model_id"]:
-            raise RuntimeError(f"worker loaded {self.model.model_id}, the workspace holds {record['model_id']}")
-        self.batch_size, self.staging, self.kill = batch_size, Path(staging), kill
+    def process(self, number: int, payload: bytes) -> dict:
+        raise NotImplementedError
 
     def __call__(self, rows: dict) -> dict:
-        import torch
-
-        from indexer.index import embed_batch
         out = []
         for number, payload in zip(rows["number"], rows["decoded"]):
             number = int(number)
             self._maybe_die(number)
-            decoded = pickle.loads(payload)
-            for sample in decoded:
-                if "pixels" in sample:
-                    sample["pixels"] = torch.from_numpy(sample["pixels"])
-            images, texts = [], []
-            for start in range(0, len(decoded), self.batch_size):
-                i, t = embed_batch(self.model, decoded[start:start + self.batch_size])
-                images.append(i)
-                texts.append(t)
-            result = {"samples": decoded, "images": np.concatenate(images) if images else None,
-                      "texts": np.concatenate(texts) if texts else None}
+            result = self.process(number, payload)
             path = self.staging / f"block-{number:06d}.pkl"
             atomic_write(path, lambda fh, r=result: pickle.dump(r, fh, protocol=5))
             out.append(str(path))
@@ -149,9 +128,50 @@ class EmbedBlock:
             os._exit(1)
 
 
-def ray_results(ws: Workspace, sources: list[Source], cfg, decode_cfg: DecodeConfig, model, writer, run_id: int,
-                times):
-    """(batch, image vectors, text vectors) per block, in block order, each block exactly once."""
+def worker_model(record: dict, config: dict, device: str, precision: str, threads: int):
+    """The workspace's model in a worker process, checked to be the very weights the workspace holds."""
+    import open_clip
+    import torch
+
+    from indexer.models import ModelSpec, load_model
+    if device != "cuda":
+        torch.set_num_threads(max(1, threads))
+    if record["name"] not in open_clip.list_models():
+        open_clip.factory._MODEL_CONFIGS[record["name"]] = config
+    model = load_model(ModelSpec(name=record["name"] if not record["checkpoint"] else None,
+                                 pretrained=record["pretrained"], checkpoint=record["checkpoint"],
+                                 device=device, precision=precision))
+    if model.model_id != record["model_id"]:
+        raise RuntimeError(f"worker loaded {model.model_id}, the workspace holds {record['model_id']}")
+    return model
+
+
+class EmbedBlock(BlockActor):
+    """Index: image and alt-text embeddings of a decoded block."""
+
+    def __init__(self, batch_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.batch_size = batch_size
+
+    def process(self, number: int, payload: bytes) -> dict:
+        import torch
+
+        from indexer.index import embed_batch
+        decoded = pickle.loads(payload)
+        for sample in decoded:
+            if "pixels" in sample:
+                sample["pixels"] = torch.from_numpy(sample["pixels"])
+        images, texts = [], []
+        for start in range(0, len(decoded), self.batch_size):
+            i, t = embed_batch(self.model, decoded[start:start + self.batch_size])
+            images.append(i)
+            texts.append(t)
+        return {"samples": decoded, "images": np.concatenate(images) if images else None,
+                "texts": np.concatenate(texts) if texts else None}
+
+
+def check_ray(model) -> None:
+    """Refuse clearly what the Ray engine cannot do."""
     try:
         import ray  # noqa: F401
     except ImportError as exc:
@@ -159,56 +179,77 @@ def ray_results(ws: Workspace, sources: list[Source], cfg, decode_cfg: DecodeCon
     if model.model_id.endswith("@random"):
         raise ValueError("--engine ray needs saved weights (--checkpoint or --pretrained): random weights "
                          "(--pretrained none) differ in every worker process")
-    staging = ws.root / "staging" / f"run-{run_id}"
-    shutil.rmtree(ws.root / "staging", ignore_errors=True)  # what an interrupted run left is redone from inputs
-    staging.mkdir(parents=True)
-    blocks = plan_blocks(ws, sources, writer, cfg.block_rows)
+
+
+def stream_blocks(ws: Workspace, items: list, decode, decode_kwargs: dict, actor: type, actor_kwargs: dict,
+                  model, address: str | None, workers: int, staging: Path):
+    """(number, result) of every block of ``items``, in order, each exactly once: ``decode(row, **decode_kwargs)``
+    runs in Ray tasks, ``actor(**actor_kwargs)`` in a pool of ``workers`` model actors (a GPU each where the
+    model runs on one). ``staging`` (inside the workspace) is removed at the end, whatever happens."""
+    import ray.data
+    import torch
+
+    _start_ray(address)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    gpus = 1 if model.device == "cuda" and torch.cuda.is_available() else 0
+    threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // (workers + 1))
+    rows = [{"number": i, "block": pickle.dumps(b, protocol=5)} for i, b in enumerate(items)]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = ds.map(decode, fn_kwargs=decode_kwargs, num_cpus=0.5)
+    ds = ds.map_batches(
+        actor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus, num_cpus=0 if gpus else 1,
+        fn_constructor_kwargs={"record": ws.get_meta("model"), "config": _config(model.name), "device": model.device,
+                               "precision": model.spec.precision, "staging": str(staging), "threads": threads,
+                               "kill": os.environ.get(KILL_ENV), **actor_kwargs},
+        max_restarts=-1, max_task_retries=-1)
     ws.release()
-    if not blocks:
-        return
-    _start_ray(cfg)
-    ds = _pipeline(ws, cfg, decode_cfg, model, blocks, staging)
     committed: set[int] = set()
-    t0 = time.perf_counter()
     try:
         for row in ds.iter_rows():
-            times.wait_decode += time.perf_counter() - t0
             number = int(row["number"])
             if number in committed:
                 continue
             committed.add(number)
             with open(row["path"], "rb") as fh:
-                result = pickle.load(fh)
-            empty = np.zeros((0, model.dim), dtype=np.float32)
-            batch = result["samples"]
-            _move_thumbs(staging / f"block-{number:06d}" / "thumbs", ws.thumbs_dir, batch)
-            yield batch, _or(result["images"], empty), _or(result["texts"], empty)
-            t0 = time.perf_counter()
+                yield number, pickle.load(fh)
     finally:
-        shutil.rmtree(ws.root / "staging", ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.parent.rmdir()
+        except OSError:
+            pass
 
 
-def _pipeline(ws: Workspace, cfg, decode_cfg: DecodeConfig, model, blocks: list[dict], staging: Path):
-    import ray.data
-    import torch
+def new_staging(ws: Workspace, run: str) -> Path:
+    """A clean staging folder for one run; what an interrupted run left is removed (its blocks are redone)."""
+    shutil.rmtree(ws.root / "staging", ignore_errors=True)
+    staging = ws.root / "staging" / run
+    staging.mkdir(parents=True)
+    return staging
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
-    ctx.enable_progress_bars = False
-    record = ws.get_meta("model")
-    gpus = 1 if model.device == "cuda" and torch.cuda.is_available() else 0
-    threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // (cfg.ray_workers + 1))
-    items = [{"number": i, "block": pickle.dumps(b, protocol=5)} for i, b in enumerate(blocks)]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(decode_block, fn_kwargs={"decode_cfg": decode_cfg, "preprocess": model.preprocess,
-                                         "staging": str(staging)}, num_cpus=0.5)
-    return ds.map_batches(
-        EmbedBlock, batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.ray_workers), num_gpus=gpus, num_cpus=0 if gpus else 1,
-        fn_constructor_kwargs={"record": record, "config": _config(model.name), "device": model.device,
-                               "precision": model.spec.precision, "batch_size": cfg.batch_size,
-                               "staging": str(staging), "threads": threads,
-                               "kill": os.environ.get(KILL_ENV)},
-        max_restarts=-1, max_task_retries=-1)
+
+def ray_results(ws: Workspace, sources: list[Source], cfg, decode_cfg: DecodeConfig, model, writer, run_id: int,
+                times):
+    """(batch, image vectors, text vectors) per block, in block order, each block exactly once."""
+    check_ray(model)
+    staging = new_staging(ws, f"index-{run_id}")
+    blocks = plan_blocks(ws, sources, writer, cfg.block_rows)
+    if not blocks:
+        return
+    results = stream_blocks(ws, blocks, decode_block, {"decode_cfg": decode_cfg, "preprocess": model.preprocess,
+                                                       "staging": str(staging)},
+                            EmbedBlock, {"batch_size": cfg.batch_size}, model, cfg.ray_address, cfg.ray_workers,
+                            staging)
+    empty = np.zeros((0, model.dim), dtype=np.float32)
+    t0 = time.perf_counter()
+    for number, result in results:
+        times.wait_decode += time.perf_counter() - t0
+        batch = result["samples"]
+        _move_thumbs(staging / f"block-{number:06d}" / "thumbs", ws.thumbs_dir, batch)
+        yield batch, _or(result["images"], empty), _or(result["texts"], empty)
+        t0 = time.perf_counter()
 
 
 def _config(name: str) -> dict:
@@ -216,12 +257,12 @@ def _config(name: str) -> dict:
     return open_clip.get_model_config(name)
 
 
-def _start_ray(cfg) -> None:
+def _start_ray(address: str | None) -> None:
     import ray
     if ray.is_initialized():
         return
-    if cfg.ray_address:
-        ray.init(address=cfg.ray_address, log_to_driver=False)
+    if address:
+        ray.init(address=address, log_to_driver=False)
     else:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     log.info("ray: %s", json.dumps(ray.cluster_resources()))

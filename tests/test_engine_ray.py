@@ -117,3 +117,32 @@ def test_ray_engine_finishes_a_partly_indexed_source(tmp_path, ray_cluster, tiny
     local, remote = snapshot(tmp_path / "local"), snapshot(partial)
     assert local[0].keys() == remote[0].keys()
     assert_same(local, remote, tmp_path / "local", partial)
+
+
+def test_ray_captions_match_local_with_a_worker_killed(tmp_path, ray_cluster, tiny_checkpoint, monkeypatch):
+    """altlens caption --engine ray writes the caption rows and vectors the local engine writes (same batches,
+    same seeds), with the model worker killed on one block and the block redone."""
+    from curation.captions.caption import CaptionConfig
+    from curation.pipeline import run_stage
+    write_shards(tmp_path / "shards", n_shards=2, per_shard=9)
+    index_with(tmp_path / "local", [tmp_path / "shards" / "*.tar"], tiny_checkpoint)
+    shutil.copytree(tmp_path / "local", tmp_path / "ray")
+    cfg = dict(captioner="demo", num=3, batch_size=4, progress=False)
+    local = run_stage("caption", tmp_path / "local", CaptionConfig(**cfg))
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_ENV, f"1:{marker}")
+    remote = run_stage("caption", tmp_path / "ray", CaptionConfig(**cfg, engine="ray", block_batches=1))
+    assert marker.exists(), "the model worker was not killed"
+    assert local["captioned"] == remote["captioned"] == 18 and remote["failed"] == 0
+    rows = {}
+    for name in ("local", "ray"):
+        with Workspace(tmp_path / name, read_only=True) as ws:
+            texts = EmbeddingStore(ws, "text").load()
+            rows[name] = {(uid, idx): (text, params, texts[cid].astype(np.float32)) for cid, uid, idx, text, params in
+                          ws.rows("SELECT id, uid, idx, text, params FROM captions WHERE source_kind = 'syn'")}
+    assert rows["local"].keys() == rows["ray"].keys() and len(rows["local"]) == 18 * 3
+    for key, (text, params, vector) in rows["local"].items():
+        assert rows["ray"][key][:2] == (text, params)
+        np.testing.assert_allclose(rows["ray"][key][2], vector, atol=2e-3)
+    again = run_stage("caption", tmp_path / "ray", CaptionConfig(**cfg, engine="ray"))
+    assert again["captioned"] == 0 and again["skipped_already_done"] == 18
