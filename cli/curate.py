@@ -52,13 +52,17 @@ def score(
     recompute: bool = typer.Option(False, help="Recompute every score, not only missing ones."),
     contrast: bool = typer.Option(True, help="Also score each alt-text against its one-claim variants "
                                              "(loads the workspace's model; the costliest score)."),
+    engine: str = ENGINE,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    ray_workers: int = RAY_WORKERS,
 ):
     """clip_score and cycle for every caption, alt/synthetic agreement, alt-text contrast, and the default
     per-sample reward."""
     from curation.pipeline import run_stage
     from curation.scores.score import ScoreConfig
 
-    echo_json(run_stage("score", workspace, ScoreConfig(recompute=recompute, contrast=contrast)))
+    echo_json(run_stage("score", workspace, ScoreConfig(recompute=recompute, contrast=contrast, engine=engine,
+                                                          ray_address=ray_address, ray_workers=ray_workers)))
 
 
 def map_(

@@ -34,6 +34,7 @@ import numpy as np
 from indexer.decode import DecodeConfig
 from indexer.files import atomic_write
 from indexer.sources import Source
+from indexer.stages import decode_batch, embed_batch, keyed
 from indexer.store import Workspace
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,6 @@ KILL_ENV = "ALTLENS_RAY_KILL_BLOCK"
 def plan_blocks(ws: Workspace, sources: list[Source], writer, block_rows: int) -> list[dict]:
     """Blocks to run, in commit order: ``{"shard": path}`` per tar shard not yet done, or ``{"raws": [...]}``,
     ``block_rows`` light raw samples (paths, sidecars) of a folder or table source."""
-    from indexer.index import keyed
-
     blocks: list[dict] = []
     for src in sources:
         writer.register_source(src)
@@ -72,7 +71,6 @@ def plan_blocks(ws: Workspace, sources: list[Source], writer, block_rows: int) -
 
 def read_block(block: dict) -> list[dict]:
     """The raw samples of a block (a shard is read here, with its markers)."""
-    from indexer.index import keyed
     from indexer.shards import read_shards
 
     if "raws" in block:
@@ -84,7 +82,6 @@ def read_block(block: dict) -> list[dict]:
 
 def decode_block(row: dict, decode_cfg: DecodeConfig, preprocess, staging: str) -> dict:
     """Ray task body: read and decode one block; its thumbnails go to the block's staging folder."""
-    from indexer.index import decode_batch
     block = pickle.loads(row["block"])
     thumbs = Path(staging) / f"block-{row['number']:06d}" / "thumbs"
     shutil.rmtree(thumbs, ignore_errors=True)  # a retried task starts clean
@@ -156,7 +153,6 @@ class EmbedBlock(BlockActor):
     def process(self, number: int, payload: bytes) -> dict:
         import torch
 
-        from indexer.index import embed_batch
         decoded = pickle.loads(payload)
         for sample in decoded:
             if "pixels" in sample:

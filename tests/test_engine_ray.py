@@ -146,3 +146,24 @@ def test_ray_captions_match_local_with_a_worker_killed(tmp_path, ray_cluster, ti
         np.testing.assert_allclose(rows["ray"][key][2], vector, atol=2e-3)
     again = run_stage("caption", tmp_path / "ray", CaptionConfig(**cfg, engine="ray"))
     assert again["captioned"] == 0 and again["skipped_already_done"] == 18
+
+
+def test_ray_contrast_matches_local(demo_ws, tmp_path, ray_cluster):
+    """score --engine ray: every caption's contrast and the claim it lost, as the local run stored them."""
+    from curation.claims.sets import ContrastSets
+    from curation.scores.contrast import score_contrast
+    from indexer.models import open_workspace_model
+    from tests.conftest import writable_copy
+    root = writable_copy(demo_ws, tmp_path)
+    query = "SELECT caption_id, contrast, variants, lost_claim, lost_to FROM caption_contrast ORDER BY 1"
+    with Workspace(root) as ws:
+        local = ws.rows(query)
+        report = score_contrast(ws, open_workspace_model(ws, None), ContrastSets.load(ws), recompute=True,
+                                progress=False, ray={"address": None, "workers": 1})
+        remote = ws.rows(query)
+    assert report["captions"] == len(local) > 300 and report["texts_encoded"] > 0
+    assert [(r[0], r[2]) for r in remote] == [(r[0], r[2]) for r in local]
+    close = [abs(a[1] - b[1]) < 1e-4 if a[1] is not None else b[1] is None for a, b in zip(local, remote)]
+    assert all(close)
+    same_loss = [a[3:] == b[3:] for a, b in zip(local, remote) if a[1] is not None and abs(a[1]) > 1e-3]
+    assert all(same_loss)

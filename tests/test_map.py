@@ -2,6 +2,7 @@
 with the mouse in Chromium, the gallery they open, a label from it and the region saved as a selection."""
 from __future__ import annotations
 
+import itertools
 import re
 import tarfile
 
@@ -122,6 +123,25 @@ def _drag(page, points):
     page.mouse.up()
 
 
+def _clear_box(page, plot, xr, yr, margin: float = 3.0):
+    """Corners near the middle of the plot for a box with no point within ``margin`` px of its edges (a point on
+    an edge falls on either side of it by sub-pixel rounding, in the browser or here)."""
+    xs, ys = page.evaluate("() => { const t = document.querySelector('#atlas-root .atlas-plot').data[0]; "
+                           "return [t.x, t.y]; }")
+    px = plot["x"] + (np.asarray(xs) - xr[0]) / (xr[1] - xr[0]) * plot["width"]
+    py = plot["y"] + (yr[1] - np.asarray(ys)) / (yr[1] - yr[0]) * plot["height"]
+    for dx, dy in itertools.product(np.linspace(0, 0.1, 21), repeat=2):
+        x0, x1 = plot["x"] + plot["width"] * (0.35 + dx), plot["x"] + plot["width"] * (0.6 + dx)
+        y0, y1 = plot["y"] + plot["height"] * (0.35 + dy), plot["y"] + plot["height"] * (0.65 + dy)
+        across_y = (py > y0 - margin) & (py < y1 + margin)
+        across_x = (px > x0 - margin) & (px < x1 + margin)
+        on_edge = ((np.abs(px - x0) <= margin) | (np.abs(px - x1) <= margin)) & across_y
+        on_edge |= ((np.abs(py - y0) <= margin) | (np.abs(py - y1) <= margin)) & across_x
+        if not on_edge.any():
+            return (x0, y0), (x1, y1)
+    raise AssertionError("no box without a point on its edge")
+
+
 def _region_text(page, before: str) -> str:
     page.wait_for_function("([sel, before]) => { const el = document.querySelector(sel); "
                            "return el && el.value && el.value !== before; }", arg=["#atlas-region textarea", before])
@@ -159,8 +179,7 @@ def test_map_box_and_lasso_open_exactly_the_server_region_then_label_and_save(de
         page.mouse.move(plot["x"] + 2, plot["y"] + 2)
 
         page.click("#atlas-root button[data-mode=select]")
-        a = (plot["x"] + plot["width"] * 0.35, plot["y"] + plot["height"] * 0.35)
-        b = (plot["x"] + plot["width"] * 0.6, plot["y"] + plot["height"] * 0.65)
+        a, b = _clear_box(page, plot, *page.evaluate(AXES))
         _drag(page, [a, b])
         text = _region_text(page, "")
         (xr, yr) = page.evaluate(AXES)

@@ -23,6 +23,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from curation.claims.sets import ContrastSets
+from indexer.engine_ray import BlockActor
 from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore
 
@@ -61,16 +62,29 @@ def captions_to_score(ws: Workspace, recompute: bool, limit_id: int) -> list[tup
 
 
 def score_contrast(ws: Workspace, model, sets: ContrastSets, batch: int = 256, progress: bool = True,
-                   recompute: bool = False) -> dict:
-    """Fill ``caption_contrast`` where missing (everywhere with ``recompute``, replaced in one transaction)."""
+                   recompute: bool = False, ray: dict | None = None) -> dict:
+    """Fill ``caption_contrast`` where missing (everywhere with ``recompute``, replaced in one transaction).
+    ``ray`` ({"address", "workers"}): the batches go to a pool of model actors, 16 batches a block."""
     started = time.perf_counter()
     texts = EmbeddingStore(ws, "text").load()
     rows = captions_to_score(ws, recompute, len(texts))
     images = EmbeddingStore(ws, "image").load()
-    ws.release()  # encoding the variants is the long part
-    cache, results = TextCache(model), []
-    for start in tqdm(range(0, len(rows), batch), desc="contrast", unit="batch", disable=not progress or not rows):
-        results += contrast_batch(rows[start:start + batch], images, sets, cache)
+    batches = [rows[start:start + batch] for start in range(0, len(rows), batch)]
+    results, encoded = [], 0
+    bar = tqdm(total=len(batches), desc="contrast", unit="batch", disable=not progress or not rows)
+    if ray is None:
+        ws.release()  # encoding the variants is the long part
+        cache = TextCache(model)
+        for rows_b in batches:
+            results += contrast_batch(rows_b, images, sets, cache)
+            bar.update()
+        encoded = cache.encoded
+    else:
+        for part, n in _ray_contrast(ws, batches, images, sets, model, ray):
+            results += part["rows"]
+            encoded += part["encoded"]
+            bar.update(n)
+    bar.close()
     table = pa.Table.from_pylist(results, schema=pa.schema([
         ("caption_id", pa.int64()), ("contrast", pa.float64()), ("claims", pa.int32()), ("variants", pa.int32()),
         ("lost_claim", pa.string()), ("lost_to", pa.string()), ("computed_at", pa.timestamp("us"))]))
@@ -79,7 +93,44 @@ def score_contrast(ws: Workspace, model, sets: ContrastSets, batch: int = 256, p
             ws.insert_arrow("caption_contrast", table, replace=True, cur=cur)
         count_decisions(cur)
     return {"captions": len(rows), "variants": int(sum(r["variants"] for r in results)),
-            "texts_encoded": cache.encoded, "seconds": round(time.perf_counter() - started, 2)}
+            "texts_encoded": encoded, "seconds": round(time.perf_counter() - started, 2)}
+
+
+class ContrastBlock(BlockActor):
+    """Ray actor: the workspace's model loaded once; each block's batches scored against their variants (with a
+    text cache per actor)."""
+
+    def __init__(self, sets: ContrastSets, **kwargs):
+        super().__init__(**kwargs)
+        self.sets, self.cache = sets, TextCache(self.model)
+
+    def process(self, number: int, payload: bytes) -> dict:
+        import pickle
+        batches, images = pickle.loads(payload)
+        before = self.cache.encoded
+        rows = [r for b in batches for r in contrast_batch(b, images, self.sets, self.cache)]
+        return {"rows": rows, "encoded": self.cache.encoded - before, "batches": len(batches)}
+
+
+def _pass_through(row: dict) -> dict:
+    return {"number": row["number"], "decoded": row["block"]}
+
+
+def _ray_contrast(ws: Workspace, batches: list, images, sets: ContrastSets, model, ray: dict, per_block: int = 16):
+    """(result, batches in it) per block of ``per_block`` batches, in order; each block carries its images."""
+    from indexer.engine_ray import check_ray, new_staging, stream_blocks
+    check_ray(model)
+    blocks = []
+    for start in range(0, len(batches), per_block):
+        part = batches[start:start + per_block]
+        ids = sorted({sample_id for b in part for _, sample_id, _ in b})
+        blocks.append((part, {i: np.asarray(images[i], dtype=np.float32) for i in ids}))
+    if not blocks:
+        return
+    staging = new_staging(ws, "contrast")
+    for _, result in stream_blocks(ws, blocks, _pass_through, {}, ContrastBlock, {"sets": sets}, model,
+                                   ray["address"], ray["workers"], staging):
+        yield result, result["batches"]
 
 
 def contrast_batch(rows, images, sets: ContrastSets, cache: TextCache) -> list[dict]:

@@ -39,16 +39,25 @@ class ScoreConfig:
     device: str = "auto"
     precision: str = "fp32"
     progress: bool = True
+    engine: str = "local"  # "ray": the contrast variants are encoded by a pool of model actors
+    ray_address: str | None = None
+    ray_workers: int = 1
+
+    def __post_init__(self):
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f"unknown engine {self.engine!r}; allowed: local, ray")
 
 
 def run(ws: Workspace, cfg: ScoreConfig = ScoreConfig()) -> dict:
     """Fill clip_score, cycle, agreement, the default reward and (``cfg.contrast``) the alt-text contrast
     for everything in ``ws`` missing them; ``cfg.recompute`` redoes them all."""
     model = open_workspace_model(ws, run_spec(cfg.device, cfg.precision)) if cfg.contrast else None
-    return score_workspace(ws, cfg.recompute, model, cfg.progress)
+    ray = {"address": cfg.ray_address, "workers": cfg.ray_workers} if cfg.engine == "ray" else None
+    return score_workspace(ws, cfg.recompute, model, cfg.progress, ray)
 
 
-def score_workspace(ws: Workspace, recompute: bool = False, model=None, progress: bool = True) -> dict:
+def score_workspace(ws: Workspace, recompute: bool = False, model=None, progress: bool = True,
+                    ray: dict | None = None) -> dict:
     """The work of :func:`run` with an already loaded model (None: no contrast)."""
     images = EmbeddingStore(ws, "image").load()
     texts = EmbeddingStore(ws, "text").load()
@@ -61,7 +70,7 @@ def score_workspace(ws: Workspace, recompute: bool = False, model=None, progress
     if model is not None:
         sets = ensure_contrast_sets(ws, model, MiningConfig(progress=progress), force=recompute)
         out["contrast_sets"] = len(sets)
-        out["contrast"] = score_contrast(ws, model, sets, progress=progress, recompute=recompute)
+        out["contrast"] = score_contrast(ws, model, sets, progress=progress, recompute=recompute, ray=ray)
     return out
 
 

@@ -11,7 +11,8 @@ thing", which an embedding alone cannot tell. A global hash cannot do that
 either: on a patterned background a small object changes too few pixels.
 The embedding threshold only proposes candidates (a brightened copy can fall to
 cosine 0.87 under a small model); the pixel test decides. On the demo world,
-planted near-duplicates scored at most 0.37 and distinct look-alikes at least 0.62. Pairs are grouped by
+planted near-duplicates scored at most 0.36 (3,000 samples) and the closest different picture the demo CLIP
+proposes (a blue cross at the top, with and without a small one on the right, cosine 0.87) 0.47. Pairs are grouped by
 union-find; the representative is the group's best-rewarded sample (lowest id on ties).
 """
 from __future__ import annotations
@@ -49,7 +50,7 @@ class DupConfig:
     linearly with the number of images."""
 
     threshold: float = 0.85
-    max_local_diff: float = 0.5
+    max_local_diff: float = 0.42
     search: str = "auto"
     cell_size: int = 2048
     probes: int = 3
