@@ -3,15 +3,17 @@
     python bench/growth.py [--sizes 100000,300000,1000000,3000000] [--repeats 20]
 
 Each size runs in its own process (so peak memory is that size's): it builds a
-synthetic workspace (bench/ui_latency.py's: clustered 512-d embeddings in the
-demo model's space, shared thumbnails, rewards, map coordinates), then times
+synthetic workspace (bench/ui_latency.py's: clustered embeddings, shared
+thumbnails, rewards, map coordinates) in the space of a random-weight ViT-B-32
+(512-d, its real text tower for search; ``--model``), then times
 
 - batch stages: the FAISS index build, the map (k-means + layout), the
   near-duplicate search (exact up to 100k rows, cluster-local beyond) and a 10%
   selection exported as a uid list (the synthetic rows have no image bytes to
   shard);
-- interactive queries, p50/p95: text search, a gallery page, a filter change,
-  the sample panel; and the search's recall@10 against exact search;
+- interactive queries, p50/p95: text search (the text tower and the index), the
+  index search alone, a gallery page, a filter change, the sample panel; and the
+  search's recall@10 against exact search;
 - peak resident memory.
 
 It prints a row per size and the fitted growth exponent of every figure (the
@@ -36,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 BATCH = ("index_build_s", "map_s", "duplicates_s", "export_10pct_s")
-QUERIES = ("search", "gallery_page", "filter_change", "sample_panel")
+QUERIES = ("search", "search_index_only", "gallery_page", "filter_change", "sample_panel")
 
 
 def seconds(fn) -> float:
@@ -45,7 +47,7 @@ def seconds(fn) -> float:
     return round(time.perf_counter() - t0, 2)
 
 
-def one_size(n: int, repeats: int) -> dict:
+def one_size(n: int, repeats: int, model_name: str) -> dict:
     """Build and measure one workspace of ``n`` rows (run in a child process)."""
     from app.handlers import Handlers
     from bench.ui_latency import build, timed
@@ -61,7 +63,10 @@ def one_size(n: int, repeats: int) -> dict:
     out: dict = {"n": n}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ws"
-        out["build_s"] = seconds(lambda: build(root, n))
+        from bench.engine_compare import random_checkpoint
+        from indexer.models import ModelSpec
+        spec = ModelSpec(checkpoint=str(random_checkpoint(model_name, Path(tmp))))
+        out["build_s"] = seconds(lambda: build(root, n, spec=spec))
         with Workspace(root) as ws:
             ws.execute("UPDATE samples SET sha256 = uid")  # distinct bytes, as real images have
             out["index_build_s"] = seconds(lambda: rebuild_index_if_stale(ws, force=True))
@@ -70,7 +75,7 @@ def one_size(n: int, repeats: int) -> dict:
             cut = float(np.quantile(np.array([r[0] for r in ws.rows("SELECT value FROM rewards")]), 0.9))
 
             def export_tenth():
-                save_selection(ws, SelectionRule("tenth", min_reward=cut, drop_duplicates=False, labels="all"))
+                save_selection(ws, SelectionRule("tenth", min_reward=cut, drop_duplicates=False, labels="any"))
                 export(ws, ExportConfig("tenth", str(Path(tmp) / "export"), format="uids", progress=False))
             out["export_10pct_s"] = seconds(export_tenth)
         ws = Workspace(root, read_only=True)
@@ -81,6 +86,9 @@ def one_size(n: int, repeats: int) -> dict:
         queries = iter(["a large yellow star", "a small red circle on the left", "a blue square",
                         "purple hexagon", "a green cross at the bottom"] * (4 * repeats))
         out["search"] = timed(lambda: h.search_text(next(queries)), repeats)
+        index, stored = read_index(ws.index_path), EmbeddingStore(ws, "image").load()
+        probe = iter(np.asarray(stored[rng.integers(0, n, 20 * repeats)], np.float32))
+        out["search_index_only"] = timed(lambda: search(index, next(probe)[None, :], 48), repeats)
         out["gallery_page"] = timed(lambda: h.browse(str(rng.choice(clusters)), int(rng.integers(0, 5))), repeats)
         out["filter_change"] = timed(lambda: h.filter("reward", float(next(thresholds))), repeats)
         out["sample_panel"] = timed(lambda: h.sample(int(rng.integers(0, n))), repeats)
@@ -117,14 +125,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100000,300000,1000000,3000000")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--model", default="ViT-B-32", help="open_clip config whose random weights define the space")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(one_size(args.one, args.repeats)))
+        print("RESULT " + json.dumps(one_size(args.one, args.repeats, args.model)))
         return
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
-        proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--repeats", str(args.repeats)],
+        proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--repeats", str(args.repeats),
+                               "--model", args.model],
                               capture_output=True, text=True)
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:

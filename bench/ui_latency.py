@@ -37,10 +37,11 @@ from indexer.vectors import EmbeddingStore  # noqa: E402
 from indexer.writer import rebuild_index_if_stale  # noqa: E402
 
 
-def build(root: Path, n: int, k: int = 300, seed: int = 0) -> None:
+def build(root: Path, n: int, k: int = 300, seed: int = 0, spec=None) -> None:
+    """A workspace of ``n`` synthetic samples in the space of ``spec``'s model (default: the demo CLIP)."""
     rng = np.random.default_rng(seed)
     ws = Workspace(root, create=True)
-    model = open_workspace_model(ws, demo_model_spec())
+    model = open_workspace_model(ws, spec or demo_model_spec())
     dim = model.dim
     centres = rng.normal(size=(k, dim)).astype(np.float32)
     labels = rng.integers(0, k, n)
