@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 INDEX_KINDS = ("auto", "flat", "hnsw", "ivf")
 HNSW_EF_SEARCH = 256
+# A text query lands away from every image (CLIP's modality gap), where a graph search needs a wider beam: on
+# 300k clustered 512-d rows, recall@10 of such queries was 0.33 at efSearch 256, 0.61 at 1024, 0.91 at 4096
+# (12-16 ms a query on 2 cores).
+TEXT_EF_SEARCH = 4096
 FLAT_MAX = 100_000
 
 
@@ -150,6 +154,13 @@ def index_ids(index: faiss.Index) -> np.ndarray:
                            for i in range(invlists.nlist)] or [np.zeros(0, np.int64)])
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (scores, ids) per query row; missing neighbours have id -1."""
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+def search(index: faiss.Index, queries: np.ndarray, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, ids) per query row; missing neighbours have id -1. ``ef``: the HNSW beam width for
+    these queries (default: the index's own)."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    if ef is not None and hasattr(inner, "hnsw"):
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(int(ef), k)
+        return index.search(queries, k, params=params)
+    return index.search(queries, k)

@@ -186,6 +186,12 @@ def test_index_kinds_find_exact_neighbours(kind):
     _, found = search(index_, vecs[:50], 1)
     assert (found[:, 0] == ids[:50]).mean() >= 0.9
     assert sorted(index_ids(index_)) == sorted(ids)
+    # a query away from every row (as a text query is from images) with a wide beam: the exact top 10
+    query = rng.normal(size=(5, 32)).astype(np.float32)
+    exact = ids[np.argsort(-(query @ vecs.T), axis=1)[:, :10]]
+    _, wide = search(index_, query, 10, ef=4096)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, wide)])
+    assert recall >= (0.99 if kind != "ivf" else 0.5)
 
 
 def test_cli_stats_json_and_search(tmp_path):
