@@ -88,6 +88,8 @@ def semdedup(
                                              "random."),
     seed: int = typer.Option(0, help="Seed of --keep random."),
     memory_mb: int = typer.Option(256, min=1, help="Most memory one block of similarities may take."),
+    probes: int = typer.Option(0, min=0, help="Also compare each cluster with its nearest N clusters (pairs split "
+                                              "by a cluster border; costs 1 + N times as much)."),
 ):
     """Semantic duplicates inside each cluster: stores, for every sample, its highest cosine to a member the keep
     policy prefers, and prints how many each eps would remove ('altlens select --semdedup EPS' applies one)."""
@@ -96,7 +98,7 @@ def semdedup(
     from indexer.store import Workspace
 
     with Workspace(workspace) as ws:
-        echo_json(run(ws, SemDedupConfig(keep=keep, seed=seed, memory_mb=memory_mb)))
+        echo_json(run(ws, SemDedupConfig(keep=keep, seed=seed, memory_mb=memory_mb, probes=probes)))
 
 
 def defaults(

@@ -11,12 +11,16 @@ def demo(
     n: int = typer.Option(3000, min=1, help="Samples in the demo dataset."),
     seed: int = typer.Option(0),
     precision: str = PRECISION,
+    semantic_dups: float = typer.Option(0.03, min=0.0, max=0.5, help="Share of samples that are the scene of an "
+                                        "earlier one drawn again, with an alt-text of their own (semantic dedup)."),
     no_serve: bool = typer.Option(False, "--no-serve", help="Build the workspace, do not start the UI."),
 ):
     """Build the demo world offline: shards -> index with the shipped model -> curation -> UI."""
     from demo.build import DemoConfig, build_demo
+    from demo.world import NoiseConfig
 
-    summary = build_demo(DemoConfig(workspace=workspace, n=n, seed=seed, precision=precision))
+    summary = build_demo(DemoConfig(workspace=workspace, n=n, seed=seed, precision=precision,
+                                    noise=NoiseConfig(semantic_dups=semantic_dups)))
     echo_json(summary["index"])
     typer.echo(f"demo workspace ready: {summary['workspace']}")
     if not no_serve:

@@ -112,3 +112,17 @@ def build_demo(cfg: DemoConfig) -> dict:
         ws.set_meta("demo", asdict(cfg) | {"noise": asdict(cfg.noise)})
         report |= run_after_index(ws, stage_configs(cfg))
     return {"workspace": str(root), "shards": [str(p) for p in shards], **report}
+
+
+def build_reduce_world(root: Path, n: int = 600, seed: int = 11, semantic_dups: float = 0.1) -> Path:
+    """A demo world for reduction: planted semantic duplicates, indexed, scored (clip_score of the alt-text is
+    the reward the caption keep policy reads; no contrast) and mapped. No captioning."""
+    from curation.scores.score import ScoreConfig
+    samples = generate_samples(n, seed, noise=NoiseConfig(semantic_dups=semantic_dups))
+    shards = write_demo_shards(samples, root / "source", 1000)
+    with Workspace(root, create=True) as ws:
+        stage("index").run(ws, IndexConfig(sources=tuple(str(p) for p in shards), model=demo_model_spec()))
+        store_truth(ws, samples, str(root / "source"), 1000)
+        stage("score").run(ws, ScoreConfig(contrast=False, progress=False))
+        stage("map").run(ws, stage("map").config())
+    return root

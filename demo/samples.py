@@ -44,6 +44,16 @@ def generate_samples(n: int, seed: int, world: WorldConfig = DEMO_WORLD,
     for i in range(n):
         key = f"{i:08d}"
         dup = _maybe_duplicate(rng, samples, noise)
+        if dup is not None and dup[1] == "semantic":
+            src = dup[0]
+            kind = rng.choices(NOISE_KINDS, weights=noise.weights())[0]
+            if kind == "partial" and len(src.scene["objects"]) < 2:
+                kind = "correct"
+            know = knowledge_items(rng, noise.knowledge) if kind in ("correct", "partial", "swapped") else []
+            alt = alt_text(src.scene, kind, rng, _other_scene(rng, world, src.scene), know)
+            samples.append(DemoSample(key, src.scene, src.caption, alt, kind, know, dup_of=src.key,
+                                      dup_kind="semantic", jitter=rng.randrange(1 << 30)))
+            continue
         if dup is not None:
             src, kind = dup
             know = list(src.knowledge)
@@ -94,11 +104,19 @@ def _maybe_duplicate(rng: random.Random, samples: list[DemoSample], noise: Noise
         return rng.choice(originals), "exact"
     if roll < noise.exact_dups + noise.near_dups:
         return rng.choice(originals), "near"
+    if roll < noise.exact_dups + noise.near_dups + noise.semantic_dups:
+        return rng.choice(originals), "semantic"
     return None
 
 
 def sample_image(sample: DemoSample, size: int = 96) -> bytes:
-    """JPEG bytes of a sample; a near-duplicate is the same picture brightened and re-encoded."""
+    """JPEG bytes of a sample; a near-duplicate is the same picture brightened and re-encoded; a semantic
+    duplicate is the scene drawn again (its objects moved, resized and turned a little) and saved at a JPEG
+    quality of 70..90. (Zooming or rescaling is left out: the demo CLIP, trained on one pixel grid, reads a
+    rescaled background pattern as another background.)"""
+    if sample.dup_kind == "semantic":
+        img = render(sample.scene, size, jitter_seed=sample.jitter)
+        return jpeg_bytes(img, 70 + sample.jitter % 21)
     img = render(sample.scene, size, jitter_seed=sample.jitter)
     if sample.dup_kind == "near":
         img = ImageEnhance.Brightness(img).enhance(1.08)

@@ -125,6 +125,10 @@ class NoiseConfig:
     knowledge: float = 0.7
     exact_dups: float = 0.02
     near_dups: float = 0.02
+    # Different pictures of one thing (a second product shot, another frame): the scene drawn again with new
+    # jitter, zoom and JPEG quality, and an alt-text of its own noise kind. Off unless asked for, so that the
+    # worlds the tests and models were tuned on stay as they are; ``altlens demo`` plants them.
+    semantic_dups: float = 0.0
 
     def weights(self) -> list[float]:
         return [getattr(self, k) for k in NOISE_KINDS]

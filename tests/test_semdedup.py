@@ -9,7 +9,7 @@ import pytest
 from conftest import run_cli, writable_copy
 
 from curation.export.select import SelectionRule, preview_selection, save_selection
-from curation.structure.semdedup import SemDedupConfig, earlier_max, keep_order, semdedup
+from curation.structure.semdedup import SemDedupConfig, earlier_among, earlier_max, keep_order, semdedup
 from indexer.store import Workspace
 
 
@@ -23,6 +23,15 @@ def test_blocks_give_the_same_answer_as_the_full_matrix():
     for memory_mb in (1e-3, 256):  # one row a block, or everything at once
         best, got = earlier_max(x, memory_mb)
         assert np.allclose(best, want, atol=1e-6) and np.array_equal(got, which)
+    # queries against rows of other clusters, in one keep order over everything
+    rank = rng.permutation(300)
+    queries, others = np.arange(0, 100), np.arange(50, 300)
+    earlier = rank[others][:, None] < rank[queries][None, :]
+    masked = np.where(earlier, full[np.ix_(others, queries)], -np.inf)
+    for memory_mb in (1e-3, 256):
+        best, got = earlier_among(x[queries], rank[queries], x[others], rank[others], memory_mb)
+        assert np.allclose(best, masked.max(0), atol=1e-6)
+        assert np.array_equal(np.where(np.isfinite(best), got, -1), np.where(earlier.any(0), masked.argmax(0), -1))
 
 
 def test_keep_orders():
@@ -51,7 +60,8 @@ def test_caption_policy_keeps_the_best_captioned_member_and_select_applies_any_e
                            JOIN clusters k ON k.sample_id = d.sample_id
                            LEFT JOIN clusters ko ON ko.sample_id = d.duplicate_of""")
         dups = [r for r in rows if r["max_sim"] is not None and r["max_sim"] >= 0.95]
-        assert dups and all(r["other_rank"] < r["rank"] and r["cluster"] == r["other_cluster"] for r in dups)
+        assert dups and all(r["other_rank"] < r["rank"] and r["cluster"] == r["other_cluster"] for r in dups), \
+            "probes 0: within a cluster"
         assert all((r["other_reward"] or 0) >= (r["reward"] or 0) for r in dups), "the kept one has the better caption"
         for eps in (0.02, 0.05):
             rule = SelectionRule(name=f"sd{int(eps * 100)}", semdedup_eps=eps, drop_duplicates=False, labels="any")
@@ -61,5 +71,39 @@ def test_caption_policy_keeps_the_best_captioned_member_and_select_applies_any_e
             assert save_selection(ws, rule)["selected"] == step["remaining"]
         with pytest.raises(ValueError, match="keeps by 'caption', not 'central'"):
             preview_selection(ws, SelectionRule(name="x", semdedup_eps=0.05, semdedup_keep="central"))
-    out = json.loads(run_cli("semdedup", "-w", str(root), "--keep", "central").stdout)
+    out = json.loads(run_cli("semdedup", "-w", str(root), "--keep", "central", "--probes", "2").stdout)
     assert out["keep"] == "central" and len(out["curve"]) == 8
+
+
+@pytest.fixture(scope="module")
+def reduce_world(tmp_path_factory):
+    from demo.build import build_reduce_world
+    return build_reduce_world(tmp_path_factory.mktemp("reduce") / "ws")
+
+
+def test_planted_semantic_duplicates_are_found_and_the_best_captioned_copy_stays(reduce_world):
+    """The demo world's planted semantic duplicates (a scene drawn again: objects moved, resized, turned, another
+    JPEG quality; an alt-text of its own) against semdedup at the default eps."""
+    from curation.structure.semdedup import DEFAULT_EPS
+    from demo.map_quality import semdedup_quality
+    with Workspace(reduce_world) as ws:
+        semdedup(ws, SemDedupConfig(keep="central"), progress=False)
+        central = semdedup_quality(ws, DEFAULT_EPS)
+        semdedup(ws, SemDedupConfig(keep="caption"), progress=False)
+        caption = semdedup_quality(ws, DEFAULT_EPS)
+    assert caption["planted_pairs"] >= 30 and caption["groups_judged"] >= 10
+    assert caption["precision"] >= 0.9, caption
+    assert caption["best_caption_kept"] >= 0.9 > central["best_caption_kept"], (caption, central)
+    noise = caption["planted_members_by_alt_noise"]
+    assert noise["correct"]["kept"] > noise["correct"]["dropped"]
+    assert all(noise[k]["dropped"] >= noise[k]["kept"] for k in ("unrelated", "junk", "empty") if k in noise)
+
+
+@pytest.mark.xfail(strict=True, reason="recall 0.84 at eps 0.05: the demo CLIP puts 5 of 50 redrawn scenes "
+                                       "below cosine 0.95 (0.90-0.946); eps 0.075 reaches 0.90 at precision 0.87")
+def test_planted_semantic_duplicate_recall_at_the_default_eps(reduce_world):
+    from curation.structure.semdedup import DEFAULT_EPS
+    from demo.map_quality import semdedup_quality
+    with Workspace(reduce_world) as ws:
+        semdedup(ws, SemDedupConfig(keep="caption"), progress=False)
+        assert semdedup_quality(ws, DEFAULT_EPS)["recall"] >= 0.9
