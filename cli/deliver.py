@@ -28,6 +28,8 @@ def select(
     allocate: str = typer.Option("sqrt", help="How --budget spreads over clusters: size, sqrt or diversity."),
     pick: str = typer.Option("central", help="Which samples a cluster keeps under --budget: central, diverse or "
                                              "reward."),
+    concept: List[str] = typer.Option(None, help="A concept rule such as 'watermark<0.5' (repeatable; the "
+                                                 "concept's latest scores, see 'altlens concept')."),
 ):
     """Save a named selection (a rule set) and materialise its sample list; prints what each rule removed and,
     when a selection of that name existed, how many it held ("replaced")."""
@@ -39,7 +41,7 @@ def select(
                          clusters_in=tuple(cluster or ()), clusters_out=tuple(exclude_cluster or ()),
                          drop_duplicates=not keep_duplicates, labels=labels, per_cluster_k=per_cluster,
                          caption_policy=caption_policy, semdedup_eps=semdedup, semdedup_keep=keep,
-                         budget=budget, allocate=allocate, pick=pick)
+                         budget=budget, allocate=allocate, pick=pick, concepts=tuple(concept or ()))
     with Workspace(workspace) as ws:
         preview = preview_selection(ws, rule)
         extra = {"steps": preview["steps"]} | ({"per_cluster": preview["per_cluster"]} if budget is not None else {})

@@ -13,6 +13,8 @@ def demo(
     precision: str = PRECISION,
     semantic_dups: float = typer.Option(0.03, min=0.0, max=0.5, help="Share of samples that are the scene of an "
                                         "earlier one drawn again, with an alt-text of their own (semantic dedup)."),
+    watermarked: float = typer.Option(0.1, min=0.0, max=1.0, help="Share of images with a stock-photo watermark "
+                                      "(a concept to tag: 'altlens concept')."),
     no_serve: bool = typer.Option(False, "--no-serve", help="Build the workspace, do not start the UI."),
 ):
     """Build the demo world offline: shards -> index with the shipped model -> curation -> UI."""
@@ -20,7 +22,7 @@ def demo(
     from demo.world import NoiseConfig
 
     summary = build_demo(DemoConfig(workspace=workspace, n=n, seed=seed, precision=precision,
-                                    noise=NoiseConfig(semantic_dups=semantic_dups)))
+                                    noise=NoiseConfig(semantic_dups=semantic_dups, watermarked=watermarked)))
     echo_json(summary["index"])
     typer.echo(f"demo workspace ready: {summary['workspace']}")
     if not no_serve:

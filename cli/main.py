@@ -24,6 +24,8 @@ COMMANDS = (
     ("demo", demos.demo), ("demo-train", demos.demo_train),
 )
 REWARD_COMMANDS = (("train", review.reward_train), ("apply", review.reward_apply))
+CONCEPT_COMMANDS = (("add", review.concept_add), ("tag", review.concept_tag), ("train", review.concept_train),
+                    ("import", review.concept_import), ("queue", review.concept_queue), ("list", review.concept_list))
 USER_ERRORS = (AltlensError, ValueError, FileNotFoundError)
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
@@ -37,6 +39,11 @@ def build() -> typer.Typer:
     for name, command in REWARD_COMMANDS:
         reward.command(name)(command)
     app.add_typer(reward, name="reward")
+    concept = typer.Typer(help="Concept scores: zero-shot from a prompt, trained on tags, or an imported head.",
+                          no_args_is_help=True)
+    for name, command in CONCEPT_COMMANDS:
+        concept.command(name)(command)
+    app.add_typer(concept, name="concept")
     return app
 
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 TRUTH = register_table(Table("demo_truth", "demo", """uid VARCHAR PRIMARY KEY, key VARCHAR NOT NULL,
     scene_json VARCHAR NOT NULL, canonical VARCHAR NOT NULL, alt VARCHAR NOT NULL, noise VARCHAR NOT NULL,
-    knowledge_json VARCHAR NOT NULL, dup_of VARCHAR, dup_kind VARCHAR"""))
+    knowledge_json VARCHAR NOT NULL, dup_of VARCHAR, dup_kind VARCHAR, watermark BOOLEAN NOT NULL DEFAULT false"""))
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,11 @@ def store_truth(ws: Workspace, samples: list[DemoSample], source: str, shard_siz
         return make_uid(source, f"{int(s.key) // shard_size:05d}/{s.key}")
     by_key = {s.key: s for s in samples}
     rows = [(uid(s), s.key, json.dumps(s.scene), s.caption, s.alt, s.noise, json.dumps(s.knowledge),
-             uid(by_key[s.dup_of]) if s.dup_of else None, s.dup_kind) for s in samples]
+             uid(by_key[s.dup_of]) if s.dup_of else None, s.dup_kind, s.watermark) for s in samples]
     with ws.transaction() as cur:
         for statement in TRUTH.statements():
             cur.execute(statement)
-        cur.executemany("INSERT INTO demo_truth VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
+        cur.executemany("INSERT INTO demo_truth VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
 
 
 def stage_configs(cfg: DemoConfig) -> dict:
@@ -114,11 +114,13 @@ def build_demo(cfg: DemoConfig) -> dict:
     return {"workspace": str(root), "shards": [str(p) for p in shards], **report}
 
 
-def build_reduce_world(root: Path, n: int = 600, seed: int = 11, semantic_dups: float = 0.1) -> Path:
-    """A demo world for reduction: planted semantic duplicates, indexed, scored (clip_score of the alt-text is
-    the reward the caption keep policy reads; no contrast) and mapped. No captioning."""
+def build_reduce_world(root: Path, n: int = 600, seed: int = 11, semantic_dups: float = 0.1,
+                       watermarked: float = 0.25) -> Path:
+    """A demo world for reduction and concepts: planted semantic duplicates and watermarks, indexed, scored
+    (clip_score of the alt-text is the reward the caption keep policy reads; no contrast) and mapped. No
+    captioning."""
     from curation.scores.score import ScoreConfig
-    samples = generate_samples(n, seed, noise=NoiseConfig(semantic_dups=semantic_dups))
+    samples = generate_samples(n, seed, noise=NoiseConfig(semantic_dups=semantic_dups, watermarked=watermarked))
     shards = write_demo_shards(samples, root / "source", 1000)
     with Workspace(root, create=True) as ws:
         stage("index").run(ws, IndexConfig(sources=tuple(str(p) for p in shards), model=demo_model_spec()))

@@ -69,11 +69,11 @@ def store_truth(ws: Workspace, truth: list[dict]) -> None:
     """One ``demo_truth`` row per indexed sample: its scene, its caption and the kind of error it has."""
     uid_of = {key.split("/", 1)[1]: uid for key, uid in ws.rows("SELECT key, uid FROM samples")}
     rows = [(uid_of[t["key"]], t["key"], json.dumps(t["scene"]), t["caption"], t["caption"], t["kind"], "[]", None,
-             None) for t in truth if t["key"] in uid_of]
+             None, False) for t in truth if t["key"] in uid_of]
     with ws.transaction() as cur:
         for statement in TRUTH.statements():
             cur.execute(statement)
-        cur.executemany("INSERT INTO demo_truth VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
+        cur.executemany("INSERT INTO demo_truth VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
 
 
 def quality(ws: Workspace, scores: dict[str, dict[int, float]] | None = None, only: set[int] | None = None) -> dict:

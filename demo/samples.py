@@ -17,6 +17,7 @@ from demo.world import (
     knowledge_items,
     random_scene,
     render,
+    watermark,
 )
 
 
@@ -33,6 +34,7 @@ class DemoSample:
     dup_of: str | None = None
     dup_kind: str | None = None
     jitter: int = 0
+    watermark: bool = False
 
 
 def generate_samples(n: int, seed: int, world: WorldConfig = DEMO_WORLD,
@@ -69,6 +71,10 @@ def generate_samples(n: int, seed: int, world: WorldConfig = DEMO_WORLD,
         alt = alt_text(scene, kind, rng, other, know)
         samples.append(DemoSample(key, scene, canonical_caption(scene), alt, kind, know,
                                   jitter=rng.randrange(1 << 30)))
+    marks = random.Random(f"watermark:{seed}")  # its own draw: the world without marks stays the same
+    by_key = {s.key: s for s in samples}
+    for s in samples:  # a copy carries its original's mark (one shop stamps all its shots)
+        s.watermark = by_key[s.dup_of].watermark if s.dup_of else marks.random() < noise.watermarked
     return samples
 
 
@@ -112,12 +118,13 @@ def _maybe_duplicate(rng: random.Random, samples: list[DemoSample], noise: Noise
 def sample_image(sample: DemoSample, size: int = 96) -> bytes:
     """JPEG bytes of a sample; a near-duplicate is the same picture brightened and re-encoded; a semantic
     duplicate is the scene drawn again (its objects moved, resized and turned a little) and saved at a JPEG
-    quality of 70..90. (Zooming or rescaling is left out: the demo CLIP, trained on one pixel grid, reads a
+    quality of 70..90. A watermarked sample has :func:`demo.world.watermark` drawn over it. (Zooming or rescaling is left out: the demo CLIP, trained on one pixel grid, reads a
     rescaled background pattern as another background.)"""
-    if sample.dup_kind == "semantic":
-        img = render(sample.scene, size, jitter_seed=sample.jitter)
-        return jpeg_bytes(img, 70 + sample.jitter % 21)
     img = render(sample.scene, size, jitter_seed=sample.jitter)
+    if sample.watermark:
+        img = watermark(img, sample.jitter)
+    if sample.dup_kind == "semantic":
+        return jpeg_bytes(img, 70 + sample.jitter % 21)
     if sample.dup_kind == "near":
         img = ImageEnhance.Brightness(img).enhance(1.08)
         return jpeg_bytes(img, 75)

@@ -129,6 +129,9 @@ class NoiseConfig:
     # jitter, zoom and JPEG quality, and an alt-text of its own noise kind. Off unless asked for, so that the
     # worlds the tests and models were tuned on stay as they are; ``altlens demo`` plants them.
     semantic_dups: float = 0.0
+    # A concept the reward does not cover: a stock-photo watermark ("SAMPLE" tiled over the picture), drawn on
+    # this share of images (decided by a separate seeded draw, so the rest of the world is unchanged).
+    watermarked: float = 0.0
 
     def weights(self) -> list[float]:
         return [getattr(self, k) for k in NOISE_KINDS]
@@ -304,6 +307,19 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx, cy, r, angle, fill) -
         if shape == "diamond":
             pts = [(cx + (x - cx) * 0.7, y) for x, y in pts]
     draw.polygon(pts, fill=fill, outline=outline, width=2)
+
+
+def watermark(img: Image.Image, seed: int = 0) -> Image.Image:
+    """A stock-photo watermark: the word SAMPLE in translucent white, tiled over the whole picture."""
+    base = img.convert("RGBA")
+    over = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(over)
+    w, h = base.size
+    shift = seed % 20
+    for y in range(-h, h, 20):
+        for x in range(-w, w, 44):
+            draw.text((x + y + shift, y + x // 3), "SAMPLE", fill=(255, 255, 255, 160))
+    return Image.alpha_composite(base, over).convert("RGB")
 
 
 def jpeg_bytes(img: Image.Image, quality: int = 92) -> bytes:

@@ -81,6 +81,12 @@ PRODUCT_TABLES = (
     # altlens label (and the browser's label buttons)
     Table("labels", "label", "id BIGINT PRIMARY KEY, sample_id BIGINT NOT NULL, kind VARCHAR NOT NULL, "
                              "value VARCHAR NOT NULL, who VARCHAR NOT NULL, view VARCHAR, created_at TIMESTAMP NOT NULL"),
+    # altlens concept: scores for what the reward does not cover (zero-shot, trained on tags, imported heads)
+    Table("concepts", "concept", "name VARCHAR PRIMARY KEY, prompt VARCHAR, created_at TIMESTAMP"),
+    Table("concept_versions", "concept", "name VARCHAR NOT NULL, version INTEGER NOT NULL, kind VARCHAR NOT NULL, "
+                                         "provenance VARCHAR, created_at TIMESTAMP, PRIMARY KEY (name, version)"),
+    Table("concept_scores", "concept", "name VARCHAR NOT NULL, version INTEGER NOT NULL, sample_id BIGINT NOT NULL, "
+                                       "value DOUBLE, PRIMARY KEY (name, version, sample_id)"),
     # altlens select
     Table("selections", "select", "name VARCHAR PRIMARY KEY, rule VARCHAR NOT NULL, counts VARCHAR NOT NULL, "
                                   "created_at TIMESTAMP"),

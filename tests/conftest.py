@@ -167,6 +167,22 @@ def demo_ws(tmp_path_factory):
     return root, summary
 
 
+@pytest.fixture(scope="session")
+def reduce_world(tmp_path_factory):
+    """600 demo samples with planted semantic duplicates: indexed, scored, mapped (no captions)."""
+    from demo.build import build_reduce_world
+    return build_reduce_world(tmp_path_factory.mktemp("reduce") / "ws", watermarked=0.0)
+
+
+@pytest.fixture(scope="session")
+def concept_world(tmp_path_factory):
+    """400 demo samples, a quarter of them watermarked (apart from the semantic duplicates: in the demo CLIP the
+    tiled watermark pulls different pictures within cosine 0.95 of each other)."""
+    from demo.build import build_reduce_world
+    return build_reduce_world(tmp_path_factory.mktemp("concept") / "ws", n=400, seed=12, semantic_dups=0.0,
+                              watermarked=0.25)
+
+
 def writable_copy(demo_ws, folder) -> Path:
     """A copy of the session's demo workspace for tests that write (labels, selections, rewards)."""
     import shutil

@@ -75,12 +75,6 @@ def test_caption_policy_keeps_the_best_captioned_member_and_select_applies_any_e
     assert out["keep"] == "central" and len(out["curve"]) == 8
 
 
-@pytest.fixture(scope="module")
-def reduce_world(tmp_path_factory):
-    from demo.build import build_reduce_world
-    return build_reduce_world(tmp_path_factory.mktemp("reduce") / "ws")
-
-
 def test_planted_semantic_duplicates_are_found_and_the_best_captioned_copy_stays(reduce_world):
     """The demo world's planted semantic duplicates (a scene drawn again: objects moved, resized, turned, another
     JPEG quality; an alt-text of its own) against semdedup at the default eps."""

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 from curation.export.budget import ALLOCATE, PICK, budget_pick
+from curation.review.concepts import parse_rule, rule_step
 from curation.scores.rewards import active_reward
 from curation.structure.semdedup import require_run
 from indexer.schema import SOURCE_KINDS
@@ -43,6 +44,7 @@ class SelectionRule:
     budget: float | None = None  # keep this share of what the other steps keep (curation/export/budget.py)
     allocate: str = "sqrt"
     pick: str = "central"
+    concepts: tuple[str, ...] = ()  # concept rules such as "watermark<0.5" (curation/review/concepts.py)
 
     def __post_init__(self):
         if not self.name or len(self.name) > 64 or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -63,6 +65,8 @@ class SelectionRule:
             raise ValueError(f"--allocate must be one of {', '.join(ALLOCATE)} and --pick one of {', '.join(PICK)}")
         if self.per_cluster_k is not None and self.per_cluster_k < 1:
             raise ValueError(f"--per-cluster must be >= 1, got {self.per_cluster_k}")
+        for text in self.concepts:
+            parse_rule(text)
 
 
 def _steps(ws: Workspace, rule: SelectionRule) -> list[tuple[str, str, list]]:
@@ -95,6 +99,7 @@ def _steps(ws: Workspace, rule: SelectionRule) -> list[tuple[str, str, list]]:
         require_run(ws, rule.semdedup_keep)
         steps.append((f"semantic duplicates (eps {rule.semdedup_eps:g}, keep by {rule.semdedup_keep})",
                       "s.id NOT IN (SELECT sample_id FROM semdedup WHERE max_sim >= ?)", [1 - float(rule.semdedup_eps)]))
+    steps += [rule_step(ws, text) for text in rule.concepts]
     if rule.labels != "any":
         latest = "(SELECT sample_id, arg_max(value, id) AS value FROM labels WHERE kind = 'alignment' GROUP BY 1)"
         if rule.labels == "good_only":
@@ -232,6 +237,7 @@ def load_selection(ws: Workspace, name: str) -> tuple[SelectionRule, list[int]]:
         raise ValueError(f"no selection {name!r}; saved selections: {', '.join(names) or 'none'}")
     data = json.loads(row)
     data["clusters_in"], data["clusters_out"] = tuple(data["clusters_in"]), tuple(data["clusters_out"])
+    data["concepts"] = tuple(data.get("concepts", ()))
     ids = [r[0] for r in ws.rows("SELECT sample_id FROM selection_members WHERE name = ? ORDER BY sample_id", [name])]
     return SelectionRule(**data), ids
 

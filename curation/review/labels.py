@@ -12,17 +12,23 @@ from indexer.store import Workspace, now
 
 KINDS = {"alignment": ("good", "bad"), "preference": SOURCE_KINDS}
 TAG = re.compile(r"[\w][\w .:/-]{0,63}")
+CONCEPT_KIND = re.compile(r"concept:[a-z][a-z0-9_-]{0,39}")  # good/bad: the concept is / is not in the picture
+
+
+def allowed(kind: str) -> tuple[str, ...] | None:
+    """The values a label kind takes (None for free tags); unknown kinds are refused."""
+    if kind == "tag":
+        return None
+    if kind in KINDS:
+        return KINDS[kind]
+    if CONCEPT_KIND.fullmatch(kind or ""):
+        return ("good", "bad")
+    raise ValueError(f"unknown label kind {kind!r}; allowed: alignment, preference, tag, concept:NAME")
 
 
 def add_label(ws: Workspace, sample_id: int, kind: str, value: str, who: str = "local", view: str = "cli") -> int:
     """Record one label; returns its id. Values are checked: alignment good/bad, preference alt/syn/fused, tags."""
-    if kind == "tag":
-        if not TAG.fullmatch(value or ""):
-            raise ValueError(f"a tag is 1-64 letters, digits, spaces or . : / -, got {value!r}")
-    elif kind not in KINDS:
-        raise ValueError(f"unknown label kind {kind!r}; allowed: alignment, preference, tag")
-    elif value not in KINDS[kind]:
-        raise ValueError(f"{kind} must be one of {', '.join(KINDS[kind])}, got {value!r}")
+    check_value(kind, value)
     if not ws.scalar("SELECT count(*) FROM samples WHERE id = ? AND status = 'ok'", [int(sample_id)]):
         raise ValueError(f"no ok sample with id {sample_id}")
     # ids from a sequence: concurrent curators never race for the same id (max(id)+1 did, under load)
@@ -33,10 +39,7 @@ def add_label(ws: Workspace, sample_id: int, kind: str, value: str, who: str = "
 def add_labels(ws: Workspace, ids: list[int], kind: str, value: str, who: str = "local", view: str = "cli") -> int:
     """Give the same label to many samples in one transaction (a map region); returns how many got it
     (ids that are not ok samples are skipped)."""
-    if kind != "tag" and (kind not in KINDS or value not in KINDS[kind]):
-        raise ValueError(f"unknown label {kind}={value!r}")
-    if kind == "tag" and not TAG.fullmatch(value or ""):
-        raise ValueError(f"a tag is 1-64 letters, digits, spaces or . : / -, got {value!r}")
+    check_value(kind, value)
     ok = """FROM (SELECT DISTINCT unnest(?) AS id) q JOIN samples s ON s.id = q.id WHERE s.status = 'ok'"""
     wanted = [int(i) for i in ids]
     with ws.transaction() as cur:
@@ -44,6 +47,14 @@ def add_labels(ws: Workspace, ids: list[int], kind: str, value: str, who: str = 
         cur.execute(f"INSERT INTO labels SELECT nextval('label_ids'), s.id, ?, ?, ?, ?, ? {ok} ORDER BY s.id",
                     [kind, value, who[:64], view, now(), wanted])
     return n
+
+
+def check_value(kind: str, value: str) -> None:
+    values = allowed(kind)
+    if values is None and not TAG.fullmatch(value or ""):
+        raise ValueError(f"a tag is 1-64 letters, digits, spaces or . : / -, got {value!r}")
+    if values is not None and value not in values:
+        raise ValueError(f"{kind} must be one of {', '.join(values)}, got {value!r}")
 
 
 def current(ws: Workspace, kind: str = "alignment") -> dict[int, str]:
