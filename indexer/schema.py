@@ -78,6 +78,9 @@ PRODUCT_TABLES = (
     # altlens semdedup: per clustered sample, its highest cosine to a member the keep policy prefers (any eps)
     Table("semdedup", "semdedup", """sample_id BIGINT PRIMARY KEY, cluster INTEGER NOT NULL, rank INTEGER NOT NULL,
           max_sim DOUBLE, duplicate_of BIGINT, keep VARCHAR NOT NULL, computed_at TIMESTAMP"""),
+    # a curator's choice of which member of a semantic-duplicate group to keep (the latest per group counts)
+    Table("semdedup_overrides", "semdedup", "id BIGINT PRIMARY KEY, keep_id BIGINT NOT NULL, instead_of BIGINT NOT NULL, "
+                                            "eps DOUBLE, who VARCHAR, created_at TIMESTAMP"),
     # altlens label (and the browser's label buttons)
     Table("labels", "label", "id BIGINT PRIMARY KEY, sample_id BIGINT NOT NULL, kind VARCHAR NOT NULL, "
                              "value VARCHAR NOT NULL, who VARCHAR NOT NULL, view VARCHAR, created_at TIMESTAMP NOT NULL"),

@@ -101,3 +101,38 @@ def test_planted_semantic_duplicate_recall_at_the_default_eps(reduce_world):
     with Workspace(reduce_world) as ws:
         semdedup(ws, SemDedupConfig(keep="caption"), progress=False)
         assert semdedup_quality(ws, DEFAULT_EPS)["recall"] >= 0.9
+
+
+def test_groups_largest_first_and_a_curator_overrules_the_kept_member(reduce_world, tmp_path):
+    import shutil
+
+    from curation.structure.semdedup import groups, overrule
+    root = tmp_path / "ws"
+    shutil.copytree(reduce_world, root)
+    with Workspace(root) as ws:
+        semdedup(ws, SemDedupConfig(keep="caption"), progress=False)
+        found = groups(ws, 0.05, limit=5)
+        sizes = [g["size"] for g in found["page"]]
+        assert sizes == sorted(sizes, reverse=True) and sizes[0] >= 2
+        assert found["in_groups"] - found["groups"] == ws.scalar("SELECT count(*) FROM semdedup WHERE max_sim >= 0.95")
+        group = found["page"][0]
+        kept = [m for m in group["members"] if m["kept"]]
+        assert len(kept) == 1 and kept[0]["id"] == group["kept"] == group["members"][0]["id"]
+        other = group["members"][1]["id"]
+        rule = SelectionRule(name="sd", semdedup_eps=0.05, drop_duplicates=False, labels="any")
+        before = set(r[0] for r in ws.rows("SELECT id FROM samples WHERE status = 'ok'"))
+        save_selection(ws, rule)
+        members = {r[0] for r in ws.rows("SELECT sample_id FROM selection_members WHERE name = 'sd'")}
+        assert group["kept"] in members and other not in members
+        assert overrule(ws, other, 0.05, who="ana") == {"group": group["group"], "kept": other,
+                                                          "instead_of": group["kept"]}
+        again = [g for g in groups(ws, 0.05, limit=50)["page"] if g["group"] == group["group"]][0]
+        assert again["kept"] == other and again["overruled"] and again["size"] == group["size"]
+        save_selection(ws, rule, replace=True)
+        members2 = {r[0] for r in ws.rows("SELECT sample_id FROM selection_members WHERE name = 'sd'")}
+        assert members2 == (members - {group["kept"]}) | {other}, "one swapped for the other, nothing else"
+        overrule(ws, group["kept"], 0.05)  # back to the policy's choice
+        assert not [g for g in groups(ws, 0.05, limit=50)["page"] if g["group"] == group["group"]][0]["overruled"]
+        with pytest.raises(ValueError, match="in no semantic-duplicate group"):
+            singles = before - {m["id"] for g in groups(ws, 0.05, limit=10**6)["page"] for m in g["members"]}
+            overrule(ws, min(singles), 0.05)

@@ -16,7 +16,7 @@ import pyarrow as pa
 from curation.export.budget import ALLOCATE, PICK, budget_pick
 from curation.review.concepts import parse_rule, rule_step
 from curation.scores.rewards import active_reward
-from curation.structure.semdedup import require_run
+from curation.structure.semdedup import removed_ids, require_run
 from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace, now
 
@@ -98,7 +98,7 @@ def _steps(ws: Workspace, rule: SelectionRule) -> list[tuple[str, str, list]]:
     if rule.semdedup_eps is not None:
         require_run(ws, rule.semdedup_keep)
         steps.append((f"semantic duplicates (eps {rule.semdedup_eps:g}, keep by {rule.semdedup_keep})",
-                      "s.id NOT IN (SELECT sample_id FROM semdedup WHERE max_sim >= ?)", [1 - float(rule.semdedup_eps)]))
+                      "s.id NOT IN (SELECT unnest(?))", [removed_ids(ws, rule.semdedup_eps)]))
     steps += [rule_step(ws, text) for text in rule.concepts]
     if rule.labels != "any":
         latest = "(SELECT sample_id, arg_max(value, id) AS value FROM labels WHERE kind = 'alignment' GROUP BY 1)"

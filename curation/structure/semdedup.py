@@ -136,7 +136,9 @@ def semdedup(ws: Workspace, cfg: SemDedupConfig = SemDedupConfig(), progress: bo
         max_sim[a:b] = np.where(np.isfinite(best), best, np.nan)
         duplicate_of[a:b] = np.where(which >= 0, ids[rows[np.maximum(which, 0)]], -1)
     table = pa.table({"sample_id": ids, "cluster": clusters.astype(np.int32), "rank": rank.astype(np.int32),
-                      "max_sim": max_sim, "duplicate_of": pa.array(duplicate_of, mask=duplicate_of < 0),
+                      # NULL, not NaN, for a group's first: DuckDB sorts NaN above every number
+                      "max_sim": pa.array(max_sim, mask=np.isnan(max_sim)),
+                      "duplicate_of": pa.array(duplicate_of, mask=duplicate_of < 0),
                       "keep": [cfg.keep] * len(ids), "computed_at": [now()] * len(ids)})
     with ws.transaction() as cur:
         cur.execute("DELETE FROM semdedup")
@@ -178,6 +180,81 @@ def require_run(ws: Workspace, keep: str) -> None:
     meta = ws.get_meta("semdedup")
     if meta is None:
         raise ValueError(f"no semantic dedup yet; run 'altlens semdedup --keep {keep}' first")
-    if meta["keep"] != keep:
+    if keep is not None and meta["keep"] != keep:
         raise ValueError(f"the stored semantic dedup keeps by {meta['keep']!r}, not {keep!r}; run "
                          f"'altlens semdedup --keep {keep}' first")
+
+
+def _at_eps(ws: Workspace, eps: float) -> tuple[dict[int, int], dict[int, int]]:
+    """At ``eps``: each removed sample -> the kept root of its group (following ``duplicate_of``), and the
+    overrides that apply (kept-instead root -> the member the curator keeps; the latest per group)."""
+    rows = ws.rows("SELECT sample_id, duplicate_of FROM semdedup WHERE max_sim >= ?", [1 - float(eps)])
+    parent = {int(a): int(b) for a, b in rows}
+    root: dict[int, int] = {}
+    for start in parent:
+        path, node = [], start
+        while node in parent and node not in root and len(path) <= len(parent):
+            path.append(node)
+            node = parent[node]
+        top = root.get(node, node)
+        for member in path:
+            root[member] = top
+    chosen: dict[int, int] = {}
+    for keep, _ in ws.rows("SELECT keep_id, id FROM semdedup_overrides ORDER BY id"):
+        if int(keep) in root:
+            chosen[root[int(keep)]] = int(keep)  # later rows win
+        elif int(keep) in chosen:
+            del chosen[int(keep)]  # the policy's own choice again
+    return root, chosen
+
+
+def removed_ids(ws: Workspace, eps: float) -> list[int]:
+    """The samples a selection at ``eps`` drops: every group member but the kept one, where the kept one is the
+    policy's choice unless a curator overruled it."""
+    root, chosen = _at_eps(ws, eps)
+    dropped = [s for s, r in root.items() if chosen.get(r) != s]
+    dropped += list(chosen)  # the policy's choice gives way
+    return sorted(dropped)
+
+
+def groups(ws: Workspace, eps: float, limit: int = 20, offset: int = 0) -> dict:
+    """Groups at ``eps``, largest first: each with its kept member (marked ``overruled`` when a curator chose
+    it), the others, and every member's alt-text and reward."""
+    root, chosen = _at_eps(ws, eps)
+    members: dict[int, list[int]] = {}
+    for s, r in root.items():
+        members.setdefault(r, [r]).append(s)
+    order = sorted(members, key=lambda r: (-len(members[r]), r))
+    page = order[offset:offset + limit]
+    ids = [i for r in page for i in members[r]]
+    version = active_reward(ws)
+    info = {r["id"]: r for r in ws.dicts("""SELECT s.id, s.uid, s.thumb, c.text AS alt, w.value AS reward, d.max_sim
+                        FROM samples s LEFT JOIN semdedup d ON d.sample_id = s.id
+                        LEFT JOIN rewards w ON w.sample_id = s.id AND w.version = ?
+                        LEFT JOIN (SELECT sample_id, arg_min(text, id) AS text FROM captions WHERE source_kind = 'alt'
+                                   GROUP BY sample_id) c ON c.sample_id = s.id
+                        WHERE list_contains(?, s.id)""", [version if version is not None else -1, ids])}
+    out = []
+    for r in page:
+        kept = chosen.get(r, r)
+        rows = sorted(members[r], key=lambda i: (i != kept, -(info.get(i, {}).get("reward") or -1e9), i))
+        out.append({"group": r, "size": len(rows), "kept": kept, "overruled": r in chosen,
+                    "members": [{**info.get(i, {"id": i}), "kept": i == kept} for i in rows]})
+    meta = ws.get_meta("semdedup") or {}
+    return {"eps": eps, "keep": meta.get("keep"), "groups": len(order), "in_groups": sum(len(m) for m in members.values()),
+            "page": out}
+
+
+def overrule(ws: Workspace, keep_id: int, eps: float, who: str = "local") -> dict:
+    """Keep ``keep_id`` instead of the member its group's policy kept (at ``eps``); recorded with history, and
+    applied by every selection whose eps puts ``keep_id`` in a group."""
+    root, chosen = _at_eps(ws, eps)
+    keep_id = int(keep_id)
+    group = root.get(keep_id, keep_id if keep_id in set(root.values()) else None)
+    if group is None:
+        raise ValueError(f"sample {keep_id} is in no semantic-duplicate group at eps {eps:g}")
+    with ws.transaction() as cur:
+        next_id = int(cur.execute("SELECT coalesce(max(id), 0) + 1 FROM semdedup_overrides").fetchone()[0])
+        cur.execute("INSERT INTO semdedup_overrides VALUES (?, ?, ?, ?, ?, ?)",
+                    [next_id, keep_id, group, float(eps), who[:64], now()])
+    return {"group": group, "kept": keep_id, "instead_of": chosen.get(group, group)}
