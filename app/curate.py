@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from app.handlers import Handlers, UserError, as_float, as_int, one_of
+from curation.export.budget import ALLOCATE, PICK
 from curation.export.export import ExportConfig, run
 from curation.export.formats import format_names
 from curation.export.policy import ExportError
@@ -33,6 +34,7 @@ from curation.review.edits import add_curator_caption
 from curation.review.progress import label_progress, progress_text
 from curation.review.queue import review_queue, unlabelled_count
 from curation.review.reward import apply_reward, load_model, train_from_labels
+from curation.structure import semdedup as sd
 from curation.views.filter import reward_choices
 from curation.views.gallery import SCORE_SOURCES
 
@@ -42,7 +44,25 @@ ACTIONS = {"good": ("alignment", "good"), "bad": ("alignment", "bad"), "skip": (
            "best: alt": ("preference", "alt"), "best: syn": ("preference", "syn"),
            "best: fused": ("preference", "fused")}
 QUEUE_SIZE = 50
-CARD_VIEWS = ("browser", "search", "filter", "compare", "defaults", "map")
+GROUPS_PER_PAGE = 20
+
+
+def _fmt_reward(value) -> str:
+    return f"{value:.3f}" if value is not None else "–"
+
+
+def per_cluster_view(table: list[dict] | None) -> tuple:
+    """A budget's per-cluster quotas as table rows and a bar picture of the share each cluster keeps."""
+    if not table:
+        return [], None
+    from app.charts import bars
+    rows = [[r["cluster"], r["candidates"], r["kept"], r["candidates"] - r["kept"],
+             f"{r['kept'] / r['candidates']:.0%}" if r["candidates"] else "–"] for r in table]
+    biggest = sorted(table, key=lambda r: -r["candidates"])[:24]
+    picture = bars({f"c{r['cluster']} ({r['candidates']})": r["kept"] / max(r["candidates"], 1) for r in biggest},
+                   "share each cluster keeps (largest clusters)")
+    return rows, picture
+CARD_VIEWS = ("browser", "search", "filter", "compare", "defaults", "map", "semantic")
 
 
 @contextlib.contextmanager
@@ -227,7 +247,7 @@ class Curate:
         return [(s, s) for s in SCORE_SOURCES] + reward_choices(self.ws)
 
     def _rule(self, name: str, source: str, threshold, drop_dups: bool, labels: str, per_cluster,
-              policy: str) -> SelectionRule:
+              policy: str, reduce: tuple = ()) -> SelectionRule:
         allowed = [value for _, value in self.score_choices()]
         one_of(source, allowed, "score")
         t = as_float(threshold, "threshold")
@@ -239,36 +259,108 @@ class Curate:
             rule = {"min_reward": t, "reward_version": int(source.partition("@")[2])}
         elif source != "reward":
             rule = {"source_min": {source: t}}
+        rule |= self._reduce(*reduce) if reduce else {}
         try:
             return SelectionRule(name=(name or "").strip() or "preview", drop_duplicates=bool(drop_dups),
                                  labels=labels, per_cluster_k=k, caption_policy=policy, **rule)
         except ValueError as exc:
             raise UserError(str(exc)) from None
 
+    def _reduce(self, semdedup_eps=None, budget=None, allocate: str = "sqrt", pick: str = "central",
+                concept_rules: str = "") -> dict:
+        """The Selection panel's reduction fields (0 or empty: not used) as SelectionRule fields."""
+        out: dict = {}
+        eps = as_float(semdedup_eps or 0, "semantic dedup eps")
+        if eps:
+            stored = self.ws.get_meta("semdedup")
+            if stored is None:
+                raise UserError("no semantic dedup yet; run 'altlens semdedup --workspace WS' first")
+            out |= {"semdedup_eps": eps, "semdedup_keep": stored["keep"]}
+        share = as_float(budget or 0, "budget")
+        if share:
+            out |= {"budget": share, "allocate": one_of(allocate, ALLOCATE, "allocation"),
+                    "pick": one_of(pick, PICK, "pick")}
+        rules = tuple(part.strip() for part in (concept_rules or "").split(",") if part.strip())
+        if len(rules) > 8 or len(concept_rules or "") > 400:
+            raise UserError("at most 8 concept rules")
+        return out | ({"concepts": rules} if rules else {})
+
     def preview(self, name: str, source: str, threshold, drop_dups: bool, labels: str, per_cluster,
-                policy: str) -> str:
-        """What saving would keep, step by step (the Filter's "kept" is only the first step)."""
+                policy: str, *reduce) -> tuple:
+        """What saving would keep, step by step (the Filter's "kept" is only the first step), and with a budget
+        what each cluster keeps and drops (a table and bars)."""
         try:
             found = preview_selection(self.ws, self._rule(name, source, threshold, drop_dups, labels, per_cluster,
-                                                          policy))
+                                                          policy, reduce))
         except ValueError as exc:
             raise UserError(str(exc)) from None
         exists = (f" · a selection named {name.strip()!r} exists ({found['exists']} samples)"
                   if found["exists"] is not None and (name or "").strip() else "")
-        return preview_text(found) + exists
+        return (preview_text(found) + exists, *per_cluster_view(found.get("per_cluster")))
 
     def save(self, name: str, source: str, threshold, drop_dups: bool, labels: str, per_cluster, policy: str,
-             replace: bool = False) -> str:
+             replace: bool = False, *reduce) -> str:
         """Save the selection; a saved one of the same name is replaced only when ``replace`` is ticked."""
         self._writable()
         if not (name or "").strip():
             raise UserError("type a selection name (letters, digits, - _ or .)")
-        rule = self._rule(name, source, threshold, drop_dups, labels, per_cluster, policy)
+        rule = self._rule(name, source, threshold, drop_dups, labels, per_cluster, policy, reduce)
         with _selection_errors():
             found = preview_selection(self.ws, rule)
             result = save_selection(self.ws, rule, replace=bool(replace))
         return (f"selection {result['name']!r} saved: {result['selected']} of {result['ok_samples']} samples "
                 f"({result['share']:.1%}){_replaced(result)}. {preview_text(found)}")
+
+    # ------------------------------------------------------------ semantic duplicates
+    def semantic_groups(self, eps, page) -> tuple:
+        """A page of semantic-duplicate groups at ``eps``, largest first: (table rows, note, first group's id)."""
+        eps = as_float(eps, "eps")
+        if not 0 < eps < 1:
+            raise UserError("eps is between 0 and 1 (0.05: cosine 0.95)")
+        page = as_int(page or 0, "page", 0, 10**6)
+        if self.ws.get_meta("semdedup") is None:
+            raise UserError("no semantic dedup yet; run 'altlens semdedup --workspace WS' first")
+        found = sd.groups(self.ws, eps, limit=GROUPS_PER_PAGE, offset=page * GROUPS_PER_PAGE)
+        rows = []
+        for g in found["page"]:
+            kept = g["members"][0]
+            others = " | ".join(f"#{m['id']}: {(m.get('alt') or '')[:60]}" for m in g["members"][1:4])
+            more = f" (+{g['size'] - 4} more)" if g["size"] > 4 else ""
+            rows.append([g["group"], g["size"], f"#{kept['id']}" + (" (curator)" if g["overruled"] else ""),
+                         (kept.get("alt") or "")[:80], _fmt_reward(kept.get("reward")), others + more])
+        note = (f"{found['groups']} groups holding {found['in_groups']} samples at eps {eps:g} "
+                f"(cosine ≥ {1 - eps:g}); a selection with this eps keeps one per group "
+                f"({found['in_groups'] - found['groups']} dropped) · kept by {found['keep']} · page {page + 1}")
+        return rows, note, (found["page"][0]["group"] if found["page"] else None)
+
+    def semantic_group(self, group, eps) -> tuple:
+        """One group's members as tiles, the kept one first and marked: (tiles, ids, captions table)."""
+        eps = as_float(eps, "eps")
+        group = as_int(group, "group")
+        found = [g for g in sd.groups(self.ws, eps, limit=10**6)["page"] if g["group"] == group]
+        if not found:
+            raise UserError(f"no group {group} at eps {eps:g}")
+        members = found[0]["members"][:48]
+        tiles, ids, table = [], [], []
+        for m in members:
+            path = self.h.thumb(m.get("thumb"))
+            mark = "★ kept" if m["kept"] else f"cos {m['max_sim']:.3f}" if m.get("max_sim") is not None else ""
+            if path:
+                tiles.append((path, f"#{m['id']} · {mark} · reward {_fmt_reward(m.get('reward'))}"))
+                ids.append(m["id"])
+            table.append([m["id"], "kept" if m["kept"] else "dropped", _fmt_reward(m.get("reward")), m.get("alt") or ""])
+        return tiles, ids, table
+
+    def overrule(self, keep, eps, who: str = "local") -> str:
+        """Keep sample ``keep`` instead of the member its group's policy kept."""
+        self._writable()
+        eps = as_float(eps, "eps")
+        try:
+            result = sd.overrule(self.ws, as_int(keep, "sample id"), eps, who=who)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        return (f"group {result['group']}: #{result['kept']} is kept instead of #{result['instead_of']} "
+                "(selections with --semdedup apply it)")
 
     def save_region(self, name: str, ids, picked: str, policy: str, replace: bool = False) -> str:
         """Save the samples of a map region as a selection (exactly those; export reads them like any other)."""

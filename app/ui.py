@@ -23,6 +23,7 @@ from app.curate_ui import (
     review_tab,
     selection_choices,
     selection_panel,
+    semantic_tab,
     threshold_slider,
 )
 from app.handlers import Handlers, UserError
@@ -76,6 +77,8 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
                 _defaults_tab(h, c)
             with gr.Tab("Search", id="search"):
                 _search_tab(h, c)
+            with gr.Tab("Semantic duplicates", id="semantic"):
+                semantic_tab(c, friendly)
             with gr.Tab("Review", id="review"):
                 review = review_tab(c, friendly, clusters, filters)
             with gr.Tab("Export", id="export") as export_view:

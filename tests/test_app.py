@@ -205,3 +205,48 @@ def test_card_escapes_every_caption_and_label():
     assert "<script" not in html and "<img src=x" not in html and "<b>" not in html and "<u>" not in html
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html and "tag: &lt;u&gt;x&lt;/u&gt;" in html
     assert "1 distinct of 2" in html and "(×2)" in html and "labelled good" in html and "fused" in html
+
+
+@pytest.mark.browser
+def test_reduction_views_in_a_real_browser(reduce_world, tmp_path):
+    """Semantic duplicates (groups, a curator's overrule) and the Selection panel's budget with its per-cluster
+    table, in a real browser on a writable workspace."""
+    import shutil
+
+    from curation.structure.semdedup import SemDedupConfig, groups, semdedup
+    root = tmp_path / "ws"
+    shutil.copytree(reduce_world, root)
+    with Workspace(root) as ws:
+        semdedup(ws, SemDedupConfig(keep="caption"), progress=False)
+        first = groups(ws, 0.05, limit=1)["page"][0]
+    other = first["members"][1]["id"]
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with served(root) as url, browser_page() as page:
+        page.goto(url)
+        page.get_by_role("tab", name="Semantic duplicates").click()
+        page.get_by_role("button", name="Show groups").click()
+        note = page.locator("#semantic-note textarea")
+        page.wait_for_function("el => /groups holding \\d+ samples at eps 0.05/.test(el.value)",
+                               arg=note.element_handle())
+        visible(page.locator("#semantic-members button img")).wait_for()
+        assert visible(page.locator("#semantic-members")).inner_text().count("· ★ kept") == 1
+        page.locator("#semantic-keep input").fill(str(other))
+        page.get_by_role("button", name="Keep this one instead").click()
+        said = page.locator("#semantic-said textarea")
+        page.wait_for_function("el => /is kept instead of/.test(el.value)", arg=said.element_handle())
+        assert f"#{other} is kept instead of #{first['kept']}" in said.input_value()
+        page.screenshot(path=shots / "semantic.png", full_page=True)
+
+        page.get_by_role("tab", name="Filter").click()
+        page.locator("#selection-eps input").fill("0.05")
+        page.locator("#selection-budget input").fill("0.3")
+        page.get_by_role("button", name="Preview").click()
+        said = page.locator("#selection-note textarea")
+        page.wait_for_function("el => /beyond the budget/.test(el.value)", arg=said.element_handle())
+        assert "semantic duplicates (eps 0.05, keep by caption)" in said.input_value()
+        page.wait_for_function("() => /\\d+%/.test(document.querySelector('#selection-quotas').innerText)")
+        page.screenshot(path=shots / "filter-budget.png", full_page=True)
+    with Workspace(root, read_only=True) as ws:
+        assert ws.scalar("SELECT keep_id FROM semdedup_overrides") == other
+    assert (shots / "semantic.png").stat().st_size > 10_000
