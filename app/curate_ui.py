@@ -224,7 +224,8 @@ def selection_panel(c: Curate, friendly, source: gr.Dropdown, threshold: gr.Slid
                                elem_id="selection-budget")
             allocate = gr.Dropdown(list(ALLOCATE), value="sqrt", label="Spread the budget by cluster")
             pick = gr.Dropdown(list(PICK), value="central", label="Pick inside a cluster")
-            concept_rules = gr.Textbox(label="Concept rules (e.g. watermark<0.5, comma-separated)", max_lines=1,
+            concept_rules = gr.Textbox(label="Concept-score rules (altlens concept; e.g. watermark<0.5, comma-separated)",
+                                       max_lines=1,
                                        elem_id="selection-concepts")
         with gr.Row():
             preview = gr.Button("Preview", elem_id="selection-preview")

@@ -129,7 +129,7 @@ def test_every_view_in_a_real_browser(demo_ws, tmp_path):
         page.screenshot(path=shots / "filter.png", full_page=True)
 
         page.get_by_role("tab", name="Defaults").click()
-        page.get_by_label("Concept").fill("star")  # the axis comes prefilled from the mined contrast sets
+        page.get_by_label("Concept", exact=True).fill("star")  # the axis comes prefilled from the mined contrast sets
         page.get_by_role("button", name="Check", exact=True).click()
         finding = page.get_by_label("Finding")
         page.wait_for_function("el => /captions say \\w+ for/.test(el.value)", arg=finding.element_handle(),
