@@ -3,7 +3,7 @@
     pip install --no-deps clip-retrieval all_clip fire     # into the same environment, or a --target folder
     python bench/clip_retrieval_compare.py [--n 512] [--model ViT-B-32] [--batch-size 64] [--lib DIR]
 
-Both read one WebDataset tar of N demo JPEGs (256 px) with alt-texts and embed images and captions with the
+Both read two WebDataset tars of N/2 demo JPEGs each (256 px) with alt-texts and embed images and captions with the
 same random-weight checkpoint (clip-retrieval loads it as ``open_clip:NAME/PATH``, without JIT). altlens
 also decodes, makes thumbnails and writes DuckDB; clip-retrieval writes .npy files. Each runs once after a
 warm-up run on a small shard, alternating, and the bench prints samples/s for each and their ratio (goal:
@@ -52,10 +52,11 @@ def clip_inference(shim: Path):
     return main
 
 
-def run_clip_retrieval(main, shard: Path, out: Path, model: str, checkpoint: Path, batch_size: int) -> float:
+def run_clip_retrieval(main, name: str, folder: Path, out: Path, model: str, checkpoint: Path,
+                       batch_size: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    main(input_dataset=str(shard), output_folder=str(out), input_format="webdataset", cache_path=None,
+    main(input_dataset=str(folder / f"{name}{{0..1}}.tar"), output_folder=str(out), input_format="webdataset", cache_path=None,
          batch_size=batch_size, num_prepro_workers=2, enable_text=True, enable_image=True, enable_metadata=False,
          write_batch_size=10**6, wds_image_key="jpg", wds_caption_key="txt", clip_model=f"open_clip:{model}/{checkpoint}",
          mclip_model="", use_mclip=False, use_jit=False, distribution_strategy="sequential",
@@ -63,10 +64,10 @@ def run_clip_retrieval(main, shard: Path, out: Path, model: str, checkpoint: Pat
     return time.perf_counter() - t0
 
 
-def run_altlens(shard: Path, ws: Path, checkpoint: Path, batch_size: int) -> float:
+def run_altlens(name: str, folder: Path, ws: Path, checkpoint: Path, batch_size: int) -> float:
     shutil.rmtree(ws, ignore_errors=True)
     t0 = time.perf_counter()
-    run_stage("index", ws, IndexConfig(sources=(str(shard),), model=ModelSpec(checkpoint=str(checkpoint)),
+    run_stage("index", ws, IndexConfig(sources=(str(folder / f"{name}0.tar"), str(folder / f"{name}1.tar")), model=ModelSpec(checkpoint=str(checkpoint)),
                                        batch_size=batch_size, progress=False))
     return time.perf_counter() - t0
 
@@ -84,13 +85,13 @@ def main() -> None:
         tmp = Path(tmp)
         inference = clip_inference(tmp / "shim")
         checkpoint = random_checkpoint(args.model, tmp)
-        warm, shard = tmp / "warm.tar", tmp / "shard.tar"
-        write_shard(warm, 2 * args.batch_size)
-        write_shard(shard, args.n)
-        run_clip_retrieval(inference, warm, tmp / "cr-warm", args.model, checkpoint, args.batch_size)
-        run_altlens(warm, tmp / "ws-warm", checkpoint, args.batch_size)
-        cr = run_clip_retrieval(inference, shard, tmp / "cr", args.model, checkpoint, args.batch_size)
-        al = run_altlens(shard, tmp / "ws", checkpoint, args.batch_size)
+        for name, n in (("warm", 2 * args.batch_size), ("shard", args.n)):  # two shards: one per reader worker
+            for part in range(2):
+                write_shard(tmp / f"{name}{part}.tar", n // 2)
+        run_clip_retrieval(inference, "warm", tmp, tmp / "cr-warm", args.model, checkpoint, args.batch_size)
+        run_altlens("warm", tmp, tmp / "ws-warm", checkpoint, args.batch_size)
+        cr = run_clip_retrieval(inference, "shard", tmp, tmp / "cr", args.model, checkpoint, args.batch_size)
+        al = run_altlens("shard", tmp, tmp / "ws", checkpoint, args.batch_size)
         written = sorted(p.name for p in (tmp / "cr").rglob("*.npy"))
     print(f"{args.n} samples, {args.model} fp32, batch {args.batch_size}; clip-retrieval wrote {written}")
     print(f"clip-retrieval clip_inference  {args.n / cr:7.1f} samples/s  ({cr:.1f} s)")
