@@ -88,3 +88,19 @@ class HistogramWithLine:
             draw.line([(x, y), (x, min(y + 4, self._bottom))], fill=(0, 0, 0), width=2)
         draw.text((min(x + 4, image.width - 90), self._top + 2), f"keep >= {threshold:.3f}", fill=(0, 0, 0))
         return image
+
+
+def fmt_reward(value) -> str:
+    return f"{value:.3f}" if value is not None else "–"
+
+
+def per_cluster_view(table: list[dict] | None) -> tuple:
+    """A budget's per-cluster quotas as table rows and a bar picture of the share each cluster keeps."""
+    if not table:
+        return [], None
+    rows = [[r["cluster"], r["candidates"], r["kept"], r["candidates"] - r["kept"],
+             f"{r['kept'] / r['candidates']:.0%}" if r["candidates"] else "–"] for r in table]
+    biggest = sorted(table, key=lambda r: -r["candidates"])[:24]
+    picture = bars({f"c{r['cluster']} ({r['candidates']})": r["kept"] / max(r["candidates"], 1) for r in biggest},
+                   "share each cluster keeps (largest clusters)")
+    return rows, picture

@@ -12,6 +12,7 @@ import json
 import threading
 from pathlib import Path
 
+from app.charts import fmt_reward, per_cluster_view
 from app.handlers import Handlers, UserError, as_float, as_int, one_of
 from curation.export.budget import ALLOCATE, PICK
 from curation.export.export import ExportConfig, run
@@ -45,23 +46,6 @@ ACTIONS = {"good": ("alignment", "good"), "bad": ("alignment", "bad"), "skip": (
            "best: fused": ("preference", "fused")}
 QUEUE_SIZE = 50
 GROUPS_PER_PAGE = 20
-
-
-def _fmt_reward(value) -> str:
-    return f"{value:.3f}" if value is not None else "–"
-
-
-def per_cluster_view(table: list[dict] | None) -> tuple:
-    """A budget's per-cluster quotas as table rows and a bar picture of the share each cluster keeps."""
-    if not table:
-        return [], None
-    from app.charts import bars
-    rows = [[r["cluster"], r["candidates"], r["kept"], r["candidates"] - r["kept"],
-             f"{r['kept'] / r['candidates']:.0%}" if r["candidates"] else "–"] for r in table]
-    biggest = sorted(table, key=lambda r: -r["candidates"])[:24]
-    picture = bars({f"c{r['cluster']} ({r['candidates']})": r["kept"] / max(r["candidates"], 1) for r in biggest},
-                   "share each cluster keeps (largest clusters)")
-    return rows, picture
 CARD_VIEWS = ("browser", "search", "filter", "compare", "defaults", "map", "semantic")
 
 
@@ -327,7 +311,7 @@ class Curate:
             others = " | ".join(f"#{m['id']}: {(m.get('alt') or '')[:60]}" for m in g["members"][1:4])
             more = f" (+{g['size'] - 4} more)" if g["size"] > 4 else ""
             rows.append([g["group"], g["size"], f"#{kept['id']}" + (" (curator)" if g["overruled"] else ""),
-                         (kept.get("alt") or "")[:80], _fmt_reward(kept.get("reward")), others + more])
+                         (kept.get("alt") or "")[:80], fmt_reward(kept.get("reward")), others + more])
         note = (f"{found['groups']} groups holding {found['in_groups']} samples at eps {eps:g} "
                 f"(cosine ≥ {1 - eps:g}); a selection with this eps keeps one per group "
                 f"({found['in_groups'] - found['groups']} dropped) · kept by {found['keep']} · page {page + 1}")
@@ -346,9 +330,9 @@ class Curate:
             path = self.h.thumb(m.get("thumb"))
             mark = "★ kept" if m["kept"] else f"cos {m['max_sim']:.3f}" if m.get("max_sim") is not None else ""
             if path:
-                tiles.append((path, f"#{m['id']} · {mark} · reward {_fmt_reward(m.get('reward'))}"))
+                tiles.append((path, f"#{m['id']} · {mark} · reward {fmt_reward(m.get('reward'))}"))
                 ids.append(m["id"])
-            table.append([m["id"], "kept" if m["kept"] else "dropped", _fmt_reward(m.get("reward")), m.get("alt") or ""])
+            table.append([m["id"], "kept" if m["kept"] else "dropped", fmt_reward(m.get("reward")), m.get("alt") or ""])
         return tiles, ids, table
 
     def overrule(self, keep, eps, who: str = "local") -> str:
