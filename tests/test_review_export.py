@@ -259,7 +259,8 @@ def test_selection_preview_explains_the_count_and_a_name_is_not_silently_reused(
     saved selection holds exactly what the preview said. Saving under a used name needs 'Replace'."""
     kept = int(curate.h.filter("reward", 0.6)[1].split()[1])
     rule = ("dups", "reward", 0.6, True, "exclude_bad", 0, "hybrid")
-    text = curate.preview(*rule)
+    text, quotas, bars = curate.preview(*rule)
+    assert quotas == [] and bars is None, "no budget: no per-cluster quotas"
     steps = [part for part in text.split(" → ")]
     assert steps[1].startswith("reward below 0.6") and steps[2].startswith("near-duplicates")
     first_removed = int(steps[1].rsplit("−", 1)[1])
@@ -270,7 +271,10 @@ def test_selection_preview_explains_the_count_and_a_name_is_not_silently_reused(
         curate.save(*rule)
     again = curate.save("dups", "reward", 0.3, True, "exclude_bad", 0, "hybrid", True)
     assert f"replacing the previous {selected}" in again
-    assert "a selection named 'dups' exists" in curate.preview(*rule)
+    assert "a selection named 'dups' exists" in curate.preview(*rule)[0]
+    text, quotas, bars = curate.preview(*rule, 0, 0.5, "size", "central", "")
+    assert "beyond the budget (50%" in text and sum(r[2] for r in quotas) == int(text.rsplit("→ ", 1)[1].split()[0])
+    assert bars is not None
 
 
 @pytest.mark.browser
