@@ -1,7 +1,7 @@
 """altlens index against clip-retrieval's ``clip_inference`` on the same shard with the same weights, one run.
 
-    pip install --no-deps clip-retrieval all_clip fire     # into the same environment, or a --target folder
-    python bench/clip_retrieval_compare.py [--n 512] [--model ViT-B-32] [--batch-size 64] [--lib DIR]
+    pip install --no-deps --target DIR clip-retrieval all_clip fire clip-anytorch 'setuptools<70'
+    python bench/clip_retrieval_compare.py --lib DIR [--n 512] [--model ViT-B-32] [--batch-size 64]
 
 Both read two WebDataset tars of N/2 demo JPEGs each (256 px) with alt-texts and embed images and captions with the
 same random-weight checkpoint (clip-retrieval loads it as ``open_clip:NAME/PATH``, without JIT). altlens
@@ -39,7 +39,8 @@ def clip_inference(shim: Path):
     import os
     spec = importlib.util.find_spec("clip_retrieval")
     if spec is None:
-        raise SystemExit("clip-retrieval is not installed: pip install --no-deps clip-retrieval all_clip fire")
+        raise SystemExit("clip-retrieval is not installed: pip install --no-deps --target DIR clip-retrieval all_clip "
+                         "fire clip-anytorch 'setuptools<70', then pass --lib DIR")
     (shim / "clip_retrieval").mkdir(parents=True)
     (shim / "clip_retrieval" / "__init__.py").write_text(
         f"__path__.append({list(spec.submodule_search_locations)[0]!r})\n")
