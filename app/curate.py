@@ -321,7 +321,7 @@ class Curate:
         """One group's members as tiles, the kept one first and marked: (tiles, ids, captions table)."""
         eps = as_float(eps, "eps")
         group = as_int(group, "group")
-        found = [g for g in sd.groups(self.ws, eps, limit=10**6)["page"] if g["group"] == group]
+        found = sd.groups(self.ws, eps, only=group)["page"]
         if not found:
             raise UserError(f"no group {group} at eps {eps:g}")
         members = found[0]["members"][:48]

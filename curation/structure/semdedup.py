@@ -217,15 +217,15 @@ def removed_ids(ws: Workspace, eps: float) -> list[int]:
     return sorted(dropped)
 
 
-def groups(ws: Workspace, eps: float, limit: int = 20, offset: int = 0) -> dict:
+def groups(ws: Workspace, eps: float, limit: int = 20, offset: int = 0, only: int | None = None) -> dict:
     """Groups at ``eps``, largest first: each with its kept member (marked ``overruled`` when a curator chose
-    it), the others, and every member's alt-text and reward."""
+    it), the others, and every member's alt-text and reward. ``only``: just the group of that root."""
     root, chosen = _at_eps(ws, eps)
     members: dict[int, list[int]] = {}
     for s, r in root.items():
         members.setdefault(r, [r]).append(s)
     order = sorted(members, key=lambda r: (-len(members[r]), r))
-    page = order[offset:offset + limit]
+    page = [only] if only is not None and only in members else [] if only is not None else order[offset:offset + limit]
     ids = [i for r in page for i in members[r]]
     version = active_reward(ws)
     info = {r["id"]: r for r in ws.dicts("""SELECT s.id, s.uid, s.thumb, c.text AS alt, w.value AS reward, d.max_sim
