@@ -6,9 +6,9 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
 
 SOURCE_COLOURS = {"alt": "#d9822b", "syn": "#2b7bd9", "fused": "#2ba05a", "reward": "#7a4fbf"}
 
@@ -22,7 +22,7 @@ def _to_image(fig) -> Image.Image:
 
 
 def histograms(values: dict[str, np.ndarray], threshold: float | None = None, title: str = "",
-               size: tuple[float, float] = (6.4, 3.0)) -> Image.Image:
+               size: tuple[float, float] = (6.4, 3.0), xlabel: str = "clip_score") -> Image.Image:
     """Overlaid score histograms, one per source, with an optional threshold line."""
     fig, ax = plt.subplots(figsize=size)
     finite = [v for v in values.values() if len(v)]
@@ -34,7 +34,7 @@ def histograms(values: dict[str, np.ndarray], threshold: float | None = None, ti
             ax.hist(v, bins=bins, alpha=0.55, label=f"{name} (n={len(v)})", color=SOURCE_COLOURS.get(name))
     if threshold is not None:
         ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {threshold:.3f}")
-    ax.set_xlabel("clip_score")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("samples")
     ax.set_title(title, fontsize=10)
     if finite:

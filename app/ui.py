@@ -14,10 +14,12 @@ import gradio as gr
 
 from app.atlas_ui import map_tab, prefetch_js
 from app.card import CARD_CSS
+from app.concepts_ui import concepts_tab
 from app.curate import Curate
 from app.curate_ui import (
     KEYS_JS,
     SamplePanel,
+    _who,
     export_tab,
     legend,
     review_tab,
@@ -81,6 +83,8 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
                 semantic_tab(c, friendly)
             with gr.Tab("Review", id="review"):
                 review = review_tab(c, friendly, clusters, filters)
+            with gr.Tab("Concepts", id="concepts"):
+                concepts_tab(c, friendly, _who)
             with gr.Tab("Export", id="export") as export_view:
                 export_selection = export_tab(c, friendly)
         app.load(friendly(h.overview), [overview["color_by"]],

@@ -208,6 +208,63 @@ def test_card_escapes_every_caption_and_label():
 
 
 @pytest.mark.browser
+def test_a_concept_is_made_tagged_and_trained_in_a_real_browser(concept_world, tmp_path):
+    """The Concepts view: a concept from a prompt, tags given with its buttons from its queue (each by the demo
+    truth of the sample on screen), training, and the table and histogram that follow."""
+    import re
+    import shutil
+
+    from curation.review import concepts
+    root = tmp_path / "ws"
+    shutil.copytree(concept_world, root)
+    with Workspace(root) as ws:
+        truth = dict(ws.rows("""SELECT s.id, t.watermark FROM samples s JOIN demo_truth t ON t.uid = s.uid
+                                WHERE s.status = 'ok' ORDER BY s.id"""))
+    marked = [i for i, v in truth.items() if v][:7]
+    clean = [i for i, v in truth.items() if not v][:7]
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with served(root) as url, browser_page() as page:
+        page.goto(url)
+        page.get_by_role("tab", name="Concepts").click()
+        page.locator("#concept-name input").fill("watermark")
+        page.locator("#concept-prompt input").fill("a photo with a watermark")
+        page.get_by_role("button", name="Create / set prompt").click()
+        made = page.locator("#concept-made textarea")
+        page.wait_for_function("el => /zero-shot scores v1 for 400 samples/.test(el.value)", arg=made.element_handle())
+        with Workspace(root) as ws:  # tags given elsewhere (the CLI), so that one more of each can train it
+            concepts.tag(ws, "watermark", marked, True)
+            concepts.tag(ws, "watermark", clean, False)
+        page.get_by_role("button", name="Start its queue").click()
+        progress = page.locator("#concept-progress textarea")
+        seen: dict[int, bool] = {}
+        for step in range(20):
+            page.wait_for_function(f"el => el.value.startsWith('sample {step + 1} of')", arg=progress.element_handle())
+            sample = int(re.search(r"#(\d+)", progress.input_value()).group(1))
+            visible(page.locator("#concept-card img")).wait_for()
+            seen[sample] = truth[sample]
+            page.locator("#concept-yes" if truth[sample] else "#concept-no").click()
+            if any(seen.values()) and not all(seen.values()) and len(seen) >= 4:
+                break
+        page.wait_for_function(f"el => el.value.startsWith('sample {len(seen) + 1} of')",
+                               arg=progress.element_handle())
+        page.get_by_role("button", name="Train on the tags").click()
+        trained = page.locator("#concept-trained textarea")
+        page.wait_for_function("el => /CV AUROC/.test(el.value)", arg=trained.element_handle())
+        assert f"trained on {14 + len(seen)} tags" in trained.input_value()
+        assert "zero-shot on the same tags" in trained.input_value()
+        visible(page.locator("#concept-hist img")).wait_for()
+        assert "v2 trained" in visible(page.locator("#concepts-table")).inner_text()
+        page.screenshot(path=shots / "concepts.png", full_page=True)
+    with Workspace(root, read_only=True) as ws:
+        from_browser = dict(ws.rows("""SELECT sample_id, value FROM labels WHERE kind = 'concept:watermark'
+                                       AND view = 'concepts'"""))
+        assert concepts.latest(ws, "watermark", "trained") == 2
+    assert from_browser == {i: "good" if v else "bad" for i, v in seen.items()}
+    assert (shots / "concepts.png").stat().st_size > 10_000
+
+
+@pytest.mark.browser
 def test_reduction_views_in_a_real_browser(reduce_world, tmp_path):
     """Semantic duplicates (groups, a curator's overrule) and the Selection panel's budget with its per-cluster
     table, in a real browser on a writable workspace."""
