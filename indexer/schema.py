@@ -99,7 +99,7 @@ PRODUCT_TABLES = (
 TABLES: dict[str, Table] = {t.name: t for t in PRODUCT_TABLES}
 
 # Id sequences (name -> table, column): ids that concurrent writers take without colliding.
-SEQUENCES = {"label_ids": ("labels", "id")}
+SEQUENCES = {"label_ids": ("labels", "id"), "semdedup_override_ids": ("semdedup_overrides", "id")}
 
 
 def register_table(table: Table) -> Table:

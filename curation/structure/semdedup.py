@@ -253,8 +253,6 @@ def overrule(ws: Workspace, keep_id: int, eps: float, who: str = "local") -> dic
     group = root.get(keep_id, keep_id if keep_id in set(root.values()) else None)
     if group is None:
         raise ValueError(f"sample {keep_id} is in no semantic-duplicate group at eps {eps:g}")
-    with ws.transaction() as cur:
-        next_id = int(cur.execute("SELECT coalesce(max(id), 0) + 1 FROM semdedup_overrides").fetchone()[0])
-        cur.execute("INSERT INTO semdedup_overrides VALUES (?, ?, ?, ?, ?, ?)",
-                    [next_id, keep_id, group, float(eps), who[:64], now()])
+    ws.execute("INSERT INTO semdedup_overrides VALUES (nextval('semdedup_override_ids'), ?, ?, ?, ?, ?)",
+               [keep_id, group, float(eps), who[:64], now()])
     return {"group": group, "kept": keep_id, "instead_of": chosen.get(group, group)}
