@@ -15,6 +15,7 @@ from app.handlers import CAPTION_COLUMNS, as_int
 from curation.export.budget import ALLOCATE, PICK
 from curation.export.formats import format_names
 from curation.export.select import LABEL_FILTERS, POLICIES
+from curation.structure.semdedup import DEFAULT_EPS
 from curation.views.glossary import CAPTION_SCORES, glossary_markdown
 
 KEYS = {"g": "good", "b": "bad", "s": "skip", "1": "best: alt", "2": "best: syn", "3": "best: fused"}
@@ -245,7 +246,7 @@ def semantic_tab(c: Curate, friendly) -> None:
     """Semantic duplicates: groups at an eps, largest first; a group's members with the kept one marked; the
     curator can keep another member instead."""
     with gr.Row():
-        eps = gr.Slider(0.01, 0.2, value=0.05, step=0.005, label="eps (a pair is a duplicate at cosine ≥ 1 − eps)",
+        eps = gr.Slider(0.01, 0.2, value=DEFAULT_EPS, step=0.005, label="eps (a pair is a duplicate at cosine ≥ 1 − eps)",
                         elem_id="semantic-eps")
         page = gr.Number(value=0, precision=0, minimum=0, label="Page (20 groups each)")
         show = gr.Button("Show groups", variant="primary", elem_id="semantic-show")

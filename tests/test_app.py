@@ -270,12 +270,12 @@ def test_reduction_views_in_a_real_browser(reduce_world, tmp_path):
     table, in a real browser on a writable workspace."""
     import shutil
 
-    from curation.structure.semdedup import SemDedupConfig, groups, semdedup
+    from curation.structure.semdedup import DEFAULT_EPS, SemDedupConfig, groups, semdedup
     root = tmp_path / "ws"
     shutil.copytree(reduce_world, root)
     with Workspace(root) as ws:
         semdedup(ws, SemDedupConfig(keep="caption"), progress=False)
-        first = groups(ws, 0.05, limit=1)["page"][0]
+        first = groups(ws, DEFAULT_EPS, limit=1)["page"][0]
     other = first["members"][1]["id"]
     shots = tmp_path / "screenshots"
     shots.mkdir()
@@ -284,7 +284,7 @@ def test_reduction_views_in_a_real_browser(reduce_world, tmp_path):
         page.get_by_role("tab", name="Semantic duplicates").click()
         page.get_by_role("button", name="Show groups").click()
         note = page.locator("#semantic-note textarea")
-        page.wait_for_function("el => /groups holding \\d+ samples at eps 0.05/.test(el.value)",
+        page.wait_for_function(f"el => /groups holding \\d+ samples at eps {DEFAULT_EPS:g}/.test(el.value)",
                                arg=note.element_handle())
         visible(page.locator("#semantic-members button img")).wait_for()
         assert visible(page.locator("#semantic-members")).inner_text().count("· ★ kept") == 1

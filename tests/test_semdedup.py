@@ -9,7 +9,7 @@ import pytest
 from conftest import run_cli, writable_copy
 
 from curation.export.select import SelectionRule, preview_selection, save_selection
-from curation.structure.semdedup import SemDedupConfig, earlier_among, earlier_max, keep_order, semdedup
+from curation.structure.semdedup import EPS_GRID, SemDedupConfig, earlier_among, earlier_max, keep_order, semdedup
 from indexer.store import Workspace
 
 
@@ -72,7 +72,7 @@ def test_caption_policy_keeps_the_best_captioned_member_and_select_applies_any_e
         with pytest.raises(ValueError, match="keeps by 'caption', not 'central'"):
             preview_selection(ws, SelectionRule(name="x", semdedup_eps=0.05, semdedup_keep="central"))
     out = json.loads(run_cli("semdedup", "-w", str(root), "--keep", "central", "--probes", "2").stdout)
-    assert out["keep"] == "central" and len(out["curve"]) == 8
+    assert out["keep"] == "central" and len(out["curve"]) == len(EPS_GRID)
 
 
 def test_planted_semantic_duplicates_are_found_and_the_best_captioned_copy_stays(reduce_world):
@@ -93,14 +93,15 @@ def test_planted_semantic_duplicates_are_found_and_the_best_captioned_copy_stays
     assert all(noise[k]["dropped"] >= noise[k]["kept"] for k in ("unrelated", "junk", "empty") if k in noise)
 
 
-@pytest.mark.xfail(strict=True, reason="recall 0.84 at eps 0.05: the demo CLIP puts 5 of 50 redrawn scenes "
-                                       "below cosine 0.95 (0.90-0.946); eps 0.075 reaches 0.90 at precision 0.87")
 def test_planted_semantic_duplicate_recall_at_the_default_eps(reduce_world):
+    """Recall of the planted pairs at the default eps, beside the precision it costs (a tighter eps loses
+    redraws the demo CLIP moves to cosine 0.90-0.95; a looser one merges scenes that differ in one object)."""
     from curation.structure.semdedup import DEFAULT_EPS
     from demo.map_quality import semdedup_quality
     with Workspace(reduce_world) as ws:
         semdedup(ws, SemDedupConfig(keep="caption"), progress=False)
-        assert semdedup_quality(ws, DEFAULT_EPS)["recall"] >= 0.9
+        q = semdedup_quality(ws, DEFAULT_EPS)
+    assert q["recall"] >= 0.9 and q["precision"] >= 0.9, q
 
 
 def test_groups_largest_first_and_a_curator_overrules_the_kept_member(reduce_world, tmp_path):

@@ -11,7 +11,8 @@ Every sample gets a place in one keep order, set by a policy:
 Each sample is compared with the members of its own cluster (as SemDeDup
 does) and, with ``probes``, of its nearest clusters by centroid, for pairs that
 k-means put on two sides of a border. On a 600-image demo world with 50 planted
-pairs, 2 such pairs at eps 0.05 were found only when every cluster was probed,
+pairs, 2 such pairs at eps 0.05 were found only when every cluster was probed
+(on an 800-image one, --probes 2 raised recall at eps 0.06 from 0.92 to 0.95),
 so the default stays 0. It gets ``max_sim``: its highest
 cosine to any of them *earlier* in the keep order, and ``duplicate_of``: that
 sample. A sample is a semantic duplicate at ``eps`` when ``max_sim >= 1 - eps``;
@@ -37,8 +38,12 @@ from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore
 
 KEEP = ("caption", "central", "random")
-EPS_GRID = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
-DEFAULT_EPS = 0.05
+EPS_GRID = (0.01, 0.02, 0.03, 0.05, 0.06, 0.075, 0.1, 0.15, 0.2)
+# The eps the browser starts at and the tests judge. What cosine two shots of one thing reach depends on the
+# model, so a curator reads the eps curve of their own workspace; 0.06 is where the demo model's planted
+# redraws are found without merging different scenes: precision / recall 0.93 / 0.90 on the test world
+# (600 samples, seed 11) and 0.94 / 0.92 on a held-out one (800, seed 21); 0.05 found 0.84 / 0.89.
+DEFAULT_EPS = 0.06
 
 
 @dataclass(frozen=True)
