@@ -14,7 +14,7 @@ thumbnails, rewards, map coordinates) in the space of a random-weight ViT-B-32
 - interactive queries, p50/p95: text search (the text tower and the index), the
   index search alone, a gallery page, a filter change, the sample panel; and
   recall@10 against exact search, for image queries (similar images) and for text
-  queries (text search's wider HNSW beam);
+  queries (text search's wider beam or more cells);
 - peak resident memory.
 
 It prints a row per size and the fitted growth exponent of every figure (the
@@ -101,17 +101,17 @@ def one_size(n: int, repeats: int, model_name: str) -> dict:
 
 def recall_at_10(ws, h, n_queries: int = 50) -> tuple[float, float]:
     """The workspace index's top 10 against exact inner-product search: for sample images (similar images, at
-    the index's efSearch) and for text queries (text search, at TEXT_EF_SEARCH)."""
-    from indexer.vectors import TEXT_EF_SEARCH, EmbeddingStore, read_index, search
+    the index's own breadth) and for text queries (text search's wider breadth)."""
+    from indexer.vectors import EmbeddingStore, read_index, search
     vectors = EmbeddingStore(ws, "image").load()
     index = read_index(ws.index_path)
     rng = np.random.default_rng(2)
     texts = [f"a {size} {colour} {shape} {where}" for size in ("small", "large") for colour in ("red", "blue", "green")
              for shape in ("star", "circle") for where in ("on the left", "at the top")][:n_queries // 2]
     out = []
-    for q, ef in ((np.asarray(vectors[rng.integers(0, len(vectors), n_queries)], np.float32), None),
-                  (np.asarray(h.model.encode_texts(texts), np.float32), TEXT_EF_SEARCH)):
-        _, found = search(index, q, 10, ef)
+    for q, text in ((np.asarray(vectors[rng.integers(0, len(vectors), n_queries)], np.float32), False),
+                    (np.asarray(h.model.encode_texts(texts), np.float32), True)):
+        _, found = search(index, q, 10, cross_modal=text)
         hits = 0
         for row, got in zip(q, found):
             exact = np.argpartition(-(vectors @ row.astype(np.float16)).astype(np.float32), 10)[:10]

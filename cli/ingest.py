@@ -19,7 +19,7 @@ def index(
     precision: str = PRECISION,
     device: str = DEVICE,
     workers: int = typer.Option(2, min=1, help="Decode threads."),
-    index_type: str = typer.Option("auto", help="FAISS index: auto (flat up to 100k, else hnsw), flat, hnsw, ivf."),
+    index_type: str = typer.Option("auto", help="FAISS index: auto (flat up to 100k, else ivf), flat, hnsw, ivf."),
     image_column: Optional[str] = typer.Option(None, help="Table column with image paths."),
     caption_column: Optional[str] = typer.Option(None, help="Table column with captions."),
     allow_root: List[str] = typer.Option(None, help="A folder outside the source that table rows and symlinks "

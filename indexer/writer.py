@@ -159,7 +159,9 @@ def rebuild_index_if_stale(ws: Workspace, kind: str = "auto", force: bool = Fals
         return False
     if not len(ids):
         return False
-    vectors = EmbeddingStore(ws, "image").load()[ids].astype(np.float32)
-    write_index(build_index(vectors, ids, state["kind"]), ws.index_path)
+    stored = EmbeddingStore(ws, "image").load()
+    # the ok rows, still float16 (the index converts a block at a time); no copy when every row is ok
+    vectors = stored[: len(ids)] if len(ids) == len(stored) and ids[-1] == len(ids) - 1 else stored[ids]
+    write_index(build_index(vectors, ids, state["kind"], progress=True), ws.index_path)
     ws.set_meta("faiss_index", {**state, "built_at": now().isoformat()})
     return True

@@ -5,7 +5,7 @@ import numpy as np
 
 from indexer.models import ModelSpec, open_workspace_model
 from indexer.store import Workspace
-from indexer.vectors import TEXT_EF_SEARCH, EmbeddingStore, read_index, search
+from indexer.vectors import EmbeddingStore, read_index, search
 
 
 class Searcher:
@@ -27,7 +27,7 @@ class Searcher:
         """The ``k`` images nearest to a text query, best first, with cosine scores."""
         if not query.strip():
             raise ValueError("the search text is empty")
-        return self._hits(self.model.encode_texts([query]), k, TEXT_EF_SEARCH)
+        return self._hits(self.model.encode_texts([query]), k, cross_modal=True)
 
     def similar(self, sample_id: int, k: int = 10) -> list[dict]:
         """The ``k`` images nearest to sample ``sample_id`` (itself excluded)."""
@@ -37,8 +37,8 @@ class Searcher:
         hits = self._hits(np.asarray(vectors[sample_id:sample_id + 1], dtype=np.float32), k + 1)
         return [h for h in hits if h["id"] != sample_id][:k]
 
-    def _hits(self, query: np.ndarray, k: int, ef: int | None = None) -> list[dict]:
-        scores, ids = search(self.index, query, k, ef)
+    def _hits(self, query: np.ndarray, k: int, cross_modal: bool = False) -> list[dict]:
+        scores, ids = search(self.index, query, k, cross_modal)
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
         if not found:
             return []
