@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from browser import browser_page, served
 from conftest import tiny_coca_spec, write_folder
@@ -49,6 +50,30 @@ def test_filter_counts_move_with_the_threshold(handlers):
     kept = lambda text: int(re.search(r"kept (\d+)", text).group(1))  # noqa: E731
     assert kept(low) > kept(high)
     assert per_cluster and below and above
+
+
+def test_filter_effect_from_sorted_scores_matches_a_full_count(handlers):
+    """The Filter view answers from binary searches in sorted scores; a plain count over every sample agrees
+    on kept, dropped, unscored, every cluster's drops and both tile strips (lowest first, ties by row)."""
+    fi = handlers.filter_index
+    for source in ("reward", "alt", "syn", "fused"):
+        score = fi.score(source)
+        scored = ~np.isnan(score)
+        for t in list(np.nanquantile(score, [0.0, 0.3, 0.97])) + [float(np.nanmax(score)) + 1]:
+            for page in (0, 1):
+                got = fi.effect(source, float(t), preview=5, page=page)
+                dropped, kept = scored & (score < t), scored & (score >= t)
+                assert (got["kept"], got["dropped"], got["unscored"]) == (kept.sum(), dropped.sum(), (~scored).sum())
+                want = {}
+                for c in np.unique(fi.cluster[fi.cluster >= 0]):
+                    members = fi.cluster == c
+                    want[int(c)] = (int(members.sum()), int((dropped & members).sum()))
+                assert {r["cluster"]: (r["size"], r["dropped"]) for r in got["per_cluster"]} == want
+                for rows, strip in ((np.flatnonzero(dropped), "dropped_lowest_first"),
+                                    (np.flatnonzero(kept), "just_above")):
+                    rows = rows[np.lexsort((rows, score[rows]))][page * 5:page * 5 + 5]
+                    assert [x["id"] for x in got[strip]] == fi.ids[rows].tolist(), (source, t, page, strip)
+                assert fi.dropped_share(source, float(t)) == pytest.approx(dropped.sum() / scored.sum())
 
 
 def test_compare_defaults_search_handlers(handlers):

@@ -35,6 +35,8 @@ class FilterIndex:
         cluster = frame["cluster"]
         self.cluster = np.asarray(cluster.filled(-1) if hasattr(cluster, "filled") else cluster, dtype=np.int64)
         self.scores = {name: _float_array(frame[name]) for name in SCORE_SOURCES}
+        self._orders: dict[str, dict] = {}
+        self._sizes: np.ndarray | None = None
 
     def score(self, source: str) -> np.ndarray:
         """Per-sample values of ``source``: a caption source, ``reward`` (the active version) or
@@ -58,8 +60,8 @@ class FilterIndex:
 
     def dropped_share(self, source: str, threshold: float) -> float | None:
         """Share of scored samples below ``threshold`` on ``source`` (None when nothing is scored)."""
-        v = self.values(source)
-        return float((v < threshold).mean()) if len(v) else None
+        values = self._sorted(source)["values"]
+        return float(np.searchsorted(values, threshold, side="left") / len(values)) if len(values) else None
 
     def scale(self, source: str, dropped_share: float | None = None, current: float | None = None) -> dict:
         """A threshold control for ``source``: its range (rounded out to 0.01), a step, and a value. With
@@ -84,30 +86,48 @@ class FilterIndex:
 
     def effect(self, source: str, threshold: float, preview: int = 12, page: int = 0) -> dict:
         """Kept/dropped counts, the effect per cluster, and what sits just below and above the threshold: page
-        ``page`` of ``preview`` tiles each, dropped from the lowest score up, kept from the threshold up."""
+        ``page`` of ``preview`` tiles each, dropped from the lowest score up, kept from the threshold up. Binary
+        searches in the source's sorted scores (see ``_sorted``), so its cost does not grow with the rows."""
         score = self.score(source)
-        scored = ~np.isnan(score)
-        dropped = scored & (score < threshold)
-        kept = scored & (score >= threshold)
-        clustered = self.cluster >= 0
-        sizes = np.bincount(self.cluster[clustered])
-        drops = np.bincount(self.cluster[clustered], weights=dropped[clustered], minlength=len(sizes))
-        per_cluster = [{"cluster": int(c), "size": int(sizes[c]), "dropped": int(drops[c]),
-                        "dropped_share": round(float(drops[c] / sizes[c]), 4)}
-                       for c in np.nonzero(sizes)[0]]
+        s = self._sorted(source)
+        dropped = int(np.searchsorted(s["values"], threshold, side="left"))
+        drops = np.array([np.searchsorted(s["by_cluster"][a:b], threshold, side="left")
+                          for a, b in zip(s["starts"][:-1], s["starts"][1:])], dtype=np.int64)
+        sizes = self.cluster_sizes
+        per_cluster = [{"cluster": int(c), "size": int(sizes[c]), "dropped": int(d),
+                        "dropped_share": round(float(d / sizes[c]), 4)} for c, d in zip(s["clusters"], drops)]
+        per_cluster += [{"cluster": int(c), "size": int(sizes[c]), "dropped": 0, "dropped_share": 0.0}
+                        for c in np.setdiff1d(np.nonzero(sizes)[0], s["clusters"])]  # nothing scored there
         per_cluster.sort(key=lambda r: (-r["dropped_share"], r["cluster"]))
-        below = self._lowest(np.nonzero(dropped)[0], score, preview, page * preview)
-        above = self._lowest(np.nonzero(kept)[0], score, preview, page * preview)
-        return {"source": source, "threshold": threshold, "kept": int(kept.sum()), "dropped": int(dropped.sum()),
-                "unscored": int((~scored).sum()), "per_cluster": per_cluster,
+        skip = page * preview
+        below = s["order"][skip:min(skip + preview, dropped)]
+        above = s["order"][dropped + skip:dropped + skip + preview]
+        return {"source": source, "threshold": threshold, "kept": len(s["order"]) - dropped, "dropped": dropped,
+                "unscored": len(score) - len(s["order"]), "per_cluster": per_cluster,
                 "dropped_lowest_first": self._tiles(below, score), "just_above": self._tiles(above, score)}
 
-    @staticmethod
-    def _lowest(rows: np.ndarray, score: np.ndarray, n: int, skip: int = 0) -> np.ndarray:
-        """The ``n`` rows after the ``skip`` lowest-scoring ones, lowest first (ties by row)."""
-        if len(rows) > n + skip:
-            rows = rows[np.argpartition(score[rows], n + skip - 1)[:n + skip]]
-        return rows[np.lexsort((rows, score[rows]))][skip:skip + n]
+    @property
+    def cluster_sizes(self) -> np.ndarray:
+        if self._sizes is None:
+            self._sizes = np.bincount(self.cluster[self.cluster >= 0]) if (self.cluster >= 0).any() else \
+                np.zeros(0, np.int64)
+        return self._sizes
+
+    def _sorted(self, source: str) -> dict:
+        """A source's scored rows sorted by (score, row), and each cluster's scores sorted, made once per
+        source (an argsort of the rows) and then only searched."""
+        if source not in self._orders:
+            score = self.score(source)
+            rows = np.flatnonzero(~np.isnan(score))
+            order = rows[np.lexsort((rows, score[rows]))]
+            cluster = self.cluster[order]
+            clustered = np.flatnonzero(cluster >= 0)
+            grouped = clustered[np.argsort(cluster[clustered], kind="stable")]  # by cluster, score order kept
+            names, starts = np.unique(cluster[grouped], return_index=True)
+            self._orders[source] = {"order": order, "values": score[order], "clusters": names,
+                                    "starts": np.r_[starts, len(grouped)].astype(np.int64),
+                                    "by_cluster": score[order][grouped]}
+        return self._orders[source]
 
     def _tiles(self, rows: np.ndarray, score: np.ndarray) -> list[dict]:
         ids = [int(i) for i in self.ids[rows]]
