@@ -16,7 +16,7 @@ from curation.review.labels import labels_of
 from curation.structure.defaults import DefaultsQuery, find_default, mined_axes, parse_axis, suggest
 from curation.structure.mapview import COLOR_BY, has_map, map_frame, render_map
 from curation.views.atlas import Atlas
-from curation.views.filter import FilterIndex, score_name, score_values
+from curation.views.filter import FilterIndex, score_name, score_values, stamp
 from curation.views.gallery import (
     COMPARE_SORTS,
     PER_PAGE,
@@ -78,6 +78,7 @@ class Handlers:
     def __post_init__(self):
         self._searcher: Searcher | None = None
         self._filter: FilterIndex | None = None
+        self._filter_stamp: tuple | None = None
         self._atlas: Atlas | None = None
         self._overview: tuple | None = None
         self._histograms: dict[str, charts.HistogramWithLine] = {}
@@ -160,7 +161,8 @@ class Handlers:
         low = None if min_score in (None, "") else as_float(min_score, "minimum score")
         scope = Scope(cluster=cluster_id, ids=tuple(ids) if ids is not None else None, source=source,
                       min_score=low, order=one_of(order, ("default", "score_asc", "score_desc"), "order"))
-        result = gallery_page(self.ws, scope, page, PER_PAGE)
+        result = (gallery_page(self.ws, scope, page, PER_PAGE) if scope.ids is not None
+                  else self.filter_index.page(scope, page, PER_PAGE))
         page = min(page, result["pages"] - 1)
         text = f"{result['total']} samples · page {page + 1} of {result['pages']}"
         return (self.tiles(result["items"], tile_label(source)), [i["id"] for i in result["items"] if self.thumb(i["thumb"])],
@@ -202,15 +204,19 @@ class Handlers:
 
     @property
     def filter_index(self) -> FilterIndex:
-        if self._filter is None:
-            self._filter = FilterIndex(self.ws)
+        """Per-sample scores in memory, loaded again when an index, scoring, reward or map run changed them."""
+        now_stamp = stamp(self.ws)
+        if self._filter is None or self._filter_stamp != now_stamp:
+            self.reset_scores()
+            self._filter, self._filter_stamp = FilterIndex(self.ws), now_stamp
         return self._filter
 
     @property
     def atlas(self) -> Atlas:
         """The interactive map's positions and scores (built on first use, dropped with the scores)."""
+        scores = self.filter_index  # first: a changed workspace drops the old atlas
         if self._atlas is None:
-            self._atlas = Atlas(self.ws, self.filter_index)
+            self._atlas = Atlas(self.ws, scores)
         return self._atlas
 
     def filter(self, source: str, threshold, page=0):

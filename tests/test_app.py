@@ -76,6 +76,24 @@ def test_filter_effect_from_sorted_scores_matches_a_full_count(handlers):
                 assert fi.dropped_share(source, float(t)) == pytest.approx(dropped.sum() / scored.sum())
 
 
+def test_gallery_pages_from_memory_match_the_sql_pages(handlers):
+    """Gallery pages come from orders held in memory; for every kind of scope they equal the SQL page."""
+    from curation.views.gallery import Scope, gallery_page
+    fi = handlers.filter_index
+    median = float(np.nanmedian(fi.score("alt")))
+    scopes = [Scope(), Scope(cluster=handlers.clusters()[0]), Scope(order="score_desc"),
+              Scope(cluster=handlers.clusters()[-1], source="alt", order="score_asc"),
+              Scope(source="alt", min_score=median), Scope(source="syn", min_score=median, order="score_desc"),
+              Scope(source="fused", max_score=median, order="score_asc")]
+    for scope in scopes:
+        for page in (0, 1, 99):
+            want = gallery_page(handlers.ws, scope, page, 7)
+            got = fi.page(scope, page, 7)
+            assert (got["total"], got["pages"]) == (want["total"], want["pages"]), scope
+            assert got["items"] == want["items"], (scope, page)
+            assert page == 99 or got["items"], scope
+
+
 def test_compare_defaults_search_handlers(handlers):
     rows = handlers.compare("syn_minus_alt")
     gaps = [float(r[7]) for r in rows]

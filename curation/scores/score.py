@@ -135,3 +135,4 @@ def materialise_source_scores(ws: Workspace) -> None:
                    max(cs.clip_score) FILTER (WHERE c.source_kind = 'syn') AS syn,
                    max(cs.clip_score) FILTER (WHERE c.source_kind = 'fused') AS fused
             FROM captions c JOIN caption_scores cs ON cs.caption_id = c.id GROUP BY c.sample_id""")
+        ws.set_meta("scored", now().isoformat(), cur=cur)  # servers holding scores in memory reload them

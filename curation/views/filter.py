@@ -1,8 +1,11 @@
-"""The Filter view's data: per-sample scores held in memory, so a threshold change is array work, not joins.
+"""The Filter view's and the gallery's data: per-sample scores held in memory, so a threshold change or a
+gallery page is array work, not joins.
 
-``FilterIndex`` loads every ok sample's cluster, active reward and best clip_score
-per caption source once; ``effect`` answers a threshold in milliseconds at a
-million rows. Any stored reward version can be filtered by as ``reward@N``.
+``FilterIndex`` loads every ok sample's cluster, distance to its centre, active
+reward and best clip_score per caption source once; ``effect`` answers a
+threshold and ``page`` a gallery page in milliseconds at a million rows, from
+orders it sorts once. Any stored reward version can be filtered by as
+``reward@N``. ``stamp`` tells a server when to load them again.
 """
 from __future__ import annotations
 
@@ -10,7 +13,15 @@ import math
 
 import numpy as np
 
-from curation.views.gallery import JOINS, SCORE_SOURCES, ViewError, active_version_param, score_sql, thumbs_of
+from curation.views.gallery import (
+    JOINS,
+    SCORE_SOURCES,
+    Scope,
+    ViewError,
+    active_version_param,
+    score_sql,
+    thumbs_of,
+)
 from indexer.store import Workspace
 
 
@@ -29,14 +40,17 @@ class FilterIndex:
 
     def __init__(self, ws: Workspace):
         self.ws = ws
-        frame = ws.numpy(f"""SELECT s.id, k.cluster, r.value AS reward, sss.alt, sss.syn, sss.fused
+        frame = ws.numpy(f"""SELECT s.id, k.cluster, coalesce(k.distance, 0) AS distance, r.value AS reward,
+                                    sss.alt, sss.syn, sss.fused
                                {JOINS} WHERE s.status = 'ok' ORDER BY s.id""", [active_version_param(ws)])
         self.ids = np.asarray(frame["id"], dtype=np.int64)
+        self.distance = _float_array(frame["distance"])
         cluster = frame["cluster"]
         self.cluster = np.asarray(cluster.filled(-1) if hasattr(cluster, "filled") else cluster, dtype=np.int64)
         self.scores = {name: _float_array(frame[name]) for name in SCORE_SOURCES}
         self._orders: dict[str, dict] = {}
         self._sizes: np.ndarray | None = None
+        self._pages: dict[tuple, np.ndarray] = {}
 
     def score(self, source: str) -> np.ndarray:
         """Per-sample values of ``source``: a caption source, ``reward`` (the active version) or
@@ -106,6 +120,49 @@ class FilterIndex:
                 "unscored": len(score) - len(s["order"]), "per_cluster": per_cluster,
                 "dropped_lowest_first": self._tiles(below, score), "just_above": self._tiles(above, score)}
 
+    def page(self, scope: Scope, page: int, per_page: int) -> dict:
+        """A gallery page for a scope without an id list: what ``gallery.gallery_page`` returns (same order,
+        same ties), from the scope's row order sorted once and then sliced."""
+        if scope.ids is not None:
+            raise ViewError("a scope with an id list is paged by gallery_page")
+        score = self.score(scope.source)
+        rows = self._ordered(scope.cluster, scope.source, scope.order)
+        if scope.min_score is not None or scope.max_score is not None:
+            v = score[rows]
+            keep = ~np.isnan(v)
+            if scope.min_score is not None:
+                keep &= v >= scope.min_score
+            if scope.max_score is not None:
+                keep &= v < scope.max_score
+            rows = rows[keep]
+        chosen = rows[page * per_page:(page + 1) * per_page]
+        ids = [int(i) for i in self.ids[chosen]]
+        found = {r[0]: r[1:] for r in self.ws.rows("SELECT id, uid, thumb FROM samples WHERE list_contains(?, id)",
+                                                   [ids])} if ids else {}
+        items = [{"id": i, "uid": found[i][0], "thumb": found[i][1],
+                  "score": None if np.isnan(score[r]) else float(score[r]),
+                  "cluster": None if self.cluster[r] < 0 else int(self.cluster[r])} for i, r in zip(ids, chosen)]
+        total = len(rows)
+        return {"items": items, "total": total, "page": page, "pages": max(1, -(-total // per_page))}
+
+    def _ordered(self, cluster: int | None, source: str, order: str) -> np.ndarray:
+        """Rows of a cluster (or all) in a gallery order: by distance to the centre, or by score (missing
+        scores last), ties by id; the last 64 orders are kept."""
+        key = (cluster, source if order != "default" else None, order)
+        if key not in self._pages:
+            rows = np.arange(len(self.ids)) if cluster is None else np.flatnonzero(self.cluster == cluster)
+            if order == "default":
+                rows = rows[np.lexsort((self.ids[rows], self.distance[rows]))]
+            else:
+                v = self.score(source)[rows]
+                missing = np.isnan(v)
+                v = np.where(missing, 0.0, v if order == "score_asc" else -v)
+                rows = rows[np.lexsort((self.ids[rows], v, missing))]
+            if len(self._pages) >= 64:
+                self._pages.pop(next(iter(self._pages)))
+            self._pages[key] = rows
+        return self._pages[key]
+
     @property
     def cluster_sizes(self) -> np.ndarray:
         if self._sizes is None:
@@ -133,6 +190,12 @@ class FilterIndex:
         ids = [int(i) for i in self.ids[rows]]
         thumbs = thumbs_of(self.ws, ids)
         return [{"id": i, "thumb": thumbs.get(i), "score": float(score[r])} for i, r in zip(ids, rows)]
+
+
+def stamp(ws: Workspace) -> tuple:
+    """What the in-memory scores depend on (the index build, the active reward, the map, the last scoring), read
+    from the workspace's metadata in well under a millisecond: when it changes, load them again."""
+    return tuple(str(ws.get_meta(key)) for key in ("faiss_index", "active_reward", "map", "scored"))
 
 
 def _reward_at(source: str) -> int | None:
