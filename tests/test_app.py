@@ -47,7 +47,7 @@ def test_overview_and_browser_handlers(handlers):
 def test_filter_counts_move_with_the_threshold(handlers):
     _, low, _, _, _ = handlers.filter("reward", 0.1)
     _, high, per_cluster, below, above = handlers.filter("reward", 0.9)
-    kept = lambda text: int(re.search(r"kept (\d+)", text).group(1))  # noqa: E731
+    kept = lambda text: int(re.search(r"kept (\d+)", text).group(1))
     assert kept(low) > kept(high)
     assert per_cluster and below and above
 

@@ -210,7 +210,7 @@ def test_inverted_file_routes_by_a_graph_and_reads_back_with_its_breadth(tmp_pat
     assert index_.nlist == 300 and index_.nprobe == IVF_NPROBE and hasattr(faiss.downcast_index(index_.quantizer),
                                                                              "hnsw")
     assert sorted(index_ids(index_)) == sorted(ids)
-    exact_of = lambda q: ids[np.argsort(-(q @ vecs.astype(np.float32).T), axis=1)[:, :10]]  # noqa: E731
+    exact_of = lambda q: ids[np.argsort(-(q @ vecs.astype(np.float32).T), axis=1)[:, :10]]
     rows = vecs[:50].astype(np.float32)
     _, found = search(index_, rows, 10)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_of(rows), found)]) >= 0.95

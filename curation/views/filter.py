@@ -13,15 +13,7 @@ import math
 
 import numpy as np
 
-from curation.views.gallery import (
-    JOINS,
-    SCORE_SOURCES,
-    Scope,
-    ViewError,
-    active_version_param,
-    score_sql,
-    thumbs_of,
-)
+from curation.views.gallery import JOINS, SCORE_SOURCES, Scope, ViewError, active_version_param, score_sql, thumbs_of
 from indexer.store import Workspace
 
 
