@@ -55,6 +55,21 @@ def bars(shares: dict[str, float], title: str, colour: str = "#2b7bd9", size=(4.
     return _to_image(fig)
 
 
+def curve(xs: list[float], series: dict[str, list[float]], title: str, xlabel: str, mark: float | None = None,
+          size=(5.2, 2.8)) -> Image.Image:
+    """Lines of shares against ``xs`` (e.g. what each eps removes), with an optional marked x."""
+    fig, ax = plt.subplots(figsize=size)
+    for name, ys in series.items():
+        ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    if mark is not None:
+        ax.axvline(mark, color="black", linestyle="--", linewidth=1, label=f"{xlabel} {mark:g}")
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _to_image(fig)
+
+
 class HistogramWithLine:
     """A histogram rendered once, with the threshold line drawn onto a copy per change (fast slider updates)."""
 

@@ -12,7 +12,7 @@ import json
 import threading
 from pathlib import Path
 
-from app.charts import fmt_reward, per_cluster_view
+from app.charts import per_cluster_view
 from app.handlers import Handlers, UserError, as_float, as_int, one_of
 from curation.export.budget import ALLOCATE, PICK
 from curation.export.export import ExportConfig, run
@@ -35,7 +35,6 @@ from curation.review.edits import add_curator_caption
 from curation.review.progress import label_progress, progress_text
 from curation.review.queue import review_queue, unlabelled_count
 from curation.review.reward import apply_reward, load_model, train_from_labels
-from curation.structure import semdedup as sd
 from curation.views.filter import reward_choices
 from curation.views.gallery import SCORE_SOURCES
 
@@ -45,7 +44,6 @@ ACTIONS = {"good": ("alignment", "good"), "bad": ("alignment", "bad"), "skip": (
            "best: alt": ("preference", "alt"), "best: syn": ("preference", "syn"),
            "best: fused": ("preference", "fused")}
 QUEUE_SIZE = 50
-GROUPS_PER_PAGE = 20
 CARD_VIEWS = ("browser", "search", "filter", "compare", "defaults", "map", "semantic")
 
 
@@ -296,56 +294,6 @@ class Curate:
                 f"({result['share']:.1%}){_replaced(result)}. {preview_text(found)}")
 
     # ------------------------------------------------------------ semantic duplicates
-    def semantic_groups(self, eps, page) -> tuple:
-        """A page of semantic-duplicate groups at ``eps``, largest first: (table rows, note, first group's id)."""
-        eps = as_float(eps, "eps")
-        if not 0 < eps < 1:
-            raise UserError("eps is between 0 and 1 (0.05: cosine 0.95)")
-        page = as_int(page or 0, "page", 0, 10**6)
-        if self.ws.get_meta("semdedup") is None:
-            raise UserError("no semantic dedup yet; run 'altlens semdedup --workspace WS' first")
-        found = sd.groups(self.ws, eps, limit=GROUPS_PER_PAGE, offset=page * GROUPS_PER_PAGE)
-        rows = []
-        for g in found["page"]:
-            kept = g["members"][0]
-            others = " | ".join(f"#{m['id']}: {(m.get('alt') or '')[:60]}" for m in g["members"][1:4])
-            more = f" (+{g['size'] - 4} more)" if g["size"] > 4 else ""
-            rows.append([g["group"], g["size"], f"#{kept['id']}" + (" (curator)" if g["overruled"] else ""),
-                         (kept.get("alt") or "")[:80], fmt_reward(kept.get("reward")), others + more])
-        note = (f"{found['groups']} groups holding {found['in_groups']} samples at eps {eps:g} "
-                f"(cosine ≥ {1 - eps:g}); a selection with this eps keeps one per group "
-                f"({found['in_groups'] - found['groups']} dropped) · kept by {found['keep']} · page {page + 1}")
-        return rows, note, (found["page"][0]["group"] if found["page"] else None)
-
-    def semantic_group(self, group, eps) -> tuple:
-        """One group's members as tiles, the kept one first and marked: (tiles, ids, captions table)."""
-        eps = as_float(eps, "eps")
-        group = as_int(group, "group")
-        found = sd.groups(self.ws, eps, only=group)["page"]
-        if not found:
-            raise UserError(f"no group {group} at eps {eps:g}")
-        members = found[0]["members"][:48]
-        tiles, ids, table = [], [], []
-        for m in members:
-            path = self.h.thumb(m.get("thumb"))
-            mark = "★ kept" if m["kept"] else f"cos {m['max_sim']:.3f}" if m.get("max_sim") is not None else ""
-            if path:
-                tiles.append((path, f"#{m['id']} · {mark} · reward {fmt_reward(m.get('reward'))}"))
-                ids.append(m["id"])
-            table.append([m["id"], "kept" if m["kept"] else "dropped", fmt_reward(m.get("reward")), m.get("alt") or ""])
-        return tiles, ids, table
-
-    def overrule(self, keep, eps, who: str = "local") -> str:
-        """Keep sample ``keep`` instead of the member its group's policy kept."""
-        self._writable()
-        eps = as_float(eps, "eps")
-        try:
-            result = sd.overrule(self.ws, as_int(keep, "sample id"), eps, who=who)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        return (f"group {result['group']}: #{result['kept']} is kept instead of #{result['instead_of']} "
-                "(selections with --semdedup apply it)")
-
     def save_region(self, name: str, ids, picked: str, policy: str, replace: bool = False) -> str:
         """Save the samples of a map region as a selection (exactly those; export reads them like any other)."""
         self._writable()

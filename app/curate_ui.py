@@ -1,5 +1,5 @@
 """Layout of the writing views: Review (keyboard labelling + reward), the Selection panel (with semantic dedup,
-a budget and concept rules), Semantic duplicates (groups, overrule), Export.
+a budget and concept rules), Export.
 
 Keys in the Review view: g = good, b = bad, s = skip, 1/2/3 = best caption is
 alt/syn/fused. They are ignored while typing in a text box and whenever the
@@ -15,7 +15,6 @@ from app.handlers import CAPTION_COLUMNS, as_int
 from curation.export.budget import ALLOCATE, PICK
 from curation.export.formats import format_names
 from curation.export.select import LABEL_FILTERS, POLICIES
-from curation.structure.semdedup import DEFAULT_EPS
 from curation.views.glossary import CAPTION_SCORES, glossary_markdown
 
 KEYS = {"g": "good", "b": "bad", "s": "skip", "1": "best: alt", "2": "best: syn", "3": "best: fused"}
@@ -240,48 +239,6 @@ def selection_panel(c: Curate, friendly, source: gr.Dropdown, threshold: gr.Slid
     reduce = [eps, budget, allocate, pick, concept_rules]
     preview.click(friendly(c.preview), [*rule, *reduce], [note, quotas, quota_bars])
     save.click(friendly(c.save), [*rule, replace, *reduce], [note])
-
-
-def semantic_tab(c: Curate, friendly) -> None:
-    """Semantic duplicates: groups at an eps, largest first; a group's members with the kept one marked; the
-    curator can keep another member instead."""
-    with gr.Row():
-        eps = gr.Slider(0.01, 0.2, value=DEFAULT_EPS, step=0.005, label="eps (a pair is a duplicate at cosine ≥ 1 − eps)",
-                        elem_id="semantic-eps")
-        page = gr.Number(value=0, precision=0, minimum=0, label="Page (20 groups each)")
-        show = gr.Button("Show groups", variant="primary", elem_id="semantic-show")
-    note = gr.Textbox(label="Groups", interactive=False, elem_id="semantic-note")
-    table = gr.Dataframe(headers=["group", "size", "kept", "kept alt-text", "reward", "others"],
-                         label="Groups, largest first (click a row to see its members)", interactive=False,
-                         wrap=True, elem_id="semantic-groups")
-    group = gr.Number(value=None, precision=0, label="Group", interactive=False)
-    ids = gr.State([])
-    members = gr.Gallery(label="Members (★ kept; the others with their cosine to the one they duplicate)",
-                         columns=8, height=260, allow_preview=False, object_fit="contain",
-                         elem_id="semantic-members", elem_classes=["tile-gallery"])
-    captions = gr.Dataframe(headers=["sample", "", "reward", "alt-text"], label="Their captions",
-                            interactive=False, wrap=True, elem_id="semantic-captions")
-    with gr.Row():
-        keep = gr.Number(value=None, precision=0, label="Keep sample # instead", elem_id="semantic-keep")
-        overrule = gr.Button("Keep this one instead", elem_id="semantic-overrule")
-    said = gr.Textbox(label="Overruled", interactive=False, elem_id="semantic-said")
-    SamplePanel(c, friendly, "semantic").open_ids(members, ids)
-
-    def listing(e, p):
-        rows, text, first = friendly(c.semantic_groups)(e, p)
-        tiles, member_ids, caps = friendly(c.semantic_group)(first, e) if first is not None else ([], [], [])
-        return rows, text, first, tiles, member_ids, caps
-    def open_group(evt: gr.SelectData, rows, e):
-        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        chosen = rows.iloc[row, 0] if hasattr(rows, "iloc") else rows[row][0]
-        return (chosen, *friendly(c.semantic_group)(chosen, e))
-    def do_overrule(k, e, p, g, request: gr.Request):
-        text = friendly(c.overrule)(k, e, _who(request))
-        rows, summary, _ = friendly(c.semantic_groups)(e, p)
-        return (text, rows, summary, *friendly(c.semantic_group)(g, e))
-    show.click(listing, [eps, page], [table, note, group, members, ids, captions])
-    table.select(open_group, [table, eps], [group, members, ids, captions])
-    overrule.click(do_overrule, [keep, eps, page, group], [said, table, note, members, ids, captions])
 
 
 NO_SELECTION = "No saved selection yet: save one in the Filter view's Selection panel (or `altlens select`)."

@@ -25,10 +25,10 @@ from app.curate_ui import (
     review_tab,
     selection_choices,
     selection_panel,
-    semantic_tab,
     threshold_slider,
 )
 from app.handlers import Handlers, UserError
+from app.semantic_ui import semantic_tab
 from curation.views.gallery import COMPARE_SORTS, SCORE_SOURCES
 from curation.views.glossary import CAPTION_SCORES
 from indexer.errors import AltlensError

@@ -331,6 +331,10 @@ def test_reduction_views_in_a_real_browser(reduce_world, tmp_path):
                                arg=note.element_handle())
         visible(page.locator("#semantic-members button img")).wait_for()
         assert visible(page.locator("#semantic-members")).inner_text().count("· ★ kept") == 1
+        visible(page.locator("#semantic-curve-picture img")).wait_for()
+        curve_text = visible(page.locator("#semantic-curve")).inner_text()
+        assert "hardest-hit cluster" in curve_text and f"{1 - DEFAULT_EPS:g}" in curve_text
+        assert re.search(r"\d+\.\d%", visible(page.locator("#semantic-clusters")).inner_text())
         page.locator("#semantic-keep input").fill(str(other))
         page.get_by_role("button", name="Keep this one instead").click()
         said = page.locator("#semantic-said textarea")

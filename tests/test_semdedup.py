@@ -71,6 +71,12 @@ def test_caption_policy_keeps_the_best_captioned_member_and_select_applies_any_e
             assert save_selection(ws, rule)["selected"] == step["remaining"]
         with pytest.raises(ValueError, match="keeps by 'caption', not 'central'"):
             preview_selection(ws, SelectionRule(name="x", semdedup_eps=0.05, semdedup_keep="central"))
+    with Workspace(root, read_only=True) as ws:
+        from curation.structure.semdedup import per_cluster
+        hardest = per_cluster(ws, 0.05, limit=10**6)
+        assert sum(r["removed"] for r in hardest) == ws.scalar("SELECT count(*) FROM semdedup WHERE max_sim >= 0.95")
+        assert sum(r["size"] for r in hardest) == ws.scalar("SELECT count(*) FROM semdedup")
+        assert [r["share"] for r in hardest] == sorted((r["share"] for r in hardest), reverse=True)
     out = json.loads(run_cli("semdedup", "-w", str(root), "--keep", "central", "--probes", "2").stdout)
     assert out["keep"] == "central" and len(out["curve"]) == len(EPS_GRID)
 

@@ -180,6 +180,14 @@ def stored_curve(ws: Workspace, grid=EPS_GRID) -> list[dict]:
     return eps_curve(values, np.asarray(frame["cluster"], dtype=np.int64), grid)
 
 
+def per_cluster(ws: Workspace, eps: float, limit: int = 100) -> list[dict]:
+    """The clusters a stored run's ``eps`` hits hardest: size, samples removed and their share."""
+    return ws.dicts("""SELECT cluster, count(*) AS size, count(*) FILTER (WHERE max_sim >= ?) AS removed,
+                              round(count(*) FILTER (WHERE max_sim >= ?) / count(*), 4) AS share
+                       FROM semdedup GROUP BY cluster ORDER BY share DESC, cluster LIMIT ?""",
+                    [1 - eps, 1 - eps, int(limit)])
+
+
 def require_run(ws: Workspace, keep: str) -> None:
     """A selection with ``--semdedup`` needs a stored run of the same keep policy."""
     meta = ws.get_meta("semdedup")
