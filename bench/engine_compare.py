@@ -33,6 +33,8 @@ def random_checkpoint(name: str, folder: Path) -> Path:
     config = folder / f"{name}.json"
     config.write_text(json.dumps(open_clip.get_model_config(name)))
     open_clip.add_model_config(config)
+    import torch
+    torch.manual_seed(0)  # the same random space on every run, so runs compare
     model = open_clip.create_model(name)
     weights = config.with_suffix(".safetensors")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))

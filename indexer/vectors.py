@@ -30,9 +30,9 @@ IVF_NPROBE = 32
 TEXT_NPROBE = 256
 IVF_POINTS_PER_CELL = 40  # k-means trains on this many rows per cell
 ADD_BLOCK = 200_000  # rows converted to float32 at a time while building
-# the beam over the cell centres: narrow while rows are filed into cells (4x faster on 300k rows, same
-# recall), wide for queries
-QUANTIZER_EF_ADD, QUANTIZER_EF = 24, 128
+# the beam of the graph over the cell centres that files rows into cells (4x faster than 128 on 300k rows, same
+# recall); queries scan the centres exactly
+QUANTIZER_EF_ADD = 24
 FLAT_MAX = 100_000
 
 
@@ -127,7 +127,9 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str = "auto", progre
     for start in tqdm(range(0, len(vectors), ADD_BLOCK), desc=f"{kind} index", unit="block",
                       disable=not progress or len(vectors) <= ADD_BLOCK):
         index.add_with_ids(_block(vectors, start, start + ADD_BLOCK), ids[start:start + ADD_BLOCK])
-    return tune(index)  # after filing: the query-time beams
+    if kind == "ivf":
+        _exact_cells(index)
+    return tune(index)
 
 
 def _block(vectors: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -136,8 +138,8 @@ def _block(vectors: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 def _ivf(vectors: np.ndarray, dim: int) -> faiss.Index:
     """An empty, trained inverted file: about 4 sqrt(n) cells from spherical k-means on a sample (so building
-    costs grow linearly with the rows), vectors kept as fp16, a small HNSW graph over the cell centres to route
-    rows and queries to cells."""
+    costs grow linearly with the rows), vectors kept as fp16, a small HNSW graph over the cell centres to file
+    the rows into cells."""
     n = len(vectors)
     nlist = max(1, min(int(4 * np.sqrt(n)), n // IVF_POINTS_PER_CELL))
     rows = np.sort(np.random.default_rng(0).permutation(n)[: nlist * IVF_POINTS_PER_CELL])
@@ -146,7 +148,7 @@ def _ivf(vectors: np.ndarray, dim: int) -> faiss.Index:
                           max_points_per_centroid=IVF_POINTS_PER_CELL, min_points_per_centroid=1)
     kmeans.train(sample)
     if nlist > 256:
-        quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)  # to file rows (see _exact_cells)
         quantizer.hnsw.efSearch = QUANTIZER_EF_ADD
     else:
         quantizer = faiss.IndexFlatIP(dim)
@@ -159,6 +161,20 @@ def _ivf(vectors: np.ndarray, dim: int) -> faiss.Index:
     return index
 
 
+def _exact_cells(index: faiss.Index) -> None:
+    """Once every row is filed, queries choose their cells by an exact scan of the centres (a few thousand
+    dot products): a graph over the centres misses cells for a query far from all of them, as a text query
+    is."""
+    quantizer = faiss.downcast_index(index.quantizer)
+    if isinstance(quantizer, faiss.IndexFlatIP):
+        return
+    flat = faiss.IndexFlatIP(index.d)
+    flat.add(quantizer.reconstruct_n(0, quantizer.ntotal))
+    index.quantizer = flat
+    index.own_fields = True
+    flat.this.disown()
+
+
 def tune(index: faiss.Index) -> faiss.Index:
     """Search-time settings for image queries: HNSW explores ``HNSW_EF_SEARCH`` candidates (recall@10 0.90 at
     64, 0.96 at 256 on bench/growth.py's 300k clustered rows); an inverted file scans ``IVF_NPROBE`` cells."""
@@ -167,9 +183,6 @@ def tune(index: faiss.Index) -> faiss.Index:
         inner.hnsw.efSearch = max(inner.hnsw.efSearch, HNSW_EF_SEARCH)
     if hasattr(inner, "nprobe"):
         inner.nprobe = min(inner.nlist, IVF_NPROBE)
-        quantizer = faiss.downcast_index(inner.quantizer)
-        if hasattr(quantizer, "hnsw"):
-            quantizer.hnsw.efSearch = QUANTIZER_EF
     return index
 
 

@@ -196,9 +196,10 @@ def test_index_kinds_find_exact_neighbours(kind):
 
 
 def test_inverted_file_routes_by_a_graph_and_reads_back_with_its_breadth(tmp_path):
-    """Above 256 cells the inverted file files rows and queries through an HNSW graph over its cell centres;
-    written and read back, it keeps its ids and search breadth, finds a row's own cell, and finds the exact
-    top 10 of queries that sit away from every row (text against images) by scanning more cells."""
+    """Above 256 cells the inverted file files its rows through an HNSW graph over the cell centres, then
+    keeps the centres for an exact scan by queries; written and read back, it keeps its ids and search
+    breadth, finds a row's neighbours, and finds the exact top 10 of queries that sit away from every row
+    (text against images) by scanning more cells."""
     from indexer.vectors import IVF_NPROBE, build_index, read_index, search, write_index
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(40, 32)).astype(np.float32)
@@ -207,8 +208,9 @@ def test_inverted_file_routes_by_a_graph_and_reads_back_with_its_breadth(tmp_pat
     ids = np.arange(12_000) * 3 + 1
     write_index(build_index(vecs, ids, "ivf"), tmp_path / "ivf.faiss")
     index_ = read_index(tmp_path / "ivf.faiss")
-    assert index_.nlist == 300 and index_.nprobe == IVF_NPROBE and hasattr(faiss.downcast_index(index_.quantizer),
-                                                                             "hnsw")
+    quantizer = faiss.downcast_index(index_.quantizer)
+    assert index_.nlist == 300 and index_.nprobe == IVF_NPROBE
+    assert isinstance(quantizer, faiss.IndexFlatIP) and quantizer.ntotal == 300
     assert sorted(index_ids(index_)) == sorted(ids)
     exact_of = lambda q: ids[np.argsort(-(q @ vecs.astype(np.float32).T), axis=1)[:, :10]]
     rows = vecs[:50].astype(np.float32)
