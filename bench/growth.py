@@ -177,24 +177,28 @@ def main() -> None:
               f" {r['peak_rss_gb']:>8.2f}")
     print("\ngrowth exponents (log cost / log rows; goal: batch <= 1.1, queries <= 0.2), over every size and\n"
           "between the two largest (up to 100k rows the index is exact and flat, above it an inverted file):")
-    fits = {}
+    fits, tails = {}, {}
     for b in BATCH:
         fits[b] = exponent(ns, [r[b] for r in rows])
         tail = exponent(ns[-2:], [r[b] for r in rows[-2:]])
-        print(f"  {b:<18} {fits[b]:5.2f}  largest two {tail:5.2f}  {'ok' if min(fits[b], tail) <= 1.1 else 'MISSED'}")
+        tails[b] = tail
+        print(f"  {b:<18} {fits[b]:5.2f}  largest two {tail:5.2f}  {'ok' if tail <= 1.1 else 'MISSED'}")
     for q in QUERIES:
         fits[q] = exponent(ns, [r[q]["p95_ms"] for r in rows])
         tail = exponent(ns[-2:], [r[q]["p95_ms"] for r in rows[-2:]])
-        print(f"  {q + ' p95':<18} {fits[q]:5.2f}  largest two {tail:5.2f}  "
-              f"{'ok' if min(fits[q], tail) <= 0.2 else 'MISSED'}")
+        tails[q] = tail
+        print(f"  {q + ' p95':<18} {fits[q]:5.2f}  largest two {tail:5.2f}  {'ok' if tail <= 0.2 else 'MISSED'}")
     fits["peak_rss_gb"] = exponent(ns, [r["peak_rss_gb"] for r in rows])
     print(f"  {'peak memory':<18} {fits['peak_rss_gb']:5.2f}")
     last = rows[-1]
     scale = 10_000_000 / last["n"]
     map_10m = last["map_s"] * scale ** fits["map_s"] + last["duplicates_s"] * scale ** fits["duplicates_s"]
-    search_10m = last["search"]["p95_ms"] * scale ** max(fits["search"], 0)
-    print(f"\nextrapolated to 10 M rows from {last['n']:,} (each figure's own exponent):")
-    print(f"  map + duplicates {map_10m / 60:6.1f} min   goal <= 30 min  {'ok' if map_10m <= 1800 else 'MISSED'}")
+    map_tail = last["map_s"] * scale ** tails["map_s"] + last["duplicates_s"] * scale ** tails["duplicates_s"]
+    search_10m = last["search"]["p95_ms"] * scale ** max(fits["search"], tails["search"], 0)
+    print(f"\nextrapolated to 10 M rows from {last['n']:,} (each figure's own exponent, over every size / the "
+          "largest two):")
+    print(f"  map + duplicates {map_10m / 60:6.1f} / {map_tail / 60:.1f} min   goal <= 30 min  "
+          f"{'ok' if max(map_10m, map_tail) <= 1800 else 'MISSED'}")
     print(f"  search p95       {search_10m:6.1f} ms    goal <= 100 ms  {'ok' if search_10m <= 100 else 'MISSED'}"
           f"  (recall@10 at {last['n']:,}: images {last['recall_image']:.3f}, text with a modality gap "
           f"{last['recall_text_gap']:.3f}, random-model text {last['recall_text']:.3f}; goal >= 0.95)")
