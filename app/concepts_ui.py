@@ -22,7 +22,7 @@ class ConceptDesk:
         self.c, self.h, self.ws = c, c.h, c.ws
 
     def names(self) -> list[str]:
-        return [r[0] for r in self.ws.rows("SELECT name FROM concepts ORDER BY name")]
+        return concepts.names(self.ws)
 
     def listing(self) -> list[list]:
         rows = []
@@ -95,7 +95,8 @@ class ConceptDesk:
         low, high = r["cv_auroc_interval"]
         zero = (f"; zero-shot on the same tags {r['zero_shot_auroc']:.3f}" if r["zero_shot_auroc"] is not None
                 else "")
-        text = (f"{name} v{r['version']} trained on {r['tags']} tags ({r['with']} with, {r['without']} without), "
+        without = r["without"]
+        text = (f"{name} v{r['version']} trained on {r['tags']} tags ({r['tags'] - without} with, {without} without), "
                 f"{r['features']} embedding: {r['folds']}-fold CV AUROC {r['cv_auroc']:.3f} (95% interval "
                 f"{low:.2f}–{high:.2f}){zero}. Scores written for {r['samples']} samples; rules such as "
                 f"{name}<0.5 in the Selection panel use them.")
@@ -142,7 +143,7 @@ def concepts_tab(c: Curate, friendly, who) -> None:
         name = gr.Textbox(label="New concept", max_lines=1, placeholder="watermark", elem_id="concept-name")
         prompt = gr.Textbox(label="Prompt (optional)", max_lines=1, placeholder="a photo with a watermark",
                             elem_id="concept-prompt", scale=2)
-        create = gr.Button("Create / set prompt", elem_id="concept-create")
+        create = gr.Button("Add concept / set prompt", elem_id="concept-create")
     made = gr.Textbox(label="", show_label=False, interactive=False, elem_id="concept-made")
     with gr.Row():
         chosen = gr.Dropdown(friendly(desk.names)(), label="Concept", elem_id="concept-chosen")

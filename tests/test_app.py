@@ -272,7 +272,7 @@ def test_a_concept_is_made_tagged_and_trained_in_a_real_browser(concept_world, t
         page.get_by_role("tab", name="Concepts").click()
         page.locator("#concept-name input").fill("watermark")
         page.locator("#concept-prompt input").fill("a photo with a watermark")
-        page.get_by_role("button", name="Create / set prompt").click()
+        page.get_by_role("button", name="Add concept / set prompt").click()
         made = page.locator("#concept-made textarea")
         page.wait_for_function("el => /zero-shot scores v1 for 400 samples/.test(el.value)", arg=made.element_handle())
         with Workspace(root) as ws:  # tags given elsewhere (the CLI), so that one more of each can train it

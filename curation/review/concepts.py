@@ -269,6 +269,10 @@ def scores(ws: Workspace, name: str, version: int | None = None) -> dict[int, fl
                         [name, version]))
 
 
+def names(ws: Workspace) -> list[str]:
+    return [r[0] for r in ws.rows("SELECT name FROM concepts ORDER BY name")]
+
+
 def listing(ws: Workspace) -> list[dict]:
     """Every concept with its prompt, tag counts and versions (newest first)."""
     out = []
