@@ -161,8 +161,10 @@ def contrast_world(tmp_path_factory):
 # Kinds the shipped demo CLIP does not yet reach on phrasings it never saw (measured on this 60-scene world with
 # the CLIP of demo/model/MODEL_CARD.md; best of contrast and learned reward). Trained on paraphrases
 # (demo/paraphrase.py), it tells sizes and positions apart at 0.75 and 0.74 in the wordings used here (0.90 and
-# 0.91 in its own; model card). Strict: the day a better demo model meets a goal, this list must shrink.
-MISSED = {"size": 0.91, "position": 0.86}
+# 0.91 in its own; model card). A further text-tower stage (paraphrases at 80%, four negatives per image) raised
+# those to 0.78 and 0.77 but left contrast where it was (size 0.87, position 0.85), so it was not shipped.
+# Strict: the day a better demo model meets a goal, this list must shrink.
+MISSED = {"size": 0.90, "position": 0.86}
 
 
 @pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.xfail(
