@@ -33,6 +33,7 @@ from indexer.store import Workspace, now
 log = logging.getLogger(__name__)
 
 RANGE_SEARCH_MAX = 100_000
+NEAR_CLUSTERS = 8  # clusters whose cells a row may probe: its own and the 7 nearest
 
 
 SEARCHES = ("auto", "global", "clusters")
@@ -45,14 +46,16 @@ class DupConfig:
     ``search``: where candidates are looked for. ``global`` compares every image with every other (exact; the
     default up to 100k images); ``clusters`` compares each image only with the images of the cells nearest to
     it: the map's k-means clusters, split by k-means into cells of about ``cell_size`` images, each image
-    against its own cell and its ``probes`` nearest cells (SemDeDup's within-cluster search, with IVF-style
-    probing across cell borders, so a copy that fell into the next cluster is still found). Its cost grows
-    linearly with the number of images."""
+    against its own cell and the ``probes`` other cells nearest to it among those of its cluster and the
+    clusters nearest to it (SemDeDup's within-cluster search, with IVF-style probing across cell borders, so a
+    copy that fell into the next cluster is still found). Cells keep their size as the workspace grows, so
+    each image is compared with about (probes + 1) x cell_size others and the cost grows linearly with the
+    number of images."""
 
     threshold: float = 0.85
     max_local_diff: float = 0.42
     search: str = "auto"
-    cell_size: int = 2048
+    cell_size: int = 1024
     probes: int = 3
 
     def __post_init__(self):
@@ -84,26 +87,16 @@ def _global(vectors: np.ndarray, cfg: DupConfig) -> list[tuple[int, int, float]]
             for j, s in zip(nbrs[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]]) if j > i]
 
 
-def nearest_cells(vectors: np.ndarray, centres: np.ndarray, k: int, block: int = 100_000) -> np.ndarray:
-    """Each row's ``k`` most similar cell centres (exact up to 4,096 cells, HNSW beyond: linear in rows)."""
-    k = min(k, len(centres))
-    if len(centres) <= 4096:
-        index = faiss.IndexFlatIP(centres.shape[1])
-    else:
-        index = faiss.IndexHNSWFlat(centres.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = max(64, 4 * k)
-    index.add(centres)
-    return np.concatenate([index.search(vectors[i:i + block], k)[1] for i in range(0, len(vectors), block)])
-
-
-def cells_of(vectors: np.ndarray, labels: np.ndarray, cfg: DupConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's cell (its map cluster, split by k-means into parts of about ``cell_size``) and each cell's
-    unit centroid."""
+def cells_of(vectors: np.ndarray, labels: np.ndarray, cfg: DupConfig,
+             seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's cell (its map cluster, split by k-means into parts of about ``cell_size``: a cluster of
+    ``m`` rows gets ``round(m / cell_size)`` parts, so cells keep their size as the workspace grows), each cell's
+    unit centroid, and the cluster each cell belongs to."""
     cell = np.empty(len(vectors), dtype=np.int64)
-    centres = []
+    centres, owner = [], []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        parts = -(-len(members) // cfg.cell_size)
+        parts = max(1, round(len(members) / cfg.cell_size))
         if parts > 1:
             km = faiss.Kmeans(vectors.shape[1], parts, niter=10, seed=seed + int(c), spherical=True,
                               max_points_per_centroid=256)
@@ -115,33 +108,71 @@ def cells_of(vectors: np.ndarray, labels: np.ndarray, cfg: DupConfig, seed: int 
             cell[members[sub == s]] = len(centres)
             centre = vectors[members[sub == s]].mean(0)
             centres.append(centre / max(float(np.linalg.norm(centre)), 1e-12))
-    return cell, np.asarray(centres, dtype=np.float32)
+            owner.append(int(c))
+    return cell, np.asarray(centres, dtype=np.float32), np.asarray(owner, dtype=np.int64)
+
+
+def nearest_cells(vectors: np.ndarray, labels: np.ndarray, cell: np.ndarray, centres: np.ndarray,
+                  owner: np.ndarray, k: int, near: int = NEAR_CLUSTERS) -> np.ndarray:
+    """Each row's ``k`` most similar cell centres other than its own ``cell``, among the cells of its cluster and
+    the ``near`` - 1 clusters nearest to it (by the mean of their cells' centres). A row is compared with a
+    bounded number of centres however many cells there are, so this stays linear in rows (an exact scan of every
+    centre grew with rows x cells: about 1,500 cells at 3 M rows)."""
+    clusters = np.unique(owner)
+    slot = np.searchsorted(clusters, owner)
+    means = np.zeros((len(clusters), centres.shape[1]), dtype=np.float32)
+    np.add.at(means, slot, centres)
+    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    neighbours = np.argsort(-(means @ means.T), axis=1, kind="stable")[:, :near]
+    cells_in = [np.flatnonzero(slot == i) for i in range(len(clusters))]
+    out = np.empty((len(vectors), k), dtype=np.int64)
+    row_slot = np.searchsorted(clusters, labels)
+    order = np.argsort(row_slot, kind="stable")
+    starts = np.searchsorted(row_slot[order], np.arange(len(clusters) + 1))
+    for i in range(len(clusters)):
+        rows = order[starts[i]:starts[i + 1]]
+        if not len(rows):
+            continue
+        candidates = np.concatenate([cells_in[j] for j in neighbours[i]])
+        for begin in range(0, len(rows), 65_536):
+            part = rows[begin:begin + 65_536]
+            sims = vectors[part] @ centres[candidates].T
+            sims[cell[part][:, None] == candidates[None, :]] = -np.inf  # the own cell is searched anyway
+            top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+            picked = candidates[top]
+            if picked.shape[1] < k:  # fewer candidate cells than probes: repeat the best (deduplicated later)
+                picked = np.concatenate([picked, np.repeat(picked[:, :1], k - picked.shape[1], axis=1)], axis=1)
+            out[part] = picked
+    return out
 
 
 def _cluster_local(vectors, labels, cfg: DupConfig, progress: bool) -> list[tuple[int, int, float]]:
-    cell, centres = cells_of(vectors, labels, cfg)
-    probed = np.concatenate([nearest_cells(vectors, centres, cfg.probes), cell[:, None]], axis=1)
-    probes = np.unique(np.stack([probed.ravel(), np.repeat(np.arange(len(vectors)), probed.shape[1])], axis=1),
-                       axis=0)  # (cell, row), each once, sorted by cell
-    starts = np.searchsorted(probes[:, 0], np.arange(len(centres) + 1))
+    cell, centres, owner = cells_of(vectors, labels, cfg)
+    probed = np.concatenate([nearest_cells(vectors, labels, cell, centres, owner, cfg.probes), cell[:, None]], axis=1)
+    n = len(vectors)
+    keys = np.unique(probed.ravel() * n + np.repeat(np.arange(n), probed.shape[1]))  # (cell, row) once, by cell
+    probe_cell, probe_row = keys // n, keys % n
+    starts = np.searchsorted(probe_cell, np.arange(len(centres) + 1))
     by_cell = np.argsort(cell, kind="stable")
     cell_starts = np.searchsorted(cell[by_cell], np.arange(len(centres) + 1))
     found = []
     bar = tqdm(range(len(centres)), desc="duplicate candidates", unit="cell", disable=not progress)
     for j in bar:
-        q = probes[starts[j]:starts[j + 1], 1]
+        q = probe_row[starts[j]:starts[j + 1]]
         if not len(q):
             continue
         m = by_cell[cell_starts[j]:cell_starts[j + 1]]
         sims = vectors[q] @ vectors[m].T
-        qi, mi = np.nonzero(sims >= cfg.threshold)
+        hit = np.flatnonzero(sims.max(axis=1) >= cfg.threshold)  # candidates are rare: scan only their rows
+        qi, mi = np.nonzero(sims[hit] >= cfg.threshold)
+        qi = hit[qi]
         keep = q[qi] != m[mi]
         a, b = q[qi[keep]], m[mi[keep]]
         found.append(np.stack([np.minimum(a, b), np.maximum(a, b), sims[qi[keep], mi[keep]]], axis=1))
     if not found:
         return []
     rows = np.concatenate(found)
-    _, first = np.unique(rows[:, 0] * len(vectors) + rows[:, 1], return_index=True)
+    _, first = np.unique(rows[:, 0] * n + rows[:, 1], return_index=True)
     return [(int(a), int(b), float(s)) for a, b, s in rows[np.sort(first)]]
 
 
