@@ -15,6 +15,10 @@
    "print" vs "sticker": the camera cannot say). Asking for both directions matters:
    a visual word swapped with a name looks decisive one way only. What remains is
    stored with every number, dropped pairs included.
+4. **Kinds are transitive**: where "left" ~ "right" and "right" ~ "bottom" both passed,
+   "left" ~ "bottom" is a candidate too, even if one phrasing says "at left" and
+   another "near the bottom edge" so their slots never met. One such round, at most
+   ``hop_candidates`` per word, tested like the rest.
 
 Single words embedded out of context were tried first: a small text tower trained
 on captions maps lone words to nearly one point (cosine above 0.9 for unrelated
@@ -48,6 +52,10 @@ class MiningConfig:
     max_vocabulary: int = 800
     min_count: int = 3
     candidates: int = 8  # most similar words tested per word
+    # second round: words two kept pairs away, most slot-similar first; on the contrast world (60 scenes, phrasings
+    # the product never saw) position words of different phrasings met only through a third word ("low" ~ "right"
+    # ~ "left"), and this round lifted position contrast from 0.86 to 0.89
+    hop_candidates: int = 4
     min_similarity: float = 0.4  # slot similarity below this is not "of a kind"
     # captions each direction of a swap is tested on: with 8, on a world where most captions are wrong somewhere,
     # the size words' swaps measured -0.03..+0.06 from run to run and the set was lost; 32 held it (mining stays
@@ -81,8 +89,9 @@ def mine(ws: Workspace, model, cfg: MiningConfig = MiningConfig()) -> dict:
     images = EmbeddingStore(ws, "image").load()
     ws.release()
     vocabulary = frequent_words([t for _, t in rows], cfg)
-    pairs = candidate_pairs([t for _, t in rows], vocabulary, cfg)
-    tested = test_swaps(rows, images, pairs, model, cfg)
+    sims = slot_similarity([t for _, t in rows], vocabulary) if len(vocabulary) >= 2 else np.zeros((0, 0))
+    tested = test_swaps(rows, images, candidate_pairs(vocabulary, sims, cfg), model, cfg)
+    tested += test_swaps(rows, images, two_step_pairs(vocabulary, sims, tested, cfg), model, cfg)
     names = names_among(tested, cfg)
     for p in tested:
         p["kept"] = p["kept"] and p["a"] not in names and p["b"] not in names
@@ -136,23 +145,42 @@ def slot_similarity(texts: list[str], vocabulary: list[str]) -> np.ndarray:
     return ppmi @ ppmi.T
 
 
-def candidate_pairs(texts: list[str], vocabulary: list[str], cfg: MiningConfig) -> list[tuple[str, str, float]]:
-    """Unordered (word, word, slot similarity) pairs: each word with its most similar words."""
-    if len(vocabulary) < 2:
-        return []
-    sims = slot_similarity(texts, vocabulary)
-    np.fill_diagonal(sims, -1.0)
+def candidate_pairs(vocabulary: list[str], sims: np.ndarray, cfg: MiningConfig) -> list[tuple[str, str, float]]:
+    """Unordered (word, word, slot similarity) pairs: each word with its most similar words (``sims`` from
+    :func:`slot_similarity`)."""
     pairs: dict[tuple[str, str], float] = {}
     for i, word in enumerate(vocabulary):
-        for j in np.argsort(-sims[i])[:cfg.candidates]:
-            if sims[i, j] >= cfg.min_similarity:
+        for j in np.argsort(-sims[i])[:cfg.candidates + 1]:
+            if j != i and sims[i, j] >= cfg.min_similarity:
                 pairs[tuple(sorted((word, vocabulary[j])))] = float(sims[i, j])
+    return [(a, b, s) for (a, b), s in sorted(pairs.items())]
+
+
+def two_step_pairs(vocabulary: list[str], sims: np.ndarray, tested: list[dict],
+                   cfg: MiningConfig) -> list[tuple[str, str, float]]:
+    """Untested pairs of words joined through a third by two kept pairs; each word's ``hop_candidates`` most
+    slot-similar ones."""
+    index = {w: i for i, w in enumerate(vocabulary)}
+    kept: dict[str, set[str]] = defaultdict(set)
+    for p in tested:
+        if p["kept"]:
+            kept[p["a"]].add(p["b"])
+            kept[p["b"]].add(p["a"])
+    seen = {(p["a"], p["b"]) for p in tested}
+    pairs: dict[tuple[str, str], float] = {}
+    for word in sorted(kept):
+        reach = {c for b in kept[word] for c in kept[b]} - kept[word] - {word}
+        reach = [c for c in reach if tuple(sorted((word, c))) not in seen]
+        for c in sorted(reach, key=lambda c: (-sims[index[word], index[c]], c))[:cfg.hop_candidates]:
+            pairs[tuple(sorted((word, c)))] = float(sims[index[word], index[c]])
     return [(a, b, s) for (a, b), s in sorted(pairs.items())]
 
 
 def test_swaps(rows: list[tuple[int, str]], images, pairs, model, cfg: MiningConfig) -> list[dict]:
     """Make each swap, both ways, in up to ``probes`` captions per direction (spread over the sample); measure
     the text similarity and, per direction, how much the image prefers the written word."""
+    if not pairs:
+        return []
     by_word: dict[str, list[int]] = defaultdict(list)
     for r in np.random.default_rng(cfg.seed).permutation(len(rows)).tolist():
         for word in set(t.word for t in tokens(rows[r][1])):
