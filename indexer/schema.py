@@ -21,15 +21,19 @@ CURATOR = "curator"
 
 @dataclass(frozen=True)
 class Table:
-    """One table: its name, the command that fills it, its columns (DDL) and secondary indexes (name, column)."""
+    """One table: its name, the command that fills it, its columns (DDL), secondary indexes (name, column) and
+    the nullable columns added since the table first shipped (a workspace made before gains them when it is
+    next opened for writing; their rows read NULL until recomputed)."""
 
     name: str
     owner: str
     columns: str
     indexes: tuple[tuple[str, str], ...] = ()
+    added: tuple[str, ...] = ()
 
     def statements(self) -> list[str]:
         return [f"CREATE TABLE IF NOT EXISTS {self.name} ({self.columns})",
+                *(f"ALTER TABLE {self.name} ADD COLUMN IF NOT EXISTS {column}" for column in self.added),
                 *(f"CREATE INDEX IF NOT EXISTS {index} ON {self.name} ({column})" for index, column in self.indexes)]
 
 
@@ -63,7 +67,8 @@ PRODUCT_TABLES = (
                                     "text_similarity DOUBLE, image_effect DOUBLE, tested INTEGER, kept BOOLEAN, "
                                     "decided BIGINT, PRIMARY KEY (word, alternative)"),
     Table("caption_contrast", "score", "caption_id BIGINT PRIMARY KEY, contrast DOUBLE, claims INTEGER, "
-                                       "variants INTEGER, lost_claim VARCHAR, lost_to VARCHAR, computed_at TIMESTAMP"),
+                                       "variants INTEGER, lost_claim VARCHAR, lost_to VARCHAR, computed_at TIMESTAMP",
+          added=("substitution DOUBLE", "exchange DOUBLE")),
     Table("reward_versions", "score", "version INTEGER PRIMARY KEY, kind VARCHAR NOT NULL, provenance VARCHAR, "
                                       "created_at TIMESTAMP"),
     Table("rewards", "score", "sample_id BIGINT NOT NULL, version INTEGER NOT NULL, value DOUBLE, "

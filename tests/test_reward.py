@@ -152,6 +152,32 @@ def test_contrast_variants_and_swapped_alt_text_loses_to_its_fix(demo_ws):
     assert roc_auc_score([y for y, _ in scored], [v for _, v in scored]) >= 0.95
 
 
+def test_contrast_is_kept_per_kind_of_variant_and_older_workspaces_gain_it(demo_copy):
+    from curation.claims.sets import ContrastSets
+    from curation.scores.contrast import score_contrast
+    from indexer.models import open_workspace_model
+
+    def margins(ws):
+        return ws.rows("SELECT caption_id, contrast, substitution, exchange FROM caption_contrast ORDER BY 1")
+    with Workspace(demo_copy) as ws:
+        before = margins(ws)
+        ws.execute("ALTER TABLE caption_contrast DROP COLUMN substitution")
+        ws.execute("ALTER TABLE caption_contrast DROP COLUMN exchange")  # as written by an older altlens
+    judged = [(c, s, e) for _, c, s, e in before if c is not None]
+    assert judged and all(c == pytest.approx(min(v for v in (s, e) if v is not None)) for c, s, e in judged)
+    assert any(e is not None for _, _, e in judged) and any(e is None for _, _, e in judged), "exchanges need two claims of a kind"
+    assert all(s is None and e is None for _, c, s, e in before if c is None)
+    with Workspace(demo_copy) as ws:
+        assert all(s is None and e is None for _, _, s, e in margins(ws)), "the columns come back empty"
+        report = score_contrast(ws, open_workspace_model(ws, None), ContrastSets.load(ws), progress=False)
+        assert report["captions"] == len(judged), "only rows whose per-kind margins are missing are scored again"
+        after = margins(ws)
+    assert [r[0] for r in after] == [r[0] for r in before]
+    differ = [(a, b) for a, b in zip(after, before)
+              if not all(x == y if y is None else x == pytest.approx(y, abs=1e-5) for x, y in zip(a[1:], b[1:]))]
+    assert not differ, (len(differ), differ[:3])
+
+
 def test_first_queue_reaches_both_classes_quickly(demo_copy):
     """Before any learned reward, a curator labelling what the queue proposes (here: the demo's truth) has
     enough of both classes to train within 3 x MIN_PER_CLASS labels, and is told what is missing meanwhile."""

@@ -38,6 +38,11 @@ class Variant:
     claim: str
     replacement: str
 
+    @property
+    def exchange(self) -> bool:
+        """Two claims swapped between the things they describe (else one claim substituted)."""
+        return "<->" in self.claim
+
 
 class ContrastSets:
     """word -> alternatives, best first (with their similarity)."""

