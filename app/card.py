@@ -74,11 +74,15 @@ def _column(captions: list[dict], kind: str, title: str) -> str:
     count = f" · {distinct} distinct of {total}" if total > 1 else ""
     same = f" (×{repeats})" if repeats > 1 else ""
     lost = f'<div class="al-lost">claim that lost: {escape(lost_text(best))}</div>' if best.get("lost_claim") else ""
+    # the binding check on its own: a weaker substitution can be the one that lost while an exchange failed too
+    exchange = (f' <span title="the caption against its exchanges alone (two claims swapped between the things '
+                f'they describe)">(exchange {_num(best["exchange"])})</span>' if best.get("exchange") is not None
+                else "")
     text = escape(best["text"]) if best["text"].strip() else '<span class="al-none">(empty)</span>'
     return (f'<div class="al-col" data-source="{kind}" title="{escape(best["producer"] or "", quote=True)}">'
             f'<div class="al-head">{title}{count}</div><p class="al-text">{text}{same}</p>'
             f'<div class="al-scores">clip_score {_num(best["clip_score"])} · contrast {_num(best["contrast"])}'
-            f' · cycle {_num(best["cycle"], 1)}</div>{lost}'
+            f'{exchange} · cycle {_num(best["cycle"], 1)}</div>{lost}'
             f'<div class="al-meta">by {escape(best["producer"] or "?")}</div></div>')
 
 

@@ -241,13 +241,14 @@ def test_card_escapes_every_caption_and_label():
     base = {"producer": '"><script>', "clip_score": 0.5, "cycle": 1.0, "contrast": -0.01, "lost_claim": "<b>",
             "lost_to": "<i>"}
     detail = {"id": 7, "cluster": 2, "reward": 0.4, "captions": [
-        {"source_kind": "alt", "idx": 0, "text": evil, **base},
+        {"source_kind": "alt", "idx": 0, "text": evil, **base, "exchange": -0.042},
         {"source_kind": "syn", "idx": 0, "text": "a cat", **base}, {"source_kind": "syn", "idx": 1, "text": "a cat",
                                                                     **base}]}
     html = card_html(detail, None, {"alignment": "good", "preference": None, "tags": ["<u>x</u>"]})
     assert "<script" not in html and "<img src=x" not in html and "<b>" not in html and "<u>" not in html
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html and "tag: &lt;u&gt;x&lt;/u&gt;" in html
     assert "1 distinct of 2" in html and "(×2)" in html and "labelled good" in html and "fused" in html
+    assert html.count("(exchange -0.042)") == 1, "the binding check shows where the caption has exchanges"
 
 
 @pytest.mark.browser

@@ -100,7 +100,7 @@ def sample_detail(ws: Workspace, sample_id: int) -> dict:
         raise ViewError(f"no sample with id {sample_id}")
     detail = rows[0]
     detail["captions"] = ws.dicts("""SELECT c.source_kind, c.producer, c.idx, c.text, cs.clip_score, cs.cycle,
-                                            cc.contrast, cc.lost_claim, cc.lost_to
+                                            cc.contrast, cc.exchange, cc.lost_claim, cc.lost_to
                                      FROM captions c LEFT JOIN caption_scores cs ON cs.caption_id = c.id
                                      LEFT JOIN caption_contrast cc ON cc.caption_id = c.id
                                      WHERE c.sample_id = ? ORDER BY CASE c.source_kind WHEN 'alt' THEN 0
