@@ -169,8 +169,12 @@ def test_contrast_is_kept_per_kind_of_variant_and_older_workspaces_gain_it(demo_
     assert all(s is None and e is None for _, c, s, e in before if c is None)
     with Workspace(demo_copy) as ws:
         assert all(s is None and e is None for _, _, s, e in margins(ws)), "the columns come back empty"
+        # keep the test short: all but the first 60 judged rows get their margins back as stored
+        first = [c for c, value, *_ in before if value is not None][:60]
+        stored = [(s, e, c) for c, value, s, e in before if value is not None and c not in set(first)]
+        ws.executemany("UPDATE caption_contrast SET substitution = ?, exchange = ? WHERE caption_id = ?", stored)
         report = score_contrast(ws, open_workspace_model(ws, None), ContrastSets.load(ws), progress=False)
-        assert report["captions"] == len(judged), "only rows whose per-kind margins are missing are scored again"
+        assert report["captions"] == len(first), "only rows whose per-kind margins are missing are scored again"
         after = margins(ws)
     assert [r[0] for r in after] == [r[0] for r in before]
     differ = [(a, b) for a, b in zip(after, before)
