@@ -35,7 +35,8 @@ from curation.views.search import Searcher
 from indexer.schema import SOURCE_KINDS
 from indexer.store import Workspace
 
-CAPTION_COLUMNS = ["source", "producer", "#", "caption", "clip_score", "cycle", "contrast", "claim that lost"]
+CAPTION_COLUMNS = ["source", "producer", "#", "caption", "clip_score", "cycle", "contrast", "exchange",
+                   "claim that lost"]
 MAX_QUERY = 500
 
 
@@ -333,7 +334,7 @@ def collapse_repeats(captions: list[dict]) -> tuple[list[list], list[str]]:
             row[3] = f"{c['text']}  (×{count + 1})"
             continue
         row = [c["source_kind"], c["producer"], str(c["idx"]), c["text"], _fmt(c["clip_score"]), _fmt(c["cycle"]),
-               _fmt(c["contrast"]), lost_text(c)]
+               _fmt(c["contrast"]), _fmt(c.get("exchange")), lost_text(c)]
         first[key] = (row, 1)
         rows.append(row)
     return rows, syn

@@ -16,6 +16,10 @@ SCORES: dict[str, tuple[str, str, str]] = {
     "contrast": ("does the image prefer this caption to the same caption with one claim changed: cosine of the "
                  "caption minus the best changed variant", "about −0.2 to 0.2", "above 0 is right; below 0, a claim "
                                                                                     "lost"),
+    "exchange": ("the same as contrast against the caption's exchanges alone (two of its claims swapped between "
+                 "the things they describe: \"a red cup and a blue plate\" → \"a blue cup and a red plate\"); "
+                 "shown where a caption has two claims of one kind", "about −0.2 to 0.2",
+                 "below 0: the image binds the attributes the other way"),
     "claim that lost": ("the word the image rejected and the word it preferred", "", ""),
     "agreement": ("alt-text and synthetic captions say the same: cosine of the alt-text and the mean synthetic "
                   "caption embeddings", "−1 to 1", "higher: more agreement"),
@@ -35,7 +39,8 @@ SCORES: dict[str, tuple[str, str, str]] = {
 }
 
 # the scores beside every caption (the sample panel in each view)
-CAPTION_SCORES = ("alt / syn / fused", "clip_score", "cycle", "contrast", "claim that lost", "agreement", "reward")
+CAPTION_SCORES = ("alt / syn / fused", "clip_score", "cycle", "contrast", "exchange", "claim that lost", "agreement",
+                  "reward")
 
 
 def glossary_markdown(names: tuple[str, ...] | None = None) -> str:
