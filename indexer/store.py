@@ -289,11 +289,14 @@ class Workspace:
                                  f"understands ({SCHEMA_VERSION}); upgrade altlens to open it")
         if self.read_only:
             present = {r[0] for r in self.rows("SELECT table_name FROM information_schema.tables")}
+            columns = set(self.rows("SELECT table_name, column_name FROM information_schema.columns"))
             missing = sorted(t.name for t in PRODUCT_TABLES if t.name not in present)
+            missing += sorted(f"{t.name}.{c.split()[0]}" for t in PRODUCT_TABLES if t.name in present
+                              for c in t.added if (t.name, c.split()[0]) not in columns)
             if missing:
-                raise WorkspaceError(f"workspace {self.root} was made by an older altlens and lacks the tables "
-                                     f"{', '.join(missing[:4])}; open it once for writing (any command that writes, "
-                                     "such as 'altlens score') to add them")
+                raise WorkspaceError(f"workspace {self.root} was made by an older altlens and lacks the tables or "
+                                     f"columns {', '.join(missing[:4])}; open it once for writing (any command "
+                                     "that writes, such as 'altlens score') to add them")
 
     def has_table(self, name: str) -> bool:
         return bool(self.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]))

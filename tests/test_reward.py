@@ -18,7 +18,7 @@ from demo.reward_sim import (
     simulate_preferences,
     truth_by_id,
 )
-from indexer.store import Workspace
+from indexer.store import Workspace, WorkspaceError
 
 
 @pytest.fixture()
@@ -167,6 +167,9 @@ def test_contrast_is_kept_per_kind_of_variant_and_older_workspaces_gain_it(demo_
     assert judged and all(c == pytest.approx(min(v for v in (s, e) if v is not None)) for c, s, e in judged)
     assert any(e is not None for _, _, e in judged) and any(e is None for _, _, e in judged), "exchanges need two claims of a kind"
     assert all(s is None and e is None for _, c, s, e in before if c is None)
+    with pytest.raises(WorkspaceError, match=r"lacks the tables or columns caption_contrast\.exchange, "
+                                             r"caption_contrast\.substitution; open it once for writing"):
+        Workspace(demo_copy, read_only=True)  # what a read-only server would query is not there yet
     with Workspace(demo_copy) as ws:
         assert all(s is None and e is None for _, _, s, e in margins(ws)), "the columns come back empty"
         # keep the test short: all but the first 60 judged rows get their margins back as stored
