@@ -90,8 +90,9 @@ def mine(ws: Workspace, model, cfg: MiningConfig = MiningConfig()) -> dict:
     ws.release()
     vocabulary = frequent_words([t for _, t in rows], cfg)
     sims = slot_similarity([t for _, t in rows], vocabulary) if len(vocabulary) >= 2 else np.zeros((0, 0))
-    tested = test_swaps(rows, images, candidate_pairs(vocabulary, sims, cfg), model, cfg)
-    tested += test_swaps(rows, images, two_step_pairs(vocabulary, sims, tested, cfg), model, cfg)
+    vectors: dict[str, np.ndarray] = {}
+    tested = test_swaps(rows, images, candidate_pairs(vocabulary, sims, cfg), model, cfg, vectors)
+    tested += test_swaps(rows, images, two_step_pairs(vocabulary, sims, tested, cfg), model, cfg, vectors)
     names = names_among(tested, cfg)
     for p in tested:
         p["kept"] = p["kept"] and p["a"] not in names and p["b"] not in names
@@ -176,9 +177,11 @@ def two_step_pairs(vocabulary: list[str], sims: np.ndarray, tested: list[dict],
     return [(a, b, s) for (a, b), s in sorted(pairs.items())]
 
 
-def test_swaps(rows: list[tuple[int, str]], images, pairs, model, cfg: MiningConfig) -> list[dict]:
+def test_swaps(rows: list[tuple[int, str]], images, pairs, model, cfg: MiningConfig,
+               vectors: dict[str, np.ndarray] | None = None) -> list[dict]:
     """Make each swap, both ways, in up to ``probes`` captions per direction (spread over the sample); measure
-    the text similarity and, per direction, how much the image prefers the written word."""
+    the text similarity and, per direction, how much the image prefers the written word. ``vectors``: texts
+    embedded by an earlier round (filled in place, so no text is encoded twice)."""
     if not pairs:
         return []
     by_word: dict[str, list[int]] = defaultdict(list)
@@ -193,7 +196,8 @@ def test_swaps(rows: list[tuple[int, str]], images, pairs, model, cfg: MiningCon
                 sample_id, text = rows[r]
                 token = next(t for t in tokens(text) if t.word == source)
                 probes.append((p, direction, sample_id, text, replace_word(text, token, target)))
-    vectors = encode_unique([t for *_, o, s in probes for t in (o, s)], model, cfg)
+    vectors = {} if vectors is None else vectors
+    vectors.update(encode_unique([t for *_, o, s in probes for t in (o, s) if t not in vectors], model, cfg))
     gap = wrong_caption_gap(rows, images, vectors, model, cfg)
     stats: dict[tuple[int, int], list[tuple[float, float]]] = defaultdict(list)
     for p, direction, sample_id, original, swapped in probes:
