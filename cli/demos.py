@@ -42,15 +42,26 @@ def demo_train(
     paraphrase_share: float = typer.Option(0.0, min=0.0, max=1.0,
                                            help="Share of description captions worded by demo.paraphrase."),
     negatives_per_image: int = typer.Option(1, min=1, help="One-detail-wrong captions per image."),
+    hard_negative: list[str] = typer.Option(None, "--hard-negative",
+                                            help="Kind of one-detail-wrong caption to train against (colour, shape, "
+                                                 "size, position, background, binding); repeat the option for "
+                                                 "several, name a kind twice to draw it twice as often. Default: "
+                                                 "every kind, equally."),
 ):
     """Train the demo CLIP and captioner on CPU (from scratch, or --init-from a checkpoint); write the model card.
-    The shipped CLIP: 1200 steps from scratch, then --init-from it --steps 300 --lr 3e-4 --warmup 20
-    --captioner-steps 0."""
+    The shipped CLIP's stages are listed in its model card (demo/model/MODEL_CARD.md)."""
     from demo import MODEL_DIR
+    from demo.phrasings import HARD_KINDS
     from demo.train import TrainConfig, train
+
+    unknown = sorted(set(hard_negative or ()) - set(HARD_KINDS))
+    if unknown:
+        raise typer.BadParameter(f"unknown kind {', '.join(unknown)}; known: {', '.join(HARD_KINDS)}",
+                                 param_hint="--hard-negative")
 
     cfg = TrainConfig(out_dir=out_dir or str(MODEL_DIR), steps=steps, n_train=n_train, seed=seed,
                       captioner_steps=captioner_steps, init_from=init_from, lr=lr, warmup=warmup,
-                      paraphrase_share=paraphrase_share, negatives_per_image=negatives_per_image)
+                      paraphrase_share=paraphrase_share, negatives_per_image=negatives_per_image,
+                      hard_negatives=tuple(hard_negative) if hard_negative else HARD_KINDS)
     numbers = train(cfg)
     echo_json({k: v for k, v in numbers.items() if k != "caption_examples"})

@@ -66,7 +66,8 @@ class TrainConfig:
     negatives_per_image: int = 1
     junk_negatives: int = 16
     # one-attribute-wrong captions of these kinds are each image's hard negatives (the first shipped model used
-    # colour and shape only and could barely tell sizes, positions, backgrounds or bindings apart)
+    # colour and shape only and could barely tell sizes, positions, backgrounds or bindings apart); a kind named
+    # twice is drawn twice as often
     hard_negatives: tuple[str, ...] = HARD_KINDS
     eval_n: int = 400
     threads: int = 2
@@ -227,7 +228,11 @@ LINEAGE = ("1200 steps of batch 256 from scratch, lr 1e-3, with colour and shape
            "about 22 min on the machine that trained it); then 300 steps with every kind of negative, lr 3e-4 "
            "(13.9 min, fp32); then 400 steps, lr 3e-4, warm-up 20, with 60% of the description captions worded by "
            "demo/paraphrase.py and two one-detail-wrong captions per image worded like their positive "
-           "(`--paraphrase-share 0.6 --negatives-per-image 2`, 18.9 min, fp32)")
+           "(`--paraphrase-share 0.6 --negatives-per-image 2`, 18.9 min, fp32); then 600 steps, lr 3e-4, warm-up 20, "
+           "paraphrases at 70% and three one-detail-wrong captions per image, size, position and binding drawn twice "
+           "as often as the other kinds (`--paraphrase-share 0.7 --negatives-per-image 3`, `--hard-negative` colour, "
+           "shape, size x2, position x2, background, binding x2; 33.1 min, fp32); then 600 steps the same way with "
+           "size drawn three times as often (29.0 min, fp32)")
 PREVIOUS_CLIP = LINEAGE
 
 
@@ -236,13 +241,23 @@ def clip_line(cfg: TrainConfig, minutes: dict) -> str:
         return (f"- CLIP: kept from the previous `altlens demo-train` run ({PREVIOUS_CLIP}); this run trained the "
                 "captioner only (`--steps 0 --init-from` the shipped CLIP).")
     return (f"- CLIP: {clip_stage(cfg)} {cfg.steps} steps of batch {cfg.batch} ({minutes['clip']:.1f} min wall time, "
-            f"{cfg.precision}),\n  AdamW lr {cfg.lr}, cosine schedule.")
+            f"{cfg.precision}),\n  AdamW lr {cfg.lr}, warm-up {cfg.warmup}, cosine schedule; "
+            f"{cfg.paraphrase_share:.0%} of the description captions worded by demo/paraphrase.py, "
+            f"{cfg.negatives_per_image} one-detail-wrong caption(s) per image.")
 
 
 def clip_stage(cfg: TrainConfig) -> str:
     if not cfg.init_from:
         return "from scratch,"
     return f"continued from `{Path(cfg.init_from).name}`; the shipped CLIP's stages: {LINEAGE}. This stage:"
+
+
+def kinds_text(kinds: tuple[str, ...]) -> str:
+    """"colour, shape, size (x2)": the hard-negative kinds in order, with how much more often a repeated one is drawn."""
+    counts: dict[str, int] = {}
+    for kind in kinds:
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(kind if n == 1 else f"{kind} (x{n})" for kind, n in counts.items())
 
 
 def kind_rows(numbers: dict) -> str:
@@ -305,7 +320,7 @@ ViT (its decoder reads the ViT's output tokens), so the demo uses a ResNet CLIP 
 {clip_line(cfg, minutes)}
   Contrastive texts are {int(cfg.alt_style_share * 100)}% web-style alt-text with brands and places, so the
   text tower learns to ignore what the camera cannot see; the image->text term also has each image's
-  one-attribute-wrong caption (one of: {", ".join(cfg.hard_negatives)}; NegCLIP-style) and {cfg.junk_negatives}
+  one-attribute-wrong caption (one of: {kinds_text(cfg.hard_negatives)}; NegCLIP-style) and {cfg.junk_negatives}
   junk/empty alt-texts as extra negatives
   (attribute binding; junk describes no image).
 {captioner_line(cfg, minutes)}

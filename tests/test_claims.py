@@ -172,13 +172,13 @@ def contrast_world(tmp_path_factory):
 
 
 # Kinds the shipped demo CLIP does not yet reach on phrasings it never saw (measured on this 60-scene world with
-# the CLIP of demo/model/MODEL_CARD.md; best of contrast and learned reward). Trained on paraphrases
-# (demo/paraphrase.py), it tells sizes and positions apart at 0.75 and 0.74 in the wordings used here (0.90 and
-# 0.91 in its own; model card). A further text-tower stage (paraphrases at 80%, four negatives per image) raised
-# those to 0.78 and 0.77 but left contrast where it was (size 0.87, position 0.85), so it was not shipped.
-# Mining's second round (words two kept pairs apart) lifted position from 0.86 to 0.89.
+# the CLIP of demo/model/MODEL_CARD.md; best of contrast and learned reward). History: trained on paraphrases, size
+# 0.91 and position 0.86; mining's second round (words two kept pairs apart) lifted position to 0.89; two more
+# training stages with size, position and binding drawn more often as hard negatives (model card) lifted plain
+# cosine in these wordings from 0.75 / 0.74 to 0.85 / 0.81 and contrast to size 0.9298, position 0.96 (binding 0.82,
+# learned reward 0.93). A third such stage (400 steps) gave size 0.9275 and blunted binding's contrast; not shipped.
 # Strict: the day a better demo model meets a goal, this list must shrink.
-MISSED = {"size": 0.89, "position": 0.89}
+MISSED = {"size": 0.9298}
 
 
 @pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.xfail(

@@ -76,3 +76,21 @@ def test_world_is_seeded_and_plants_defaults():
     assert kinds == {"correct", "partial", "swapped", "unrelated", "junk", "empty"}
     dups = [s for s in generate_samples(400, seed=4) if s.dup_of]
     assert {s.dup_kind for s in dups} == {"exact", "near"}
+
+
+def test_training_draws_a_kind_named_twice_twice_as_often(tmp_path):
+    """``--hard-negative`` weights the one-detail-wrong captions the demo CLIP trains against (the stages that
+    lifted size and position drew those kinds more often); an unknown kind is refused before any work."""
+    import random
+    from collections import Counter
+
+    from demo.phrasings import hard_negative
+    from demo.train import kinds_text
+
+    rng = random.Random(5)
+    scenes = [random_scene(rng, TRAIN_WORLD) for _ in range(3000)]
+    drawn = Counter(hard_negative(s, rng, ("size", "size", "colour"))[0] for s in scenes)
+    assert set(drawn) == {"size", "colour"} and 1.7 < drawn["size"] / drawn["colour"] < 2.3, drawn
+    assert kinds_text(("colour", "size", "size", "binding")) == "colour, size (x2), binding"
+    proc = run_cli("demo-train", "--out-dir", str(tmp_path), "--hard-negative", "texture", check=False)
+    assert proc.returncode != 0 and "unknown kind texture" in proc.stderr and not any(tmp_path.iterdir())
