@@ -254,10 +254,8 @@ def clip_stage(cfg: TrainConfig) -> str:
 
 def kinds_text(kinds: tuple[str, ...]) -> str:
     """"colour, shape, size (x2)": the hard-negative kinds in order, with how much more often a repeated one is drawn."""
-    counts: dict[str, int] = {}
-    for kind in kinds:
-        counts[kind] = counts.get(kind, 0) + 1
-    return ", ".join(kind if n == 1 else f"{kind} (x{n})" for kind, n in counts.items())
+    from collections import Counter
+    return ", ".join(kind if n == 1 else f"{kind} (x{n})" for kind, n in Counter(kinds).items())
 
 
 def kind_rows(numbers: dict) -> str:
