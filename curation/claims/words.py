@@ -29,6 +29,7 @@ and or but if then else because while whereas although though unless whether
 s t d ll m re ve
 """.split())
 MAX_CHARS = 2000  # claims are read from the start of very long captions only
+MARK = re.compile(r"([^\w\s])\1*")  # a punctuation mark (a run of one mark counts once: "..." is ".")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,21 @@ class Token:
 def tokens(text: str) -> list[Token]:
     """Every word of ``text`` (up to ``MAX_CHARS``), with its span and its lower-cased form."""
     return [Token(m.start(), m.end(), m.group(0), m.group(0).lower()) for m in WORD.finditer(text[:MAX_CHARS])]
+
+
+def slots(text: str) -> list[str]:
+    """``text`` as the sequence a word's slot is read from: lower-cased words and the punctuation marks between
+    them, framed by ``<s>`` and ``</s>``. Marks are part of a slot: with words alone, "(large, at left)" and
+    "placed at left" put "large" and "placed" between the same words, and "large" -> "placed" was mined as a
+    contrast pair; with the brackets and the comma they share nothing."""
+    text = text[:MAX_CHARS]
+    out, last = ["<s>"], 0
+    for m in WORD.finditer(text):
+        out += [mark.group(0)[0] for mark in MARK.finditer(text, last, m.start())]
+        out.append(m.group(0).lower())
+        last = m.end()
+    out += [mark.group(0)[0] for mark in MARK.finditer(text, last)]
+    return out + ["</s>"]
 
 
 def title_cased(text: str) -> bool:
