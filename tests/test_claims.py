@@ -11,7 +11,7 @@ import pytest
 
 from curation.claims.mining import MiningConfig, candidate_pairs, frequent_words, slot_similarity, two_step_pairs
 from curation.claims.sets import ContrastSets
-from curation.claims.words import STOP_WORDS, claim_tokens
+from curation.claims.words import STOP_WORDS, claim_tokens, slots
 from demo.world import BACKGROUNDS, BRANDS, COLOURS, SHAPES, canonical_caption
 from indexer.store import Workspace
 
@@ -62,6 +62,24 @@ def test_words_two_kept_pairs_apart_are_tested_as_a_pair():
     pairs = {(a, b): s for a, b, s in two_step_pairs(vocabulary, sims, tested, MiningConfig())}
     assert pairs == {("bottom", "left"): 0.2, ("left", "top"): 0.0}, pairs
     assert not two_step_pairs(vocabulary, sims, tested, MiningConfig(hop_candidates=0))
+
+
+def test_punctuation_is_part_of_a_slot():
+    """Read as words alone, "(large, at left)" puts "large" where "placed" stands in "placed at left"; the
+    brackets and the comma say it is another slot, so "large" is offered "small", never "placed"."""
+    rng = random.Random(5)
+    captions = []
+    for _ in range(120):
+        size, colour, where = rng.choice(["large", "small", "medium"]), rng.choice(["red", "blue"]), rng.choice(
+            ["left", "right"])
+        captions += [f"{size} {colour} star placed at {where}", f"{colour} star ({size}, at {where})"]
+    assert slots("a star (large, at left).") == ["<s>", "a", "star", "(", "large", ",", "at", "left", ")", ".",
+                                                 "</s>"]
+    cfg = MiningConfig(min_count=2)
+    vocabulary = frequent_words(captions, cfg)
+    pairs = {(a, b) for a, b, _ in candidate_pairs(vocabulary, slot_similarity(captions, vocabulary), cfg)}
+    assert ("large", "small") in pairs and ("left", "right") in pairs, sorted(pairs)
+    assert not {p for p in pairs if "placed" in p}, sorted(pairs)
 
 
 def test_contrast_sets_are_stored_and_read_back(demo_ws):
