@@ -54,12 +54,10 @@ def slots(text: str) -> list[str]:
     contrast pair; with the brackets and the comma they share nothing."""
     text = text[:MAX_CHARS]
     out, last = ["<s>"], 0
-    for m in WORD.finditer(text):
-        out += [mark.group(0)[0] for mark in MARK.finditer(text, last, m.start())]
-        out.append(m.group(0).lower())
-        last = m.end()
-    out += [mark.group(0)[0] for mark in MARK.finditer(text, last)]
-    return out + ["</s>"]
+    for token in tokens(text):
+        out += [mark.group(0)[0] for mark in MARK.finditer(text, last, token.start)] + [token.word]
+        last = token.end
+    return out + [mark.group(0)[0] for mark in MARK.finditer(text, last)] + ["</s>"]
 
 
 def title_cased(text: str) -> bool:
