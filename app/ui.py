@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 
 import gradio as gr
 
@@ -34,6 +35,8 @@ from curation.views.glossary import CAPTION_SCORES
 from indexer.errors import AltlensError
 from indexer.store import Workspace
 
+log = logging.getLogger(__name__)
+
 CSS = """.tile-gallery img, .big-sample img { image-rendering: pixelated; }
 .big-sample img { width: 100% !important; height: 100% !important; object-fit: contain; }""" + CARD_CSS
 
@@ -53,6 +56,11 @@ def friendly(fn):
                 return fn(*args, **kwargs)
         except (UserError, ValueError, LookupError, AltlensError) as exc:
             raise gr.Error(str(exc)[:500]) from None
+        except Exception as exc:  # the request boundary: the log keeps the trace, the curator gets one line
+            log.exception("%s failed", fn.__name__)
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise gr.Error(f"that did not go through ({type(exc).__name__}{': ' + first if first else ''}); "
+                           "try again") from None
     return wrapper
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 TEMP_MARK = ".tmp-"
@@ -17,8 +18,9 @@ def fsync_dir(path: Path) -> None:
 
 
 def temp_name(path: Path) -> Path:
-    """Where ``path`` is staged before its rename: a hidden name carrying this process's id."""
-    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+    """Where ``path`` is staged before its rename: a hidden name carrying this process's id and this thread's,
+    so two threads writing the same file never share a temp file."""
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}")
 
 
 def atomic_write(path: Path, write) -> None:
@@ -45,7 +47,8 @@ def sweep_temp(folder: Path) -> int:
     if not folder.is_dir():
         return 0
     for path in folder.iterdir():
-        head, mark, pid = path.name.rpartition(TEMP_MARK)
+        head, mark, tail = path.name.rpartition(TEMP_MARK)
+        pid = tail.partition("-")[0]  # "PID-THREAD" (older altlens wrote "PID")
         if not mark or not head.startswith(".") or not pid.isdigit() or _alive(int(pid)):
             continue
         path.unlink(missing_ok=True)

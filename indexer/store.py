@@ -37,6 +37,18 @@ DISK_WORDS = ("no space left", "could not write", "disk quota", "read-only file 
 
 log = logging.getLogger(__name__)
 
+# One write at a time per workspace file in this process. DuckDB lets one process write, but its threads share
+# that process's connection: two transactions that each read ``max(id) + 1`` would take the same ids and the
+# same embedding chunk, and the one that loses at COMMIT has already replaced the winner's vectors on disk.
+_WRITE_LOCKS: dict[Path, threading.RLock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def write_lock(db_path: Path) -> threading.RLock:
+    """The lock every transaction on ``db_path`` holds in this process (threads of a server, a thread pool)."""
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(Path(db_path), threading.RLock())
+
 
 def now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -217,8 +229,10 @@ class Workspace:
 
     @contextmanager
     def transaction(self):
-        """A cursor inside BEGIN ... COMMIT (ROLLBACK on any error); a damaged or full disk is one clear error."""
-        with self.session():
+        """A cursor inside BEGIN ... COMMIT (ROLLBACK on any error); a damaged or full disk is one clear error.
+        Transactions on one workspace run one at a time in this process (see :func:`write_lock`), so ids
+        allocated inside one, and the files named after them, belong to it alone."""
+        with self.session(), write_lock(self.db_path):
             cur = self.cursor()
             cur.execute("BEGIN TRANSACTION")
             try:

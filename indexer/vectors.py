@@ -9,13 +9,14 @@ FAISS index can always be rebuilt from it.
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from indexer.files import atomic_write
-from indexer.store import Workspace
+from indexer.store import Workspace, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class EmbeddingStore:
 
     def write_chunk(self, start: int, vectors: np.ndarray) -> str:
         """Write rows [start, start + len) atomically; return the file name to record in DuckDB."""
-        name = f"{start:012d}-{start + len(vectors):012d}.npy"
+        name = _chunk_name(start, start + len(vectors))
         atomic_write(self.dir / name, lambda fh: np.save(fh, vectors.astype(np.float16)))
         return name
 
@@ -77,28 +78,47 @@ class EmbeddingStore:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def remove_orphans(self) -> int:
-        """Delete chunk files DuckDB does not reference and leftover temp files; return how many."""
+        """Delete chunk files DuckDB does not reference and leftover temp files; return how many. Holds the
+        workspace's write lock: a file another thread is about to commit is not an orphan."""
         if not self.dir.exists():
             return 0
-        known = {name for _, _, name in self.chunks()}
-        removed = 0
-        for path in self.dir.iterdir():
-            if path.name not in known:
-                path.unlink()
-                removed += 1
+        with write_lock(self.ws.db_path):
+            known = {name for _, _, name in self.chunks()}
+            removed = 0
+            for path in self.dir.iterdir():
+                if path.name not in known:
+                    path.unlink(missing_ok=True)
+                    removed += 1
         return removed
 
     def compact(self) -> None:
         """Merge all chunks into one file: write it, swap the rows in one transaction, delete the old files."""
-        chunks = self.chunks()
-        if len(chunks) <= 1:
-            return
-        merged = np.asarray(self.load(mmap=False))
-        name = self.write_chunk(0, merged)
-        with self.ws.transaction() as cur:
-            cur.execute("DELETE FROM emb_chunks WHERE kind = ?", [self.kind])
-            self.record_chunk(cur, 0, len(merged), name)
-        self.remove_orphans()
+        with write_lock(self.ws.db_path):  # no rows may be added between the read and the swap
+            chunks = self.chunks()
+            if len(chunks) <= 1:
+                return
+            for (start, n, _), (following, _, part) in zip(chunks, chunks[1:]):
+                if start + n != following:
+                    raise RuntimeError(f"{self.kind} embeddings have a gap at id {start + n} ({part} starts {following})")
+            total, dim = sum(n for _, n, _ in chunks), np.load(self.dir / chunks[0][2], mmap_mode="r").shape[1]
+            name = _chunk_name(0, total)
+
+            def write(fh):  # one chunk at a time: memory stays at a chunk, not the workspace
+                np.lib.format.write_array_header_1_0(fh, {"descr": np.dtype(np.float16).str,
+                                                          "fortran_order": False, "shape": (total, dim)})
+                for _, _, part in chunks:
+                    fh.write(np.ascontiguousarray(np.load(self.dir / part, mmap_mode="r"), np.float16).tobytes())
+            atomic_write(self.dir / name, write)
+            with self.ws.transaction() as cur:
+                cur.execute("DELETE FROM emb_chunks WHERE kind = ?", [self.kind])
+                self.record_chunk(cur, 0, total, name)
+            self.remove_orphans()
+
+
+def _chunk_name(start: int, stop: int) -> str:
+    """A chunk file's name: its id range and a random tag, so no other writer's file, committed or not, is ever
+    replaced by this one."""
+    return f"{start:012d}-{stop:012d}-{secrets.token_hex(4)}.npy"
 
 
 # ---------------------------------------------------------------- FAISS

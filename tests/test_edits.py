@@ -87,3 +87,46 @@ def test_card_shows_it_and_export_best_writes_it(curate):
     assert np.allclose(emb, curate.h.model.encode_texts([text])[0], atol=2e-3)
     other = ws.scalar("SELECT uid FROM samples WHERE id = ?", [sample - 1])
     assert json.loads(members[f"{other}.json"])["caption_source"] != CURATOR, "only the edited sample changes"
+
+
+def test_captions_saved_at_once_each_keep_their_own_embedding(curate):
+    """Curators saving at the same moment through one server (threads sharing one workspace): every save is
+    stored, and each stored caption's vector is its own text's, never a neighbour's (issue 31, finding 1: both
+    writers took the same chunk id, and the one refused at COMMIT had replaced the other's vectors)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    ws, model = curate.ws, curate.h.model
+    samples = [r[0] for r in ws.rows("SELECT id FROM samples WHERE status = 'ok' ORDER BY id LIMIT 24")]
+    texts = {s: f"{_truth(ws, s)}, checked by curator {i}" for i, s in enumerate(samples)}
+    start = threading.Barrier(4)
+
+    def save(batch):
+        start.wait()
+        return [curate.write_caption(s, texts[s], f"c{n}", "browser") for n, s in enumerate(batch)]
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(save, [samples[i::4] for i in range(4)]))
+    rows = ws.rows("SELECT id, sample_id, text FROM captions WHERE source_kind = ? ORDER BY id", [CURATOR])
+    assert sorted(r[1] for r in rows) == sorted(samples), "every save is stored once"
+    stored = np.asarray(EmbeddingStore(ws, "text").load(), dtype=np.float32)[[r[0] for r in rows]]
+    own = np.asarray(model.encode_texts([r[2] for r in rows]), dtype=np.float32)
+    cosines = np.sum(stored * own, axis=1)
+    assert cosines.min() > 0.999, f"captions stored with another caption's vector: {np.round(cosines, 3)}"
+
+
+def test_an_unexpected_failure_reaches_the_curator_as_one_line():
+    """A save that fails for a reason no handler expected says what failed (it was an empty toast)."""
+    import gradio as gr
+
+    from app.ui import friendly
+
+    class Boom:
+        ws = None
+
+        def save(self):
+            raise FileNotFoundError("embeddings/text/.chunk.npy.tmp-1")
+
+    with pytest.raises(gr.Error) as caught:
+        friendly(Boom().save)()
+    assert "FileNotFoundError" in caught.value.message and "try again" in caught.value.message
