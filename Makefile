@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.altlens-installed
 DEMO_WS ?= demo-workspace
 
-.PHONY: install demo test browser clean bench
+.PHONY: install peers demo test browser clean bench
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -13,6 +13,15 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Peer tools the tests check altlens against, with their real output (kept out of altlens's own dependencies).
+PEERS := $(VENV)/peers
+$(PEERS)/.installed: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(PEERS) clip-retrieval==2.45.0 all_clip==1.3.0 fire==0.7.1 \
+	  termcolor==3.3.0 clip-anytorch==2.6.0 embedding-reader==1.8.1 'setuptools<70'
+	touch $@
+
+peers: $(PEERS)/.installed
 
 # Debian's Chromium for the browser tests (Playwright never downloads a browser here).
 browser:
@@ -23,7 +32,7 @@ browser:
 demo: install
 	$(VENV)/bin/altlens demo --workspace $(DEMO_WS)
 
-test: install browser
+test: install peers browser
 	$(PY) -m pytest
 
 bench: install

@@ -7,6 +7,7 @@ notice; no stack trace reaches the browser.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 
 from app import charts
@@ -70,6 +71,9 @@ def one_of(value, allowed, name: str) -> str:
     return value
 
 
+PLACEHOLDER = Path(__file__).with_name("placeholder.png")  # the tile of a sample with no image at hand
+
+
 @dataclass
 class Handlers:
     """Read-only resources of one served workspace (module-level state holds nothing else)."""
@@ -87,9 +91,10 @@ class Handlers:
 
     # ------------------------------------------------------------ helpers
     def thumb(self, rel: str | None) -> str | None:
-        """Absolute path of a thumbnail inside the workspace thumbnail folder (nothing else is served)."""
+        """Absolute path of a thumbnail inside the workspace thumbnail folder (nothing else is served but the
+        placeholder of a sample with no image at hand, an imported row that was never downloaded)."""
         if not rel:
-            return None
+            return str(PLACEHOLDER)
         path = (self.thumbs / rel).resolve()
         return str(path) if path.is_relative_to(self.thumbs.resolve()) and path.is_file() else None
 

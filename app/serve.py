@@ -144,12 +144,13 @@ def make_server_app(workspace: str, read_only: bool, credentials):
     from starlette.routing import Mount
 
     from app.atlas_ui import plotly_js
+    from app.handlers import PLACEHOLDER
     from app.ui import CSS, build_app
     blocks = build_app(workspace, read_only=read_only)
     blocks.queue(default_concurrency_limit=4)
     api = fastapi.FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     api = gr.mount_gradio_app(api, blocks, path="/", auth=credentials, allowed_paths=[str(blocks.altlens_workspace
-                              .thumbs_dir), str(plotly_js())], show_error=False, footer_links=[], css=CSS, ssr_mode=False,
+                              .thumbs_dir), str(plotly_js()), str(PLACEHOLDER)], show_error=False, footer_links=[], css=CSS, ssr_mode=False,
                               enable_monitoring=False, pwa=False, mcp_server=False)
     if credentials:
         gradio_app = next(r.app for r in api.routes if isinstance(r, Mount))

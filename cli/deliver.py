@@ -30,6 +30,11 @@ def select(
                                              "reward."),
     concept: List[str] = typer.Option(None, help="A concept rule such as 'watermark<0.5' (repeatable; the "
                                                  "concept's latest scores, see 'altlens concept')."),
+    preset: str = typer.Option(None, help="A DataComp baseline applied first: datacomp-clip-score, datacomp-basic "
+                                          "or laion2b."),
+    fraction: float = typer.Option(0.3, help="datacomp-clip-score: the share of the whole pool it keeps."),
+    score: str = typer.Option(None, help="The score a preset uses (an imported score such as "
+                                         "datacomp.clip_l14_similarity_score, or altlens.alt_cosine)."),
 ):
     """Save a named selection (a rule set) and materialise its sample list; prints what each rule removed and,
     when a selection of that name existed, how many it held ("replaced")."""
@@ -41,7 +46,8 @@ def select(
                          clusters_in=tuple(cluster or ()), clusters_out=tuple(exclude_cluster or ()),
                          drop_duplicates=not keep_duplicates, labels=labels, per_cluster_k=per_cluster,
                          caption_policy=caption_policy, semdedup_eps=semdedup, semdedup_keep=keep,
-                         budget=budget, allocate=allocate, pick=pick, concepts=tuple(concept or ()))
+                         budget=budget, allocate=allocate, pick=pick, concepts=tuple(concept or ()),
+                         preset=preset, fraction=fraction, preset_score=score)
     with Workspace(workspace) as ws:
         preview = preview_selection(ws, rule)
         extra = {"steps": preview["steps"]} | ({"per_cluster": preview["per_cluster"]} if budget is not None else {})
@@ -52,7 +58,9 @@ def export(
     workspace: str = WORKSPACE,
     selection: str = typer.Option(..., help="A saved selection."),
     out: str = typer.Option(..., help="Output folder."),
-    format: str = typer.Option("datacompdr", "--format", help="datacompdr, webdataset, parquet or uids."),
+    format: str = typer.Option("datacompdr", "--format", help="datacompdr, webdataset, parquet, uids (uids.npy "
+                                                            "of uid strings), datacomp-subset (the sorted u8,u8 array "
+                                                            "DataComp's resharder.py --subset-file reads)."),
     shard_size: int = typer.Option(10_000, min=1),
     augmentations: int = typer.Option(0, min=0, help="Embed N random augmentations per image (datacompdr)."),
     keep_repeats: bool = typer.Option(False, help="Keep a captioner's identical captions of one image (default: "

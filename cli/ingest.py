@@ -1,4 +1,4 @@
-"""``altlens index``, ``stats`` and ``search``: build a workspace and look into it."""
+"""``altlens index``, ``import``, ``stats`` and ``search``: build a workspace and look into it."""
 from __future__ import annotations
 
 import json
@@ -42,6 +42,31 @@ def index(
                       allow_roots=tuple(allow_root or ()),
                       commit_rows=commit_every, engine=engine, ray_address=ray_address, ray_workers=ray_workers)
     echo_json(run_stage("index", workspace, cfg))
+
+
+def import_(
+    layout: str = typer.Argument(..., help="The pool's layout: datacomp or clip-retrieval."),
+    folder: str = typer.Argument(..., help="The pool's folder (DataComp: holding metadata/; clip-retrieval: "
+                                           "holding img_emb/, text_emb/, metadata/)."),
+    workspace: str = WORKSPACE,
+    embeddings: str = typer.Option("l14", help="datacomp: which vectors, l14 (OpenAI ViT-L-14) or b32 (ViT-B-32)."),
+    model: Optional[str] = typer.Option(None, help="open_clip model that made the vectors (datacomp: default "
+                                                   "from --embeddings; clip-retrieval: required)."),
+    pretrained: Optional[str] = typer.Option(None, help="Its pretrained tag (from the local cache), e.g. openai."),
+    checkpoint: Optional[str] = typer.Option(None, help="Or its local weights (.safetensors or a state dict)."),
+    precision: str = PRECISION,
+    device: str = DEVICE,
+    index_type: str = typer.Option("auto", help="FAISS index: auto (flat up to 100k, else ivf), flat, hnsw, ivf."),
+    commit_every: int = typer.Option(65536, min=1, help="Rows per atomic commit (what a crash can cost)."),
+):
+    """Import a pool's own embeddings and metadata (no image is embedded; resumable; nothing is fetched)."""
+    from curation.pipeline import run_stage
+    from indexer.importer import ImportConfig, model_for
+
+    spec = model_for(layout, embeddings, model, pretrained, checkpoint, device, precision)
+    cfg = ImportConfig(layout=layout, folder=folder, model=spec, embeddings=embeddings, commit_rows=commit_every,
+                       index_type=index_type)
+    echo_json(run_stage("import", workspace, cfg))
 
 
 def stats(workspace: str = WORKSPACE, as_json: bool = typer.Option(False, "--json", help="One JSON object.")):

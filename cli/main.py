@@ -15,7 +15,7 @@ from cli import curate, deliver, demos, ingest, review, web
 from indexer.errors import AltlensError
 
 COMMANDS = (
-    ("index", ingest.index), ("stats", ingest.stats), ("search", ingest.search),
+    ("index", ingest.index), ("import", ingest.import_), ("stats", ingest.stats), ("search", ingest.search),
     ("caption", curate.caption), ("fuse", curate.fuse), ("score", curate.score), ("map", curate.map_),
     ("semdedup", curate.semdedup), ("defaults", curate.defaults),
     ("label", review.label),

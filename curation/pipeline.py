@@ -14,7 +14,7 @@ from typing import Any, Callable
 from curation.captions import caption, fuse
 from curation.scores import score
 from curation.structure import map as map_stage
-from indexer import index
+from indexer import importer, index
 from indexer.store import Workspace
 
 
@@ -38,8 +38,14 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
+# Other ways into a workspace: they fill the same tables through the same writer, then the stages above follow.
+ENTRY_STAGES: tuple[Stage, ...] = (
+    Stage("import", importer.ImportConfig, importer.run, check=importer.check, creates_workspace=True),
+)
+
+
 def stage(name: str) -> Stage:
-    for candidate in STAGES:
+    for candidate in STAGES + ENTRY_STAGES:
         if candidate.name == name:
             return candidate
     raise ValueError(f"unknown stage {name!r}; the pipeline is {' -> '.join(s.name for s in STAGES)}")

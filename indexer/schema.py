@@ -45,7 +45,8 @@ PRODUCT_TABLES = (
     Table("samples", "index", """id BIGINT PRIMARY KEY, uid VARCHAR NOT NULL UNIQUE, source VARCHAR NOT NULL,
           key VARCHAR NOT NULL, status VARCHAR NOT NULL, reason VARCHAR, path VARCHAR, member_offset BIGINT,
           member_size BIGINT, width INTEGER, height INTEGER, format VARCHAR, sha256 VARCHAR, url VARCHAR,
-          meta_json VARCHAR, caption_status VARCHAR, thumb VARCHAR, ingested_at TIMESTAMP"""),
+          meta_json VARCHAR, caption_status VARCHAR, thumb VARCHAR, ingested_at TIMESTAMP""",
+          added=("image_state VARCHAR",)),  # NULL: the image is at hand; 'not_downloaded': an imported row, url only
     Table("captions", "index", """id BIGINT PRIMARY KEY, sample_id BIGINT NOT NULL, uid VARCHAR NOT NULL,
           source_kind VARCHAR NOT NULL, producer VARCHAR NOT NULL, params VARCHAR, idx INTEGER NOT NULL,
           text VARCHAR NOT NULL, status VARCHAR NOT NULL DEFAULT 'ok', created_at TIMESTAMP""", (("captions_sample", "sample_id"),)),
@@ -55,6 +56,8 @@ PRODUCT_TABLES = (
                                    "n_samples BIGINT, error VARCHAR, done_at TIMESTAMP"),
     Table("runs", "index", "id BIGINT PRIMARY KEY, command VARCHAR, args VARCHAR, started_at TIMESTAMP, "
                            "finished_at TIMESTAMP, counts VARCHAR"),
+    # altlens import: a pool's numeric metadata columns, each named "LAYOUT.COLUMN" (its origin)
+    Table("imported_scores", "import", "name VARCHAR NOT NULL, sample_id BIGINT NOT NULL, value DOUBLE"),
     # altlens caption
     Table("producer_failures", "caption", "sample_id BIGINT NOT NULL, producer VARCHAR NOT NULL, "
                                           "reason VARCHAR NOT NULL, created_at TIMESTAMP"),
@@ -95,6 +98,8 @@ PRODUCT_TABLES = (
                                          "provenance VARCHAR, created_at TIMESTAMP, PRIMARY KEY (name, version)"),
     Table("concept_scores", "concept", "name VARCHAR NOT NULL, version INTEGER NOT NULL, sample_id BIGINT NOT NULL, "
                                        "value DOUBLE, PRIMARY KEY (name, version, sample_id)"),
+    # altlens select: the alt-text's most likely language (the DataComp and LAION presets keep English)
+    Table("caption_languages", "select", "sample_id BIGINT NOT NULL, lang VARCHAR NOT NULL"),
     # altlens select
     Table("selections", "select", "name VARCHAR PRIMARY KEY, rule VARCHAR NOT NULL, counts VARCHAR NOT NULL, "
                                   "created_at TIMESTAMP"),

@@ -103,16 +103,28 @@ class EmbeddingStore:
             total, dim = sum(n for _, n, _ in chunks), np.load(self.dir / chunks[0][2], mmap_mode="r").shape[1]
             name = _chunk_name(0, total)
 
-            def write(fh):  # one chunk at a time: memory stays at a chunk, not the workspace
-                np.lib.format.write_array_header_1_0(fh, {"descr": np.dtype(np.float16).str,
-                                                          "fortran_order": False, "shape": (total, dim)})
-                for _, _, part in chunks:
-                    fh.write(np.ascontiguousarray(np.load(self.dir / part, mmap_mode="r"), np.float16).tobytes())
-            atomic_write(self.dir / name, write)
+            write_npy_blocks(self.dir / name, (total, dim),
+                             (np.load(self.dir / part, mmap_mode="r") for _, _, part in chunks))
             with self.ws.transaction() as cur:
                 cur.execute("DELETE FROM emb_chunks WHERE kind = ?", [self.kind])
                 self.record_chunk(cur, 0, total, name)
             self.remove_orphans()
+
+
+def write_npy_blocks(path: Path, shape: tuple[int, int], blocks) -> None:
+    """An .npy of float16 ``shape`` written atomically from row blocks in order, one block in memory at a time
+    (compaction, exports); the blocks must add up to the shape."""
+    def write(fh):
+        np.lib.format.write_array_header_1_0(fh, {"descr": np.dtype(np.float16).str, "fortran_order": False,
+                                                  "shape": tuple(int(x) for x in shape)})
+        rows = 0
+        for block in blocks:
+            block = np.ascontiguousarray(block, np.float16).reshape(-1, shape[1])
+            fh.write(block.tobytes())
+            rows += len(block)
+        if rows != shape[0]:
+            raise ValueError(f"{path.name}: {rows} rows written, {shape[0]} promised")
+    atomic_write(path, write)
 
 
 def _chunk_name(start: int, stop: int) -> str:

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from indexer.paths import text_path
 from indexer.schema import ALT
@@ -25,10 +26,54 @@ log = logging.getLogger(__name__)
 
 SAMPLE_COLUMNS = ("id", "uid", "source", "key", "status", "reason", "path", "member_offset", "member_size",
                   "width", "height", "format", "sha256", "url", "meta_json", "caption_status", "thumb",
-                  "ingested_at")
+                  "image_state", "ingested_at")
+# what a writer is given per sample: the row without its id and time, plus the alt-text caption
+TABLE_COLUMNS = tuple(c for c in SAMPLE_COLUMNS if c not in ("id", "ingested_at")) + ("caption",)
+TABLE_TYPES = {"member_offset": pa.int64(), "member_size": pa.int64(), "width": pa.int32(), "height": pa.int32()}
+# where a sample's fields travel in an indexer's raw dict
+RAW_FIELDS = {"uid": "__uid__", "source": "__source__", "key": "__key__", "path": "__path__",
+              "member_offset": "__offset__", "member_size": "__size__"}
 CAPTION_COLUMNS = ("id", "sample_id", "uid", "source_kind", "producer", "params", "idx", "text", "status",
                    "created_at")
 ALT_PRODUCER = "alt-text"
+
+
+def sample_table(samples: list[dict]) -> pa.Table:
+    """An indexer's decoded sample dicts as the columns a :class:`SampleWriter` commits."""
+    return pa.table({c: pa.array([s.get(RAW_FIELDS.get(c, c)) for s in samples], TABLE_TYPES.get(c, pa.string()))
+                     for c in TABLE_COLUMNS})
+
+
+def repeat(value, n: int, type_: pa.DataType | None = None) -> pa.Array:
+    """``value`` ``n`` times as an Arrow array (no Python list of ``n`` items)."""
+    return pa.array([value], type_).take(pa.array(np.zeros(n, np.int32)))
+
+
+def _sample_rows(table: pa.Table, start: int) -> pa.Table:
+    n = table.num_rows
+    rows = table.drop_columns(["caption"]).append_column("id", pa.array(np.arange(start, start + n)))
+    return rows.append_column("ingested_at", repeat(now(), n, pa.timestamp("us")))
+
+
+def _alt_captions(table: pa.Table, start_s: int, start_c: int) -> pa.Table:
+    """Each sample's alt-text as caption row ``start_c + i`` (its producer and the source it came from)."""
+    n = table.num_rows
+    sources = table.column("source").combine_chunks().dictionary_encode()
+    params = pa.array([json.dumps({"source": v}) for v in sources.dictionary.to_pylist()]).take(sources.indices)
+    return pa.table({"id": np.arange(start_c, start_c + n), "sample_id": np.arange(start_s, start_s + n),
+                     "uid": table.column("uid"), "source_kind": repeat(ALT, n), "producer": repeat(ALT_PRODUCER, n),
+                     "params": params, "idx": pa.array(np.zeros(n, np.int32)), "text": table.column("caption"),
+                     "status": table.column("caption_status"), "created_at": repeat(now(), n, pa.timestamp("us"))})
+
+
+def _record_progress(cur, progress: dict) -> None:
+    """How many rows of an imported file are committed (and whether it is finished), with its size and time."""
+    stat = os.stat(progress["file"])
+    cur.execute("""INSERT INTO ingest_files VALUES (?, ?, ?, ?, ?, NULL, ?) ON CONFLICT (path) DO UPDATE SET
+                   size = excluded.size, mtime = excluded.mtime, n_samples = excluded.n_samples,
+                   error = NULL, done_at = excluded.done_at""",
+                [progress["file"], progress["source"], stat.st_size, stat.st_mtime, progress["rows"],
+                 now() if progress["done"] else None])
 
 
 def insert_rows(ws: Workspace, cur, table: str, columns: tuple[str, ...], rows: list[dict]) -> None:
@@ -61,7 +106,9 @@ def next_id(cur, table: str) -> int:
 
 
 class SampleWriter:
-    """Buffers samples and commits rows + chunks + finished shards every ``commit_rows`` samples."""
+    """Buffers samples and commits rows + chunks + finished shards (or imported files' progress) every
+    ``commit_rows`` samples. Samples come as dicts (``add``, the indexer's) or as an Arrow table of the same
+    columns (``add_table``, an import's); both are committed by one :meth:`flush`."""
 
     def __init__(self, ws: Workspace, dim: int, commit_rows: int = 1024):
         self.ws, self.dim, self.commit_rows = ws, dim, commit_rows
@@ -70,10 +117,13 @@ class SampleWriter:
             removed = store.remove_orphans()
             if removed:
                 log.info("removed %d uncommitted %s chunk file(s) from an interrupted run", removed, store.kind)
-        self._samples: list[dict] = []
+        self._tables: list[pa.Table] = []
+        self._rows_buffered = 0
         self._image_vecs: list[np.ndarray] = []
         self._text_vecs: list[np.ndarray] = []
         self._shards: list[dict] = []
+        self._progress: dict[str, dict] = {}
+        self._extras: list[tuple[str, pa.Table, int]] = []
 
     def register_source(self, src: Source) -> None:
         self.ws.execute("INSERT INTO sources VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -89,53 +139,62 @@ class SampleWriter:
 
     def add(self, batch: list[dict], image_vecs: np.ndarray, text_vecs: np.ndarray) -> None:
         samples = [s for s in batch if "__key__" in s]
-        self._samples += samples
-        self._image_vecs.append(image_vecs)
-        self._text_vecs.append(text_vecs)
+        if samples:
+            self._buffer(sample_table(samples), image_vecs, text_vecs)
         for marker in batch:
             if "__shard_done__" in marker or "__shard_error__" in marker:
                 self._shards.append(marker)
-        if len(self._samples) >= self.commit_rows:
+        if self._rows_buffered >= self.commit_rows:
             self.flush()
+
+    def add_table(self, samples: pa.Table, image_vecs: np.ndarray, text_vecs: np.ndarray,
+                  progress: dict | None = None, extras: dict[str, pa.Table] | None = None) -> None:
+        """Buffer samples given as columns (:data:`TABLE_COLUMNS`); ``progress`` (``file``, ``source``,
+        ``rows`` read from it so far, ``done``) is recorded in ``ingest_files`` with the commit that holds
+        those rows, so a killed import resumes after the last committed row of the file. ``extras``: rows of
+        other tables that name a sample by its position in ``samples`` (column ``_row``), committed with it
+        under its id (``sample_id``)."""
+        for table, rows in (extras or {}).items():
+            self._extras.append((table, rows, self._rows_buffered))
+        self._buffer(samples.select(TABLE_COLUMNS), image_vecs, text_vecs)
+        if progress is not None:
+            self._progress[progress["file"]] = progress
+        if self._rows_buffered >= self.commit_rows:
+            self.flush()
+
+    def _buffer(self, table: pa.Table, image_vecs: np.ndarray, text_vecs: np.ndarray) -> None:
+        self._tables.append(table)
+        self._rows_buffered += table.num_rows
+        self._image_vecs.append(image_vecs)
+        self._text_vecs.append(text_vecs)
 
     def flush(self) -> None:
         """Commit the buffered samples; then let go of the workspace until the next commit (another altlens
         process, such as the web server, may use it while this one decodes and embeds)."""
-        if not self._samples and not self._shards:
+        if not self._rows_buffered and not self._shards and not self._progress:
             return
-        n = len(self._samples)
+        n = self._rows_buffered
         with self.ws.transaction() as cur:
             start_s, start_c = next_id(cur, "samples"), next_id(cur, "captions")
-            sample_rows, caption_rows = self._rows(start_s, start_c)
             if n:
+                buffered = pa.concat_tables(self._tables)
                 image_file = self.images.write_chunk(start_s, np.concatenate(self._image_vecs))
                 text_file = self.texts.write_chunk(start_c, np.concatenate(self._text_vecs))
-            insert_rows(self.ws, cur, "samples", SAMPLE_COLUMNS, sample_rows)
-            insert_rows(self.ws, cur, "captions", CAPTION_COLUMNS, caption_rows)
-            if n:
+                self.ws.insert_arrow("samples", _sample_rows(buffered, start_s), cur=cur)
+                self.ws.insert_arrow("captions", _alt_captions(buffered, start_s, start_c), cur=cur)
                 self.images.record_chunk(cur, start_s, n, image_file)
                 self.texts.record_chunk(cur, start_c, n, text_file)
+            for table, rows, offset in self._extras:
+                if rows.num_rows:
+                    ids = pc.add(rows.column("_row").cast(pa.int64()), start_s + offset)
+                    self.ws.insert_arrow(table, rows.drop_columns(["_row"]).append_column("sample_id", ids), cur=cur)
             for marker in self._shards:
                 self._record_shard(cur, marker)
-        self._samples, self._image_vecs, self._text_vecs, self._shards = [], [], [], []
+            for progress in self._progress.values():
+                _record_progress(cur, progress)
+        self._tables, self._image_vecs, self._text_vecs, self._shards = [], [], [], []
+        self._rows_buffered, self._progress, self._extras = 0, {}, []
         self.ws.release()
-
-    def _rows(self, start_s: int, start_c: int) -> tuple[list[dict], list[dict]]:
-        stamp = now()
-        samples, captions = [], []
-        for i, s in enumerate(self._samples):
-            samples.append({
-                "id": start_s + i, "uid": s["__uid__"], "source": s["__source__"], "key": s["__key__"],
-                "status": s["status"], "reason": s.get("reason"), "path": s.get("__path__"),
-                "member_offset": s.get("__offset__"), "member_size": s.get("__size__"),
-                "width": s.get("width"), "height": s.get("height"), "format": s.get("format"),
-                "sha256": s.get("sha256"), "url": s.get("url"), "meta_json": s.get("meta_json"),
-                "caption_status": s["caption_status"], "thumb": s.get("thumb"), "ingested_at": stamp})
-            captions.append({
-                "id": start_c + i, "sample_id": start_s + i, "uid": s["__uid__"], "source_kind": ALT,
-                "producer": ALT_PRODUCER, "params": json.dumps({"source": s["__source__"]}), "idx": 0,
-                "text": s["caption"], "status": s["caption_status"], "created_at": stamp})
-        return samples, captions
 
     def _record_shard(self, cur, marker: dict) -> None:
         shard = marker.get("__shard_done__") or marker["__shard_error__"]

@@ -121,7 +121,8 @@ def test_bad_client_values_get_clear_errors(handlers, call):
 def test_only_thumbnails_are_served(handlers):
     assert handlers.thumb("../altlens.duckdb") is None
     assert handlers.thumb("/etc/passwd") is None
-    assert handlers.thumb(None) is None
+    from app.handlers import PLACEHOLDER
+    assert handlers.thumb(None) == str(PLACEHOLDER), "a sample with no image at hand shows the placeholder"
 
 
 # ---------------------------------------------------------------- real browser

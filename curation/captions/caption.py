@@ -78,7 +78,7 @@ def pending_samples(ws: Workspace, producer: str, num: int, limit: int | None) -
     """Ok samples with fewer than ``num`` captions from ``producer``, in id order."""
     sql = """SELECT s.id, s.uid, s.path, s.member_offset, s.member_size, count(c.id) AS have
              FROM samples s LEFT JOIN captions c ON c.sample_id = s.id AND c.producer = ?
-             WHERE s.status = 'ok' GROUP BY ALL HAVING count(c.id) < ? ORDER BY s.id"""
+             WHERE s.status = 'ok' AND s.image_state IS NULL GROUP BY ALL HAVING count(c.id) < ? ORDER BY s.id"""
     rows = ws.dicts(sql + (" LIMIT ?" if limit else ""), [producer, num] + ([limit] if limit else []))
     return rows
 
@@ -105,7 +105,10 @@ def run(ws: Workspace, cfg: CaptionConfig) -> dict:
         bar.update(len(rows))
     bar.close()
     return {"producer": captioner.producer, "captioned": done, "failed": failed,
-            "skipped_already_done": int(ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok'")) - len(todo)}
+            "skipped_already_done": int(ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok' "
+                                                  "AND image_state IS NULL")) - len(todo),
+            "no_image_at_hand": int(ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok' "
+                                              "AND image_state IS NOT NULL"))}
 
 
 def caption_batch(rows: list[dict], pixels, captioner, embedder, cfg: CaptionConfig):

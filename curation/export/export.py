@@ -47,6 +47,8 @@ def run(ws: Workspace, cfg: ExportConfig) -> dict:
     rule, ids = load_selection(ws, cfg.selection)
     if not ids:
         raise ExportError(f"selection {cfg.selection!r} holds no samples; nothing to export")
+    if fmt.sharded:
+        _require_images(ws, cfg.selection, ids)
     source = SampleSource(ws, rule.caption_policy, cfg.augmentations, cfg.keep_repeats)
     uid_of = dict(ws.rows("SELECT id, uid FROM samples WHERE list_contains(?, id)", [ids]))
     ordered = sorted(ids, key=lambda i: uid_of[i])
@@ -61,6 +63,16 @@ def run(ws: Workspace, cfg: ExportConfig) -> dict:
     manifest = {**plan, "files": files, "written_at": now().isoformat()}
     atomic_write(out / "manifest.json", lambda fh: fh.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
     return manifest
+
+
+def _require_images(ws: Workspace, selection: str, ids: list[int]) -> None:
+    """Shards carry each sample's image: a selection with imported rows never downloaded cannot be written."""
+    missing = int(ws.scalar("SELECT count(*) FROM samples WHERE list_contains(?, id) AND image_state IS NOT NULL",
+                            [ids]))
+    if missing:
+        raise ExportError(f"{missing} samples of selection {selection!r} have no image at hand (imported, not "
+                          "downloaded): export it as datacomp-subset, uids or parquet, or download the images "
+                          "(img2dataset) and index them")
 
 
 def _check_plan(out: Path, plan: dict) -> None:

@@ -4,7 +4,9 @@
 - ``datacompdr``: WebDataset shards with image bytes, the chosen caption, ``syn.json``, ``npz``
   embeddings in DataCompDR row order, ``json`` provenance, ``url.txt``;
 - ``webdataset``: img2dataset's layout (image, ``txt``, ``json``);
-- ``parquet``: one table; ``uids``: a sorted uid list (DataComp subset-file style).
+- ``parquet``: one table; ``uids``: the sorted uid strings (``uids.npy`` of ``<U32``, and a parquet);
+- ``datacomp-subset``: ``subset.npy``, the sorted ``u8,u8`` array of (upper, lower) 64 bits of each 32-hex uid
+  that DataComp's ``resharder.py --subset-file`` loads (it asserts that dtype).
 
 Shard formats give each sample's members; whole-file formats write their files
 themselves. Everything is byte-deterministic: tar headers carry fixed times and
@@ -35,6 +37,7 @@ class ExportFormat:
     members: Callable[[SampleSource, dict], list[tuple[str, bytes]]] | None = None
     write_files: Callable[[Path, SampleSource, list[int]], list[dict]] | None = None
     required: tuple[str, ...] = ()  # member extensions every sample of a shard must have
+    counted: str = ""  # whole-file formats: the files (by name prefix) whose samples add up to the export's
 
     @property
     def sharded(self) -> bool:
@@ -130,11 +133,77 @@ def write_uids(out: Path, source: SampleSource, ordered: list[int]) -> list[dict
     return [{"file": f, "sha256": file_sha256(out / f), "samples": len(uids)} for f in ("uids.npy", "uids.parquet")]
 
 
+SUBSET_DTYPE = np.dtype("u8,u8")
+
+
+def write_datacomp_subset(out: Path, source: SampleSource, ordered: list[int]) -> list[dict]:
+    """``subset.npy``: each selected uid as (upper 64 bits, lower 64 bits), sorted, computed in DuckDB (no
+    Python object per row). A uid that is not 32 hex digits cannot be in a DataComp subset and is refused."""
+    ws = source.ws
+    where = "FROM samples WHERE id IN (SELECT unnest(?))"
+    bad = ws.scalar(f"SELECT any_value(uid) {where} AND NOT regexp_full_match(uid, '[0-9a-f]{{32}}')", [ordered])
+    if bad is not None:
+        raise ValueError(f"uid {bad!r} is not 32 hex digits: a DataComp subset file names DataComp uids "
+                         "(import the pool with 'altlens import datacomp')")
+    halves = ws.numpy(f"""SELECT ('0x' || substr(uid, 1, 16))::UBIGINT AS hi, ('0x' || substr(uid, 17, 16))::UBIGINT
+                          AS lo {where} ORDER BY hi, lo""", [ordered])
+    subset = np.empty(len(halves["hi"]), SUBSET_DTYPE)
+    subset["f0"], subset["f1"] = halves["hi"], halves["lo"]
+    atomic_write(out / "subset.npy", lambda fh: np.save(fh, subset, allow_pickle=False))
+    return [{"file": "subset.npy", "sha256": file_sha256(out / "subset.npy"), "samples": len(subset)}]
+
+
+CLIP_RETRIEVAL_PART_ROWS = 1_000_000  # rows per part, as LAION's parts (about 1 M rows each)
+
+
+def write_clip_retrieval(out: Path, source: SampleSource, ordered: list[int]) -> list[dict]:
+    """clip-retrieval's ``inference`` layout: ``img_emb/img_emb_{N}.npy``, ``text_emb/text_emb_{N}.npy`` (float16,
+    L2-normalised: the image and the main caption by the selection's policy) and ``metadata/metadata_{N}.parquet``
+    (``image_path``, ``caption``, ``uid``, ``url``, ``key``, ``sha256``, ``reward``), row i of the three one sample;
+    ``N`` zero-padded to the digits of the part count. ``clip-retrieval index`` and embedding-reader's
+    ``parquet_npy`` read it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from indexer.vectors import write_npy_blocks
+    parts = [ordered[i:i + CLIP_RETRIEVAL_PART_ROWS] for i in range(0, len(ordered), CLIP_RETRIEVAL_PART_ROWS)]
+    digits = len(str(len(parts) - 1)) if len(parts) > 1 else 1
+    dim = source.images.shape[1]
+    entries = []
+    for number, part in enumerate(parts):
+        suffix = f"{number:0{digits}d}"
+        meta, images, texts = [], [], []
+        for start in range(0, len(part), 1024):
+            for item in source.rows(part[start:start + 1024]):
+                s, chosen = item["sample"], item["chosen"] or item["alt"]
+                meta.append({"image_path": s["key"], "caption": (chosen or {}).get("text"), "uid": s["uid"],
+                             "url": s["url"], "key": s["key"], "sha256": s["sha256"], "reward": s["reward"]})
+                images.append(s["id"])
+                texts.append(chosen["id"])
+        names = (f"img_emb/img_emb_{suffix}.npy", f"text_emb/text_emb_{suffix}.npy",
+                 f"metadata/metadata_{suffix}.parquet")
+        for name, rows, store in ((names[0], images, source.images), (names[1], texts, source.texts)):
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            write_npy_blocks(out / name, (len(rows), dim),
+                             (_unit(store[rows[i:i + 65536]]) for i in range(0, len(rows), 65536)))
+        (out / names[2]).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / names[2], lambda fh: pq.write_table(pa.Table.from_pylist(meta), fh))
+        entries += [{"file": n, "sha256": file_sha256(out / n), "samples": len(part)} for n in names]
+    return entries
+
+
+def _unit(rows) -> np.ndarray:
+    rows = np.asarray(rows, np.float32)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
 FORMATS: Registry[ExportFormat] = Registry("export format", "altlens.export_formats")
 for _fmt in (ExportFormat("datacompdr", members=datacompdr_members, required=("txt", "json", "npz", "syn.json")),
              ExportFormat("webdataset", members=webdataset_members, required=("txt", "json")),
-             ExportFormat("parquet", write_files=write_parquet),
-             ExportFormat("uids", write_files=write_uids)):
+             ExportFormat("parquet", write_files=write_parquet, counted="samples.parquet"),
+             ExportFormat("uids", write_files=write_uids, counted="uids.npy"),
+             ExportFormat("datacomp-subset", write_files=write_datacomp_subset, counted="subset.npy"),
+             ExportFormat("clip-retrieval", write_files=write_clip_retrieval, counted="metadata/")):
     FORMATS.register(_fmt.name, _fmt)
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 from curation.export.budget import ALLOCATE, PICK, budget_pick
+from curation.export.presets import PRESETS, preset_steps
 from curation.review.concepts import parse_rule, rule_step
 from curation.scores.rewards import active_reward
 from curation.structure.semdedup import removed_ids, require_run
@@ -45,6 +46,9 @@ class SelectionRule:
     allocate: str = "sqrt"
     pick: str = "central"
     concepts: tuple[str, ...] = ()  # concept rules such as "watermark<0.5" (curation/review/concepts.py)
+    preset: str | None = None  # a DataComp baseline applied first (curation/export/presets.py)
+    fraction: float = 0.3  # datacomp-clip-score: the share of the whole pool it keeps
+    preset_score: str | None = None  # the score a preset ranks or thresholds by (default: the pool's own)
 
     def __post_init__(self):
         if not self.name or len(self.name) > 64 or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -67,6 +71,10 @@ class SelectionRule:
             raise ValueError(f"--per-cluster must be >= 1, got {self.per_cluster_k}")
         for text in self.concepts:
             parse_rule(text)
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; allowed: {', '.join(PRESETS)}")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"--fraction is a share of the pool, above 0 and at most 1, got {self.fraction}")
 
 
 def _steps(ws: Workspace, rule: SelectionRule) -> list[tuple[str, str, list]]:
@@ -76,7 +84,7 @@ def _steps(ws: Workspace, rule: SelectionRule) -> list[tuple[str, str, list]]:
                                                          [rule.reward_version]):
         raise ValueError(f"no reward version {rule.reward_version}")
     _require_inputs(ws, rule)
-    steps = []
+    steps = preset_steps(ws, rule.preset, rule.fraction, rule.preset_score) if rule.preset else []
     if rule.min_reward is not None:
         steps.append((f"reward below {rule.min_reward:g}",
                       "s.id IN (SELECT sample_id FROM rewards WHERE version = ? AND value >= ?)",

@@ -28,11 +28,34 @@ def verify_export(out: str | Path) -> dict:
             raise ExportError(f"{entry['file']}: checksum mismatch")
         if path.suffix == ".tar":
             _verify_tar(path, entry, manifest["format"])
-    total = sum(e["samples"] for e in manifest["files"]) if manifest["format"] in ("datacompdr", "webdataset") \
-        else manifest["files"][0]["samples"]
+    known = FORMATS.find(manifest["format"])
+    if known is None:
+        raise ExportError(f"the manifest names format {manifest['format']!r}, which this altlens does not know")
+    total = sum(e["samples"] for e in manifest["files"] if known.sharded or e["file"].startswith(known.counted))
+    if manifest["format"] == "datacomp-subset":
+        _verify_subset(out / "subset.npy")
+    if manifest["format"] == "clip-retrieval":
+        _verify_parts(out, manifest["files"])
     if total != manifest["samples"]:
         raise ExportError(f"the manifest lists {total} samples in its files, the plan {manifest['samples']}")
     return {"files": len(manifest["files"]), "samples": total, "format": manifest["format"]}
+
+
+def _verify_subset(path: Path) -> None:
+    subset = np.load(path, allow_pickle=False)
+    if subset.dtype != np.dtype("u8,u8") or (len(subset) > 1 and not np.all(subset[:-1] < subset[1:])):
+        raise ExportError(f"{path.name}: not a sorted u8,u8 array of distinct uids (DataComp's resharder needs one)")
+
+
+def _verify_parts(out: Path, entries: list[dict]) -> None:
+    """Each part's image vectors, text vectors and metadata have the same rows, as the manifest says."""
+    import pyarrow.parquet as pq
+    for entry in entries:
+        path = out / entry["file"]
+        rows = pq.ParquetFile(path).metadata.num_rows if path.suffix == ".parquet" else \
+            np.load(path, mmap_mode="r", allow_pickle=False).shape[0]
+        if rows != entry["samples"]:
+            raise ExportError(f"{entry['file']}: {rows} rows, the manifest says {entry['samples']}")
 
 
 def _verify_tar(path: Path, entry: dict, fmt: str) -> None:

@@ -19,6 +19,8 @@ def workspace_stats(ws: Workspace) -> dict:
         "captions": dict(ws.rows("SELECT source_kind, count(*) FROM captions GROUP BY 1 ORDER BY 1")),
         "caption_status": dict(ws.rows(
             "SELECT caption_status, count(*) FROM samples GROUP BY 1 ORDER BY 1")),
+        "images_not_downloaded": int(ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok' "
+                                               "AND image_state = 'not_downloaded'")),
         "shard_errors": ws.dicts("SELECT path, error FROM ingest_files WHERE error IS NOT NULL ORDER BY path"),
         "model": ws.get_meta("model"),
         "index": ws.get_meta("faiss_index"),
@@ -28,6 +30,9 @@ def workspace_stats(ws: Workspace) -> dict:
 def format_stats(stats: dict) -> str:
     lines = [f"workspace {stats['workspace']}: {stats['samples']} samples"]
     lines += [f"  {status:<20} {n}" for status, n in stats["by_status"].items()]
+    if stats.get("images_not_downloaded"):
+        lines.append(f"  of the ok samples, {stats['images_not_downloaded']} have no image at hand "
+                     "(imported, not downloaded: url kept)")
     lines.append("by source (seen = ok + failed):")
     for src in stats["by_source"]:
         lines.append(f"  {src['source']}: seen {src['seen']}, ok {src['ok']}, failed {src['failed']}")

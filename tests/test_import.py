@@ -1,0 +1,191 @@
+"""``altlens import datacomp``: a DataComp-layout pool (parquet + npz, float16) -> a workspace with the pool's
+uids, vectors and scores; presets against hand-computed answers; a ``datacomp-subset`` file DataComp's
+resharder would load; bad input refused in one line or kept as a per-row status."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import TINY_ARGS, run_cli, tiny_spec
+from pools import datacomp_rows, unit, write_datacomp
+
+from curation.export.select import SelectionRule, save_selection
+from indexer import importer
+from indexer.store import Workspace
+from indexer.vectors import EmbeddingStore
+
+
+def imported(pool, ws, *extra):
+    return run_cli("import", "datacomp", str(pool), "-w", str(ws), *TINY_ARGS, *extra)
+
+
+def subset_of(ws, name, out, *select):
+    run_cli("select", "-w", str(ws), "--name", name, "--keep-duplicates", *select)
+    run_cli("export", "-w", str(ws), "--selection", name, "--out", str(out), "--format", "datacomp-subset")
+    return np.load(out / "subset.npy")
+
+
+def as_pairs(uids) -> np.ndarray:
+    """What DataComp's own code makes of a uid list (divmod of the 128-bit number), sorted."""
+    pairs = np.array([divmod(int(u, 16), 2 ** 64) for u in uids], np.dtype("u8,u8"))
+    return np.sort(pairs)
+
+
+def test_import_select_export_subset_round_trip(tmp_path):
+    pool = write_datacomp(tmp_path / "pool", sizes=(9, 6, 5))
+    ws, pool_dir = tmp_path / "ws", tmp_path / "pool"
+    imported(pool_dir, ws)
+    with Workspace(ws, read_only=True) as w:
+        rows = w.rows("SELECT uid, status, image_state, url, width FROM samples ORDER BY id")
+        assert [r[0] for r in rows] == pool["uids"], "the pool's uid is the workspace uid, in pool order"
+        assert {r[1] for r in rows} == {"ok"} and {r[2] for r in rows} == {"not_downloaded"}
+        assert rows[0][3] == pool["rows"][0]["url"][0] and rows[0][4] == pool["rows"][0]["original_width"][0]
+        stored = np.asarray(EmbeddingStore(w, "image").load(), np.float32)
+        assert np.abs(stored - pool["l14_img"].astype(np.float32)).max() < 2e-3, "vectors as shipped (fp16)"
+        texts = np.asarray(EmbeddingStore(w, "text").load(), np.float32)
+        assert np.abs(texts - pool["l14_txt"].astype(np.float32)).max() < 2e-3
+        names = {r[0] for r in w.rows("SELECT DISTINCT name FROM imported_scores")}
+        assert {"datacomp.clip_l14_similarity_score", "datacomp.original_width"} <= names
+    scores = np.concatenate([r["clip_l14_similarity_score"] for r in pool["rows"]])
+    cut = np.percentile(scores, 70)
+    expected = [u for u, s in zip(pool["uids"], scores) if s >= cut]
+    subset = subset_of(ws, "top30", tmp_path / "out", "--preset", "datacomp-clip-score")
+    assert subset.dtype == np.dtype("u8,u8"), "resharder.py asserts this dtype"
+    assert np.array_equal(subset, np.sort(subset)), "searched with np.searchsorted: sorted"
+    assert np.array_equal(subset, as_pairs(expected)) and len(expected) == 6
+
+    again = tmp_path / "ws2"
+    imported(pool_dir, again)
+    second = subset_of(again, "top30", tmp_path / "out2", "--preset", "datacomp-clip-score")
+    assert (tmp_path / "out" / "subset.npy").read_bytes() == (tmp_path / "out2" / "subset.npy").read_bytes()
+    assert np.array_equal(second, subset)
+
+
+def test_a_killed_import_resumes_to_the_same_workspace(tmp_path, monkeypatch):
+    write_datacomp(tmp_path / "pool", sizes=(10, 7))
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    cfg = importer.ImportConfig("datacomp", str(tmp_path / "pool"), tiny_spec(), commit_rows=4, progress=False)
+    with Workspace(whole, create=True) as ws:
+        importer.run(ws, cfg)
+    calls = {"n": 0}
+    real_flush = importer.SampleWriter.flush
+
+    def dying_flush(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        real_flush(self)
+
+    monkeypatch.setattr(importer.SampleWriter, "flush", dying_flush)
+    with Workspace(cut, create=True) as ws, pytest.raises(KeyboardInterrupt):
+        importer.run(ws, cfg)
+    with Workspace(cut) as ws:
+        assert 0 < ws.scalar("SELECT count(*) FROM samples") < 17, "the kill left part of the pool"
+    monkeypatch.setattr(importer.SampleWriter, "flush", real_flush)
+    with Workspace(cut) as ws:
+        report = importer.run(ws, cfg)
+        assert report["rows"] < 17, "the second run only read what the first had not committed"
+    query = "SELECT id, uid, key, status, width, url FROM samples ORDER BY id"
+    with Workspace(whole, read_only=True) as a, Workspace(cut, read_only=True) as b:
+        assert a.rows(query) == b.rows(query)
+        assert a.rows("SELECT name, sample_id, value FROM imported_scores ORDER BY ALL") == \
+            b.rows("SELECT name, sample_id, value FROM imported_scores ORDER BY ALL")
+        assert np.array_equal(EmbeddingStore(a, "image").load(), EmbeddingStore(b, "image").load())
+        assert np.array_equal(EmbeddingStore(a, "text").load(), EmbeddingStore(b, "text").load())
+
+
+def test_basic_and_laion_presets_on_crafted_rows(tmp_path):
+    """Each crafted row breaks exactly one rule of DataComp's basic filter."""
+    rng = np.random.default_rng(1)
+    rows = datacomp_rows(rng, 6, 0)
+    rows["text"] = ["a brown dog asleep on a sofa", "two words", "a red bicycle against a wall",
+                    "a tall lighthouse on a cliff", "un chien brun endormi sur le canapé du salon",
+                    "a small boat on a calm lake"]
+    rows["original_width"] = np.array([640, 640, 199, 903, 640, 400])
+    rows["original_height"] = np.array([480, 480, 480, 300, 480, 300])  # row 3: aspect 3.01
+    rows["clip_b32_similarity_score"] = np.array([0.30, 0.35, 0.29, 0.31, 0.33, 0.27])
+    (tmp_path / "pool" / "metadata").mkdir(parents=True)
+    pq.write_table(pa.table(rows), tmp_path / "pool" / "metadata" / "00000000.parquet")
+    vecs = {k: unit(rng, 6, 32).astype(np.float16) for k in ("l14_img", "l14_txt", "b32_img", "b32_txt")}
+    np.savez(tmp_path / "pool" / "metadata" / "00000000.npz", **vecs)
+    ws = tmp_path / "ws"
+    imported(tmp_path / "pool", ws)
+    basic = subset_of(ws, "basic", tmp_path / "basic", "--preset", "datacomp-basic")
+    assert np.array_equal(basic, as_pairs([rows["uid"][0], rows["uid"][5]]))
+    laion = subset_of(ws, "laion", tmp_path / "laion", "--preset", "laion2b")
+    assert np.array_equal(laion, as_pairs([rows["uid"][i] for i in (0, 1, 2, 3)]))
+
+
+def test_presets_combine_with_other_rules(tmp_path):
+    write_datacomp(tmp_path / "pool", sizes=(12,))
+    ws_dir = tmp_path / "ws"
+    imported(tmp_path / "pool", ws_dir)
+    with Workspace(ws_dir) as ws:
+        alone = save_selection(ws, SelectionRule("a", preset="datacomp-clip-score", fraction=0.5))
+        first = ws.scalar("SELECT min(sample_id) FROM selection_members WHERE name = 'a'")
+        ws.execute("INSERT INTO labels VALUES (nextval('label_ids'), ?, 'alignment', 'bad', 'me', 'cli', now())",
+                   [first])
+        both = save_selection(ws, SelectionRule("b", preset="datacomp-clip-score", fraction=0.5))
+        assert alone["selected"] == 6 and both["selected"] == 5, "the label rule applies after the preset"
+        with pytest.raises(ValueError, match="no score named"):
+            save_selection(ws, SelectionRule("c", preset="datacomp-clip-score", preset_score="nsfw"))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("rows", "rows, its metadata parquet has"),
+    ("key", "has no 'l14_img' array"),
+    ("dtype", "dtype"),
+    ("missing_npz", "missing"),
+])
+def test_inconsistent_pool_files_are_refused_in_one_line(tmp_path, damage, message):
+    write_datacomp(tmp_path / "pool", sizes=(5, 4))
+    npz = tmp_path / "pool" / "metadata" / "00000001.npz"
+    rng = np.random.default_rng(3)
+    if damage == "missing_npz":
+        npz.unlink()
+    else:
+        n = 3 if damage == "rows" else 4
+        dtype = np.float64 if damage == "dtype" else np.float16
+        key = "b32_img" if damage == "key" else "l14_img"
+        np.savez(npz, **{key: unit(rng, n, 32).astype(dtype)})
+    proc = run_cli("import", "datacomp", str(tmp_path / "pool"), "-w", str(tmp_path / "ws"), *TINY_ARGS, check=False)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("altlens: error:") and message in line and "00000001" in line
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "ws").exists(), "nothing is written before every file checks out"
+
+
+def test_bad_rows_keep_a_status_and_lose_nothing(tmp_path):
+    pool = write_datacomp(tmp_path / "pool", sizes=(8,))
+    table = pq.read_table(tmp_path / "pool" / "metadata" / "00000000.parquet").to_pydict()
+    table["uid"][1] = "not-a-hex-uid"
+    table["uid"][2] = table["uid"][0]  # a duplicate uid
+    pq.write_table(pa.table(table), tmp_path / "pool" / "metadata" / "00000000.parquet")
+    arrays = dict(np.load(tmp_path / "pool" / "metadata" / "00000000.npz"))
+    arrays["l14_img"][3] = np.nan
+    np.savez(tmp_path / "pool" / "metadata" / "00000000.npz", **arrays)
+    ws = tmp_path / "ws"
+    imported(tmp_path / "pool", ws)
+    with Workspace(ws, read_only=True) as w:
+        status = [r[0] for r in w.rows("SELECT status FROM samples ORDER BY id")]
+        assert status == ["ok", "bad_row", "duplicate_key", "bad_vector", "ok", "ok", "ok", "ok"]
+        uids = [r[0] for r in w.rows("SELECT uid FROM samples ORDER BY id")]
+        assert len(set(uids)) == 8 and uids[0] == pool["uids"][0] and uids[4:] == pool["uids"][4:]
+        assert w.scalar("SELECT count(*) FROM imported_scores WHERE sample_id IN (1, 2, 3)") == 0
+    stats = run_cli("stats", "-w", str(ws)).stdout
+    assert "bad_vector" in stats and "seen 8, ok 5, failed 3" in stats
+    shutil.rmtree(ws)
+
+
+def test_rows_without_images_show_as_placeholders_in_the_browser_view(tmp_path):
+    from app.handlers import PLACEHOLDER, Handlers
+
+    write_datacomp(tmp_path / "pool", sizes=(6,))
+    imported(tmp_path / "pool", tmp_path / "ws")
+    with Workspace(tmp_path / "ws") as ws:
+        tiles, ids, *_ = Handlers(ws).browse("all", 0, source="alt")
+        assert len(ids) == 6 and {path for path, _ in tiles} == {str(PLACEHOLDER)}
