@@ -189,3 +189,19 @@ def test_rows_without_images_show_as_placeholders_in_the_browser_view(tmp_path):
     with Workspace(tmp_path / "ws") as ws:
         tiles, ids, *_ = Handlers(ws).browse("all", 0, source="alt")
         assert len(ids) == 6 and {path for path, _ in tiles} == {str(PLACEHOLDER)}
+
+
+def test_a_truncated_clip_retrieval_npy_is_refused_in_one_line(tmp_path):
+    rng = np.random.default_rng(4)
+    for folder in ("img_emb", "text_emb", "metadata"):
+        (tmp_path / "cr" / folder).mkdir(parents=True)
+    pq.write_table(pa.table({"image_path": [f"{i:04d}" for i in range(6)], "caption": ["a dog"] * 6}),
+                   tmp_path / "cr" / "metadata" / "metadata_0.parquet")
+    np.save(tmp_path / "cr" / "text_emb" / "text_emb_0.npy", unit(rng, 6, 32).astype(np.float16))
+    image = tmp_path / "cr" / "img_emb" / "img_emb_0.npy"
+    np.save(image, unit(rng, 6, 32).astype(np.float16))
+    image.write_bytes(image.read_bytes()[:-40])
+    proc = run_cli("import", "clip-retrieval", str(tmp_path / "cr"), "-w", str(tmp_path / "ws"), *TINY_ARGS,
+                   check=False)
+    assert proc.returncode == 2 and "img_emb_0.npy: truncated" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "ws").exists()
