@@ -18,6 +18,7 @@ from curation.export.budget import ALLOCATE, PICK
 from curation.export.export import ExportConfig, run
 from curation.export.formats import format_names
 from curation.export.policy import ExportError
+from curation.export.presets import PRESETS
 from curation.export.select import (
     LABEL_FILTERS,
     POLICIES,
@@ -60,6 +61,9 @@ def _selection_errors():
 
 def _replaced(result: dict) -> str:
     return f", replacing the previous {result['replaced']}" if result["replaced"] is not None else ""
+
+
+NO_PRESET = "none"  # the Selection panel's preset choice that applies no DataComp baseline
 
 
 class Curate:
@@ -249,9 +253,12 @@ class Curate:
             raise UserError(str(exc)) from None
 
     def _reduce(self, semdedup_eps=None, budget=None, allocate: str = "sqrt", pick: str = "central",
-                concept_rules: str = "") -> dict:
+                concept_rules: str = "", preset: str = NO_PRESET, fraction=0.3) -> dict:
         """The Selection panel's reduction fields (0 or empty: not used) as SelectionRule fields."""
         out: dict = {}
+        if preset not in (None, "", NO_PRESET):
+            out |= {"preset": one_of(preset, PRESETS, "preset"),
+                    "fraction": as_float(fraction if fraction not in (None, "") else 0.3, "fraction")}
         eps = as_float(semdedup_eps or 0, "semantic dedup eps")
         if eps:
             stored = self.ws.get_meta("semdedup")

@@ -10,10 +10,11 @@ import re
 import gradio as gr
 
 from app.card import SCROLL_TO
-from app.curate import ACTIONS, QUEUES, Curate
+from app.curate import ACTIONS, NO_PRESET, QUEUES, Curate
 from app.handlers import CAPTION_COLUMNS, as_int
 from curation.export.budget import ALLOCATE, PICK
 from curation.export.formats import format_names
+from curation.export.presets import PRESETS
 from curation.export.select import LABEL_FILTERS, POLICIES
 from curation.views.glossary import CAPTION_SCORES, glossary_markdown
 
@@ -228,6 +229,11 @@ def selection_panel(c: Curate, friendly, source: gr.Dropdown, threshold: gr.Slid
                                        max_lines=1,
                                        elem_id="selection-concepts")
         with gr.Row():
+            preset = gr.Dropdown([NO_PRESET, *PRESETS], value=NO_PRESET, elem_id="selection-preset",
+                                 label="DataComp baseline applied first (the preview shows what it keeps)")
+            fraction = gr.Number(value=0.3, minimum=0.01, maximum=1, step=0.05, elem_id="selection-fraction",
+                                 label="datacomp-clip-score: share of the whole pool to keep")
+        with gr.Row():
             preview = gr.Button("Preview", elem_id="selection-preview")
             save = gr.Button("Save selection", variant="primary", elem_id="selection-save")
         note = gr.Textbox(label="What it keeps", interactive=False, elem_id="selection-note")
@@ -236,7 +242,7 @@ def selection_panel(c: Curate, friendly, source: gr.Dropdown, threshold: gr.Slid
                                   label="Per cluster under the budget", interactive=False, elem_id="selection-quotas")
             quota_bars = gr.Image(label="Share each cluster keeps", type="pil", interactive=False)
     rule = [name, source, threshold, drop_dups, labels, per_cluster, policy]
-    reduce = [eps, budget, allocate, pick, concept_rules]
+    reduce = [eps, budget, allocate, pick, concept_rules, preset, fraction]
     preview.click(friendly(c.preview), [*rule, *reduce], [note, quotas, quota_bars])
     save.click(friendly(c.save), [*rule, replace, *reduce], [note])
 

@@ -58,6 +58,9 @@ def import_(
     device: str = DEVICE,
     index_type: str = typer.Option("auto", help="FAISS index: auto (flat up to 100k, else ivf), flat, hnsw, ivf."),
     commit_every: int = typer.Option(65536, min=1, help="Rows per atomic commit (what a crash can cost)."),
+    images: List[str] = typer.Option(None, help="img2dataset tar shards of the pool's images (globs, {a..b}; "
+                                                "repeatable): joined to the rows by the uid in each .json, after a "
+                                                "sample of them confirms the model."),
 ):
     """Import a pool's own embeddings and metadata (no image is embedded; resumable; nothing is fetched)."""
     from curation.pipeline import run_stage
@@ -65,7 +68,7 @@ def import_(
 
     spec = model_for(layout, embeddings, model, pretrained, checkpoint, device, precision)
     cfg = ImportConfig(layout=layout, folder=folder, model=spec, embeddings=embeddings, commit_rows=commit_every,
-                       index_type=index_type)
+                       index_type=index_type, images=tuple(images or ()))
     echo_json(run_stage("import", workspace, cfg))
 
 

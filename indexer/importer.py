@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from indexer.decode import LONG_CAPTION
 from indexer.errors import ModelError, SourceError
-from indexer.models import ModelSpec, open_workspace_model
+from indexer.models import ModelSpec, config_beside, load_model, open_workspace_model
+from indexer.pool_images import image_sources, join_images, verify_model
 from indexer.paths import path_text
 from indexer.pools import (COLUMNS, DATACOMP_EMBEDDINGS, LAYOUTS, Block, Columns, PoolFile, blocks, column,
                            pool_files, score_columns)
@@ -46,6 +47,7 @@ class ImportConfig:
     commit_rows: int = 65536
     index_type: str = "auto"
     progress: bool = True
+    images: tuple[str, ...] = ()  # img2dataset shards of the pool's images, joined to the rows by uid
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -63,8 +65,10 @@ class ImportConfig:
 def model_for(layout: str, embeddings: str, name: str | None, pretrained: str | None, checkpoint: str | None,
               device: str = "auto", precision: str = "fp32") -> ModelSpec:
     """The model that made a pool's vectors: DataComp's follow from ``--embeddings`` (OpenAI ViT-L-14 or
-    ViT-B-32) unless named; any layout needs its weights named, since they serve search and new captions."""
-    if layout == "datacomp" and name is None:
+    ViT-B-32) unless named (or a config lies beside the checkpoint); any layout needs its weights named, since
+    they serve search and new captions."""
+    beside = checkpoint is not None and config_beside(Path(checkpoint)) is not None
+    if layout == "datacomp" and name is None and not beside:  # a config beside the checkpoint names its own
         if embeddings not in DATACOMP_EMBEDDINGS:
             raise ValueError(f"unknown --embeddings {embeddings!r}; allowed: {', '.join(DATACOMP_EMBEDDINGS)}")
         name = DATACOMP_EMBEDDINGS[embeddings]
@@ -78,17 +82,32 @@ def model_for(layout: str, embeddings: str, name: str | None, pretrained: str | 
 
 
 def check(cfg: ImportConfig) -> list[PoolFile]:
-    """The pool's files, every one checked before the workspace is touched."""
-    return pool_files(cfg.layout, cfg.folder, cfg.embeddings)
+    """The pool's files, every one checked before the workspace is touched; with ``--images``, a sample of them
+    re-embedded with the named model must match the pool's vectors (see :func:`verify_model`)."""
+    files = pool_files(cfg.layout, cfg.folder, cfg.embeddings)
+    if cfg.images:
+        model = load_model(cfg.model or ModelSpec())
+        _check_dim(model, files)
+        verify_model(files, cfg.layout, image_sources(cfg.images), model)
+    return files
+
+
+def _check_dim(model, files: list[PoolFile]) -> None:
+    if model.dim != files[0].dim:
+        raise ModelError(f"the pool's vectors are {files[0].dim}-d, the model {model.model_id} makes "
+                         f"{model.dim}-d ones: name the model that made them")
 
 
 def run(ws: Workspace, cfg: ImportConfig) -> dict:
     """Import the pool at ``cfg.folder`` into ``ws``; return counts and the rate."""
-    files = check(cfg)
+    files = pool_files(cfg.layout, cfg.folder, cfg.embeddings)  # check() ran before the workspace was opened
     model = open_workspace_model(ws, cfg.model)
-    if model.dim != files[0].dim:
-        raise ModelError(f"the pool's vectors are {files[0].dim}-d, the model {model.model_id} makes "
-                         f"{model.dim}-d ones: name the model that made them")
+    try:
+        _check_dim(model, files)
+    except ModelError:
+        if not ws.scalar("SELECT count(*) FROM samples"):  # the workspace is new: it keeps no model either
+            ws.execute("DELETE FROM meta WHERE key = 'model'")
+        raise
     src = cfg.source()
     writer = SampleWriter(ws, model.dim, commit_rows=cfg.commit_rows)
     writer.register_source(src)
@@ -100,25 +119,32 @@ def run(ws: Workspace, cfg: ImportConfig) -> dict:
         if start is None:
             counts["skipped_files"] += 1
             continue
-        for block in blocks(file, start, min(cfg.commit_rows, 65536)):
+        for block in blocks(file, start, cfg.commit_rows):
             table, image, scores = block_rows(ws, block, src, cfg.layout)
             text = block.text if block.text is not None else model.encode_texts(table.column("caption").to_pylist())
             done = block.start + table.num_rows == file.rows
-            writer.add_table(table, image, _unit(np.asarray(text, np.float32)),
+            writer.add_table(table, image, unit_rows(text)[0],
                              progress={"file": str(file.metadata), "source": src.name,
                                        "rows": block.start + table.num_rows, "done": done},
                              extras={"imported_scores": scores})
+            writer.flush()  # each block committed before the next is read: its uids are known to the next
             counts["rows"] += table.num_rows
             bar.update(table.num_rows)
         if file.rows == start:  # an empty file, or one whose rows were all committed before
-            writer.add_table(_empty_rows(), np.zeros((0, model.dim), np.float32), np.zeros((0, model.dim)),
+            writer.add_table(_empty_rows(), np.zeros((0, model.dim), np.float16), np.zeros((0, model.dim), np.float16),
                              progress={"file": str(file.metadata), "source": src.name, "rows": start, "done": True})
     writer.flush()
     bar.close()
+    if cfg.images:
+        counts["images"] = join_images(ws, image_sources(cfg.images), progress=cfg.progress)
+    rows_s = time.perf_counter() - started
     for kind in ("image", "text"):
         EmbeddingStore(ws, kind).compact()
+    compact_s = time.perf_counter() - started - rows_s
     rebuild_index_if_stale(ws, cfg.index_type)
     wall = time.perf_counter() - started
+    counts |= {"rows_s": round(rows_s, 2), "compact_s": round(compact_s, 2),
+               "index_s": round(wall - rows_s - compact_s, 2)}
     statuses = dict(ws.rows("SELECT status, count(*) FROM samples WHERE source = ? GROUP BY ALL ORDER BY 1",
                             [src.name]))
     return {"files": len(files), **counts, "statuses": statuses, "wall_s": round(wall, 2),
@@ -146,14 +172,10 @@ def block_rows(ws: Workspace, block: Block, src: Source, layout: str) -> tuple[p
     meta, n, names = block.meta, block.meta.num_rows, COLUMNS[layout]
     keys = _keys(meta, names, block)
     uids, status, reason = _uids(ws, meta, names, keys, src.name)
-    image = block.image
-    finite = np.isfinite(image).all(axis=1)
-    norms = np.linalg.norm(np.where(finite[:, None], image, 0), axis=1)
-    usable = finite & (np.abs(norms - 1) <= NORM_TOLERANCE)
+    image, usable = unit_rows(block.image)
     bad_vec = (status == "ok") & ~usable
     status[bad_vec] = "bad_vector"
     reason[bad_vec] = "the pool's image vector is not finite or not L2-normalised"
-    image = np.where(usable[:, None], image / np.maximum(norms, 1e-12)[:, None], 0).astype(np.float32)
     caption, caption_status = _captions(meta, column(meta, names.caption), n)
     table = pa.table({
         "uid": uids, "source": repeat(src.name, n), "key": keys, "status": pa.array(status),
@@ -254,9 +276,17 @@ def _scores(meta: pa.Table, layout: str, status: np.ndarray) -> pa.Table:
                                                             "value": pa.array([], pa.float64())})
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.where(np.isfinite(vectors).all(axis=1, keepdims=True), vectors / np.maximum(norms, 1e-12), 0)
+def unit_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float16 rows, usable mask): rows as the pool shipped them where all are finite and of unit length
+    (within ``NORM_TOLERANCE``), else normalised, with unusable rows (NaN, infinite, far from unit) zeroed."""
+    v32 = np.asarray(vectors, np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->i", v32, v32))
+    usable = np.isfinite(norms) & (np.abs(norms - 1) <= NORM_TOLERANCE)
+    if vectors.dtype == np.float16 and usable.all():
+        return vectors, usable
+    fixed = np.where(usable[:, None], v32 / np.where(usable, norms, 1)[:, None], 0)
+    return fixed.astype(np.float16), usable
 
 
 def _empty_rows() -> pa.Table:

@@ -84,7 +84,7 @@ def register_config(path: str | Path) -> str:
     return path.stem
 
 
-def _config_beside(checkpoint: Path) -> Path | None:
+def config_beside(checkpoint: Path) -> Path | None:
     for candidate in (checkpoint.with_suffix(".json"), checkpoint.parent / "open_clip_config.json"):
         if candidate.is_file():
             return candidate
@@ -99,7 +99,7 @@ def resolve_name(spec: ModelSpec) -> str:
     if name and name.startswith("local-dir:"):
         return name
     if spec.checkpoint and not name:
-        config = _config_beside(Path(spec.checkpoint))
+        config = config_beside(Path(spec.checkpoint))
         if config is None:
             raise ModelError(f"checkpoint {spec.checkpoint!r} has no config beside it; pass --model NAME or a config .json")
         name = register_config(config) if config.name != "open_clip_config.json" else _register_hf_style(config)
@@ -308,7 +308,7 @@ def _canonical(spec: ModelSpec) -> tuple:
     name = Path(spec.name).stem if spec.name and spec.name.endswith(".json") else spec.name
     checkpoint = str(Path(spec.checkpoint).resolve()) if spec.checkpoint else None
     if checkpoint and name is None:
-        config = _config_beside(Path(checkpoint))
+        config = config_beside(Path(checkpoint))
         name = config.stem if config is not None and config.name != "open_clip_config.json" else name
     return name, None if checkpoint else spec.pretrained, checkpoint
 

@@ -78,7 +78,7 @@ class PoolFile:
 
 @dataclass
 class Block:
-    """Rows ``start`` .. ``start + len`` of one pool file: its metadata and its vectors (float32)."""
+    """Rows ``start`` .. ``start + len`` of one pool file: its metadata and its vectors (as the pool stores them)."""
 
     file: PoolFile
     start: int
@@ -219,7 +219,7 @@ def vectors(path: Path, key: str | None) -> np.ndarray:
 
 
 def blocks(file: PoolFile, start: int, rows: int) -> Iterator[Block]:
-    """The file's rows from ``start`` on, ``rows`` at a time, with their vectors as float32."""
+    """The file's rows from ``start`` on, ``rows`` at a time, with their vectors."""
     image = vectors(file.image, file.image_key)
     text = vectors(file.text, file.text_key) if file.text is not None else None
     parquet = pq.ParquetFile(file.metadata)
@@ -230,14 +230,14 @@ def blocks(file: PoolFile, start: int, rows: int) -> Iterator[Block]:
             cut = max(start - offset, 0)
             meta = pa.Table.from_batches([batch]).slice(cut)
             lo = offset + cut
-            yield Block(file, lo, meta, np.asarray(image[lo:stop], np.float32),
-                        None if text is None else np.asarray(text[lo:stop], np.float32))
+            yield Block(file, lo, meta, np.array(image[lo:stop]), None if text is None else np.array(text[lo:stop]))
         offset = stop
 
 
-def column(meta: pa.Table, names: tuple[str, ...]) -> str | None:
-    """The first of ``names`` that ``meta`` has."""
-    return next((n for n in names if n in meta.column_names), None)
+def column(meta: pa.Table | pa.Schema, names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` that ``meta`` (a table or a schema) has."""
+    have = meta.names if isinstance(meta, pa.Schema) else meta.column_names
+    return next((n for n in names if n in have), None)
 
 
 def score_columns(schema: pa.Schema, layout: str) -> list[str]:

@@ -52,7 +52,7 @@ class EmbeddingStore:
     def write_chunk(self, start: int, vectors: np.ndarray) -> str:
         """Write rows [start, start + len) atomically; return the file name to record in DuckDB."""
         name = _chunk_name(start, start + len(vectors))
-        atomic_write(self.dir / name, lambda fh: np.save(fh, vectors.astype(np.float16)))
+        atomic_write(self.dir / name, lambda fh: np.save(fh, np.asarray(vectors, np.float16)))
         return name
 
     def record_chunk(self, cur, start: int, n: int, name: str) -> None:

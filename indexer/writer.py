@@ -210,7 +210,7 @@ class SampleWriter:
 
 def rebuild_index_if_stale(ws: Workspace, kind: str = "auto", force: bool = False) -> bool:
     """(Re)build the FAISS index over ok samples unless the stored one already matches; return if built."""
-    ids = np.array([r[0] for r in ws.rows("SELECT id FROM samples WHERE status = 'ok' ORDER BY id")], dtype=np.int64)
+    ids = np.asarray(ws.numpy("SELECT id FROM samples WHERE status = 'ok' ORDER BY id")["id"], dtype=np.int64)
     state = {"n": int(len(ids)), "max_id": int(ids[-1]) if len(ids) else -1,
              "kind": choose_index_kind(len(ids), kind)}
     current = ws.get_meta("faiss_index")

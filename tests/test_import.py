@@ -4,6 +4,7 @@ resharder would load; bad input refused in one line or kept as a per-row status.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -205,3 +206,88 @@ def test_a_truncated_clip_retrieval_npy_is_refused_in_one_line(tmp_path):
                    check=False)
     assert proc.returncode == 2 and "img_emb_0.npy: truncated" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "ws").exists()
+
+
+def _checkpoint(folder: Path, seed: int) -> Path:
+    """The tiny config with seeded random weights, saved where altlens finds the config beside it."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+    from conftest import TINY_CONFIG
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / TINY_CONFIG.name
+    shutil.copy(TINY_CONFIG, config)
+    open_clip.add_model_config(config)
+    torch.manual_seed(seed)
+    weights = config.with_suffix(".safetensors")
+    save_file({k: v.contiguous() for k, v in open_clip.create_model(config.stem).state_dict().items()}, str(weights))
+    return weights
+
+
+def _pool_with_shards(tmp_path: Path, checkpoint: Path) -> tuple[list[str], list[str]]:
+    """A DataComp pool of 10 rows whose vectors the checkpoint made from real images, and one shard holding
+    the images of the first 7 (uid in each .json, as img2dataset writes it); returns (uids, shard keys)."""
+    import json
+    import tarfile
+
+    from conftest import add_member, good_samples
+    from indexer.decode import DecodeConfig, decode_sample
+    from indexer.models import ModelSpec, load_model
+    import torch
+    model = load_model(ModelSpec(checkpoint=str(checkpoint)))
+    samples = good_samples(10, seed=21)
+    rng = np.random.default_rng(2)
+    rows = datacomp_rows(rng, 10, 100)
+    pixels = [decode_sample({"__key__": k, "__uid__": u, "image": d, "ext": "jpg"}, DecodeConfig(), model.preprocess)
+              ["pixels"] for (k, d, _), u in zip(samples, rows["uid"])]
+    image = np.asarray(model.encode_images(torch.stack(pixels)), np.float16)
+    text = np.asarray(model.encode_texts(rows["text"]), np.float16)
+    (tmp_path / "pool" / "metadata").mkdir(parents=True)
+    pq.write_table(pa.table(rows), tmp_path / "pool" / "metadata" / "00000000.parquet")
+    np.savez(tmp_path / "pool" / "metadata" / "00000000.npz", l14_img=image, l14_txt=text)
+    (tmp_path / "shards").mkdir()
+    with tarfile.open(tmp_path / "shards" / "00000.tar", "w") as tar:
+        for (key, data, caption), uid in list(zip(samples, rows["uid"]))[:7]:
+            add_member(tar, f"{key}.jpg", data)
+            add_member(tar, f"{key}.txt", caption.encode())
+            add_member(tar, f"{key}.json", json.dumps({"uid": uid.upper()}).encode())
+        add_member(tar, "stranger.jpg", samples[9][1])
+        add_member(tar, "stranger.json", json.dumps({"uid": "f" * 32}).encode())
+    return rows["uid"], [k for k, _, _ in samples[:7]]
+
+
+def test_images_join_the_rows_by_uid_after_the_model_is_confirmed(tmp_path):
+    checkpoint = _checkpoint(tmp_path / "model", seed=3)
+    uids, _ = _pool_with_shards(tmp_path, checkpoint)
+    args = ("import", "datacomp", str(tmp_path / "pool"), "--checkpoint", str(checkpoint),
+            "--images", str(tmp_path / "shards" / "00000.tar"))
+    report = run_cli(*args[:3], "-w", str(tmp_path / "ws"), *args[3:]).stdout
+    assert '"joined": 7' in report and '"not_in_pool": 1' in report
+    with Workspace(tmp_path / "ws", read_only=True) as ws:
+        rows = ws.rows("SELECT uid, image_state, thumb IS NOT NULL, member_size > 0 FROM samples ORDER BY id")
+        assert [r[0] for r in rows] == uids
+        assert [r[1] for r in rows] == [None] * 7 + ["not_downloaded"] * 3
+        assert all(r[2] and r[3] for r in rows[:7]) and all((ws.thumbs_dir / t).is_file() for (t,) in
+                                                              ws.rows("SELECT thumb FROM samples WHERE thumb IS NOT NULL"))
+    run_cli("select", "-w", str(tmp_path / "ws"), "--name", "seen", "--keep-duplicates", "--caption-policy", "alt")
+    refused = run_cli("export", "-w", str(tmp_path / "ws"), "--selection", "seen", "--out", str(tmp_path / "wds"),
+                      "--format", "webdataset", check=False)
+    assert refused.returncode == 2 and "3 samples of selection 'seen' have no image at hand" in refused.stderr
+
+    wrong = _checkpoint(tmp_path / "other", seed=4)
+    proc = run_cli("import", "datacomp", str(tmp_path / "pool"), "-w", str(tmp_path / "ws2"), "--checkpoint",
+                   str(wrong), "--images", str(tmp_path / "shards" / "00000.tar"), check=False)
+    assert proc.returncode == 2 and "median cosine" in proc.stderr and "wrong model" in proc.stderr
+    assert not (tmp_path / "ws2").exists()
+
+
+def test_a_uid_repeated_in_a_later_file_is_a_duplicate_not_a_crash(tmp_path):
+    pool = write_datacomp(tmp_path / "pool", sizes=(4, 4))
+    second = tmp_path / "pool" / "metadata" / "00000001.parquet"
+    table = pq.read_table(second).to_pydict()
+    table["uid"][2] = pool["uids"][1]
+    pq.write_table(pa.table(table), second)
+    imported(tmp_path / "pool", tmp_path / "ws", "--commit-every", "3")
+    with Workspace(tmp_path / "ws", read_only=True) as ws:
+        status = [r[0] for r in ws.rows("SELECT status FROM samples ORDER BY id")]
+        assert status == ["ok"] * 6 + ["duplicate_key", "ok"]

@@ -321,3 +321,20 @@ def test_balanced_first_queue_then_train_apply_and_the_threshold_rescales_in_a_r
         slider = page.get_by_role("slider").first
         assert float(slider.get_attribute("aria-valuemax") or slider.get_attribute("max")) <= 1.0
         page.screenshot(path=tmp_path / "rescaled.png", full_page=True)
+
+
+def test_selection_panel_applies_a_datacomp_preset_first_and_says_what_it_keeps(curate):
+    """The preset runs over the whole pool before the Filter threshold and every other rule; on a workspace
+    without imported scores the clip-score baseline ranks by the workspace model's own alt-text cosine."""
+    import numpy as np
+    ws = curate.ws
+    cosines = np.array([r[0] for r in ws.rows("""SELECT cs.cosine FROM captions c JOIN caption_scores cs
+                                                  ON cs.caption_id = c.id WHERE c.source_kind = 'alt'""")])
+    expected = int((cosines >= np.percentile(cosines, 70)).sum())
+    rule = ("clip30", "alt", -1, False, "any", 0, "hybrid")
+    text, _, _ = curate.preview(*rule, 0, 0, "sqrt", "central", "", "datacomp-clip-score", 0.3)
+    steps = text.split(" → ")
+    assert steps[1].startswith("below the top 30% by altlens.alt_cosine")
+    assert int(steps[0].split()[0]) - int(steps[1].rsplit("−", 1)[1]) == expected
+    with pytest.raises(UserError, match="unknown preset"):
+        curate.preview(*rule, 0, 0, "sqrt", "central", "", "datacomp-everything", 0.3)
