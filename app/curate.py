@@ -18,7 +18,7 @@ from curation.export.budget import ALLOCATE, PICK
 from curation.export.export import ExportConfig, run
 from curation.export.formats import format_names
 from curation.export.policy import ExportError
-from curation.export.presets import PRESETS
+from curation.export.presets import FILE_FREE_PRESETS
 from curation.export.select import (
     LABEL_FILTERS,
     POLICIES,
@@ -36,8 +36,8 @@ from curation.review.edits import add_curator_caption
 from curation.review.progress import label_progress, progress_text
 from curation.review.queue import review_queue, unlabelled_count
 from curation.review.reward import apply_reward, load_model, train_from_labels
-from curation.views.filter import reward_choices
-from curation.views.gallery import SCORE_SOURCES
+from curation.views.filter import default_source, imported_choices, reward_choices
+from curation.views.gallery import SCORE_SOURCES, imported_name
 
 QUEUES = {"most useful next": "useful", "lowest reward first": "lowest", "a cluster": "cluster",
           "a search": "search"}
@@ -230,7 +230,10 @@ class Curate:
 
     # ------------------------------------------------------------ selections and export
     def score_choices(self) -> list[tuple[str, str]]:
-        return [(s, s) for s in SCORE_SOURCES] + reward_choices(self.ws)
+        return [(s, s) for s in SCORE_SOURCES] + reward_choices(self.ws) + imported_choices(self.ws)
+
+    def default_source(self) -> str:
+        return default_source(self.ws)
 
     def _rule(self, name: str, source: str, threshold, drop_dups: bool, labels: str, per_cluster,
               policy: str, reduce: tuple = ()) -> SelectionRule:
@@ -243,6 +246,8 @@ class Curate:
         rule = {"min_reward": t} if source == "reward" else {}
         if source.startswith("reward@"):
             rule = {"min_reward": t, "reward_version": int(source.partition("@")[2])}
+        elif imported_name(source) is not None:
+            rule = {"imported_min": {imported_name(source): t}}
         elif source != "reward":
             rule = {"source_min": {source: t}}
         rule |= self._reduce(*reduce) if reduce else {}
@@ -257,7 +262,7 @@ class Curate:
         """The Selection panel's reduction fields (0 or empty: not used) as SelectionRule fields."""
         out: dict = {}
         if preset not in (None, "", NO_PRESET):
-            out |= {"preset": one_of(preset, PRESETS, "preset"),
+            out |= {"preset": one_of(preset, FILE_FREE_PRESETS, "preset"),
                     "fraction": as_float(fraction if fraction not in (None, "") else 0.3, "fraction")}
         eps = as_float(semdedup_eps or 0, "semantic dedup eps")
         if eps:

@@ -14,7 +14,7 @@ from app.curate import ACTIONS, NO_PRESET, QUEUES, Curate
 from app.handlers import CAPTION_COLUMNS, as_int
 from curation.export.budget import ALLOCATE, PICK
 from curation.export.formats import format_names
-from curation.export.presets import PRESETS
+from curation.export.presets import FILE_FREE_PRESETS
 from curation.export.select import LABEL_FILTERS, POLICIES
 from curation.views.glossary import CAPTION_SCORES, glossary_markdown
 
@@ -229,7 +229,7 @@ def selection_panel(c: Curate, friendly, source: gr.Dropdown, threshold: gr.Slid
                                        max_lines=1,
                                        elem_id="selection-concepts")
         with gr.Row():
-            preset = gr.Dropdown([NO_PRESET, *PRESETS], value=NO_PRESET, elem_id="selection-preset",
+            preset = gr.Dropdown([NO_PRESET, *FILE_FREE_PRESETS], value=NO_PRESET, elem_id="selection-preset",
                                  label="DataComp baseline applied first (the preview shows what it keeps)")
             fraction = gr.Number(value=0.3, minimum=0.01, maximum=1, step=0.05, elem_id="selection-fraction",
                                  label="datacomp-clip-score: share of the whole pool to keep")

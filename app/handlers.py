@@ -28,6 +28,8 @@ from curation.views.gallery import (
     compare_rows,
     contrast_set_rows,
     gallery_page,
+    imported_name,
+    is_filter_source,
     overview,
     sample_detail,
     thumbs_of,
@@ -159,7 +161,10 @@ class Handlers:
     def browse(self, cluster, page, source: str = "reward", min_score=None, order: str = "default",
                ids: list[int] | None = None):
         """A page of tiles; returns (tiles, tile ids, page text, page number)."""
-        one_of(source, SCORE_SOURCES, "score")
+        if not is_filter_source(source):
+            one_of(source, SCORE_SOURCES, "score")
+        if ids is not None and source not in SCORE_SOURCES:
+            raise UserError(f"search results show a caption score or the reward, not {source}")
         cluster_id = None if cluster in (None, "", "all") else as_int(cluster, "cluster")
         if cluster_id is not None and cluster_id not in self.clusters():
             raise UserError(f"no cluster {cluster_id}; clusters are {self.clusters()[:20]}...")
@@ -189,6 +194,9 @@ class Handlers:
         facts = [[k, _fmt(detail[k])] for k in
                  ("id", "uid", "source", "key", "width", "height", "url", "cluster", "reward", "agreement",
                   "caption_status")]
+        if detail["image_state"]:
+            facts.append(["image", detail["image_state"].replace("_", " ")])
+        facts += [[f"{name} (imported)", _fmt(value)] for name, value in detail["imported"].items()]
         if syn:
             facts.append(["distinct synthetic captions", f"{len(set(syn))} of {len(syn)}"])
         dups = [(self.thumb(d["thumb"]), f"#{d['id']}" + (" (kept)" if d["representative"] else ""))
@@ -228,7 +236,7 @@ class Handlers:
     def filter(self, source: str, threshold, page=0):
         """(histogram, counts, per-cluster table, dropped tiles, just-above tiles) for a threshold; the two
         strips show page ``page`` (12 tiles each)."""
-        if source not in SCORE_SOURCES and not str(source).startswith("reward@"):
+        if not is_filter_source(source):
             one_of(source, SCORE_SOURCES, "score")
         t = as_float(threshold, "threshold")
         try:
@@ -249,7 +257,7 @@ class Handlers:
         """The Filter threshold for ``source``: its range and a value; when the score changes (another
         source, or a new active reward: pass the ``share`` it dropped before), the value keeps the dropped
         share and ``note`` says so."""
-        if source not in SCORE_SOURCES and not str(source).startswith("reward@"):
+        if not is_filter_source(source):
             one_of(source, SCORE_SOURCES, "score")
         t = as_float(threshold, "threshold")
         try:
@@ -321,6 +329,8 @@ class Handlers:
 
 def tile_label(source: str) -> str:
     """The score name a tile shows: the reward, or which caption source's clip_score."""
+    if imported_name(source) is not None:
+        return imported_name(source)
     return "reward" if source == "reward" or source.startswith("reward@") else f"{source} clip_score"
 
 

@@ -30,6 +30,7 @@ from app.curate_ui import (
 )
 from app.handlers import Handlers, UserError
 from app.semantic_ui import semantic_tab
+from curation.views.filter import imported_choices
 from curation.views.gallery import COMPARE_SORTS, SCORE_SOURCES
 from curation.views.glossary import CAPTION_SCORES
 from indexer.errors import AltlensError
@@ -141,7 +142,8 @@ def _overview_tab(h: Handlers) -> dict:
 def _browser_tab(h: Handlers, c: Curate, clusters: list[str], tile_ids: gr.State) -> dict:
     with gr.Row():
         cluster = gr.Dropdown(clusters, value="all", label="Cluster", elem_id="browser-cluster")
-        source = gr.Dropdown(list(SCORE_SOURCES), value="reward", label="Score shown")
+        source = gr.Dropdown([*SCORE_SOURCES, *(v for _, v in imported_choices(h.ws))], value="reward",
+                             label="Score shown")
         order = gr.Dropdown(["default", "score_asc", "score_desc"], value="default", label="Order")
         page = gr.Number(value=0, precision=0, label="Page (from 0)", minimum=0)
     with gr.Row():
@@ -182,9 +184,10 @@ def _compare_tab(h: Handlers, c: Curate) -> None:
 
 def _filter_tab(h: Handlers, c: Curate) -> dict:
     with gr.Row():
-        source = gr.Dropdown(c.score_choices(), value="reward", label="Filter by", elem_id="filter-source")
+        first = c.default_source()
+        source = gr.Dropdown(c.score_choices(), value=first, label="Filter by", elem_id="filter-source")
         threshold = gr.Slider(0.0, 2.5, value=0.625, step=0.005, label="Keep pairs scoring at least")
-    last_source = gr.State("reward")
+    last_source = gr.State(first)
     scale_note = gr.Textbox(label="Scale", interactive=False, elem_id="filter-scale")
     counts = gr.Textbox(label="Kept / dropped", interactive=False, elem_id="filter-counts")
     legend(("reward", "clip_score", "alt / syn / fused"))

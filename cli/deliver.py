@@ -30,11 +30,16 @@ def select(
                                              "reward."),
     concept: List[str] = typer.Option(None, help="A concept rule such as 'watermark<0.5' (repeatable; the "
                                                  "concept's latest scores, see 'altlens concept')."),
-    preset: str = typer.Option(None, help="A DataComp baseline applied first: datacomp-clip-score, datacomp-basic "
-                                          "or laion2b."),
+    preset: str = typer.Option(None, help="A DataComp baseline applied first: datacomp-clip-score, datacomp-basic, "
+                                          "laion2b or image-based (with --centroids and --targets)."),
     fraction: float = typer.Option(0.3, help="datacomp-clip-score: the share of the whole pool it keeps."),
     score: str = typer.Option(None, help="The score a preset uses (an imported score such as "
                                          "datacomp.clip_l14_similarity_score, or altlens.alt_cosine)."),
+    centroids: str = typer.Option(None, help="image-based: a .npy of cluster centres of the pool, one per row."),
+    targets: str = typer.Option(None, help="image-based: a .npy of embeddings of the images to find more of "
+                                           "(DataComp: ImageNet-1k's training set), or of centre numbers."),
+    min_score: List[str] = typer.Option(None, help="NAME=VALUE: keep samples whose imported score NAME is at "
+                                                   "least VALUE (repeatable; names as 'altlens stats' lists)."),
 ):
     """Save a named selection (a rule set) and materialise its sample list; prints what each rule removed and,
     when a selection of that name existed, how many it held ("replaced")."""
@@ -47,11 +52,35 @@ def select(
                          drop_duplicates=not keep_duplicates, labels=labels, per_cluster_k=per_cluster,
                          caption_policy=caption_policy, semdedup_eps=semdedup, semdedup_keep=keep,
                          budget=budget, allocate=allocate, pick=pick, concepts=tuple(concept or ()),
-                         preset=preset, fraction=fraction, preset_score=score)
+                         preset=preset, fraction=fraction, preset_score=score,
+                         centroids=_absolute(centroids), targets=_absolute(targets),
+                         imported_min=_pairs(min_score or (), "--min-score"))
     with Workspace(workspace) as ws:
         preview = preview_selection(ws, rule)
         extra = {"steps": preview["steps"]} | ({"per_cluster": preview["per_cluster"]} if budget is not None else {})
         echo_json(save_selection(ws, rule) | extra)
+
+
+def _absolute(path: str | None) -> str | None:
+    """A file the saved rule names, made absolute so the rule reads the same from any folder."""
+    from pathlib import Path
+
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
+def _pairs(items, flag: str) -> dict[str, float]:
+    """NAME=VALUE options as a dict; a malformed one is refused in one line."""
+    out = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ValueError(f"{flag} takes NAME=VALUE, such as datacomp.clip_b32_similarity_score=0.28; "
+                                     f"got {item!r}")
+    return out
 
 
 def export(

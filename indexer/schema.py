@@ -100,6 +100,9 @@ PRODUCT_TABLES = (
                                        "value DOUBLE, PRIMARY KEY (name, version, sample_id)"),
     # altlens select: the alt-text's most likely language (the DataComp and LAION presets keep English)
     Table("caption_languages", "select", "sample_id BIGINT NOT NULL, lang VARCHAR NOT NULL"),
+    # altlens select --preset image-based: each sample's nearest centre of a centroids file (named by its hash)
+    Table("centroid_assignments", "select", "centroids VARCHAR NOT NULL, sample_id BIGINT NOT NULL, "
+                                            "centroid INTEGER NOT NULL"),
     # altlens select
     Table("selections", "select", "name VARCHAR PRIMARY KEY, rule VARCHAR NOT NULL, counts VARCHAR NOT NULL, "
                                   "created_at TIMESTAMP"),

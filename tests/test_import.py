@@ -35,6 +35,11 @@ def as_pairs(uids) -> np.ndarray:
     return np.sort(pairs)
 
 
+def datacomp_cut(scores, fraction: float) -> float:
+    """DataComp's get_threshold: the scores sorted high to low, the one at position int(n * fraction)."""
+    return float(-np.sort(-np.asarray(scores))[int(len(scores) * fraction)])
+
+
 def test_import_select_export_subset_round_trip(tmp_path):
     pool = write_datacomp(tmp_path / "pool", sizes=(9, 6, 5))
     ws, pool_dir = tmp_path / "ws", tmp_path / "pool"
@@ -51,12 +56,12 @@ def test_import_select_export_subset_round_trip(tmp_path):
         names = {r[0] for r in w.rows("SELECT DISTINCT name FROM imported_scores")}
         assert {"datacomp.clip_l14_similarity_score", "datacomp.original_width"} <= names
     scores = np.concatenate([r["clip_l14_similarity_score"] for r in pool["rows"]])
-    cut = np.percentile(scores, 70)
+    cut = datacomp_cut(scores, 0.3)
     expected = [u for u, s in zip(pool["uids"], scores) if s >= cut]
     subset = subset_of(ws, "top30", tmp_path / "out", "--preset", "datacomp-clip-score")
     assert subset.dtype == np.dtype("u8,u8"), "resharder.py asserts this dtype"
     assert np.array_equal(subset, np.sort(subset)), "searched with np.searchsorted: sorted"
-    assert np.array_equal(subset, as_pairs(expected)) and len(expected) == 6
+    assert np.array_equal(subset, as_pairs(expected)) and len(expected) == 7
 
     again = tmp_path / "ws2"
     imported(pool_dir, again)
@@ -130,9 +135,82 @@ def test_presets_combine_with_other_rules(tmp_path):
         ws.execute("INSERT INTO labels VALUES (nextval('label_ids'), ?, 'alignment', 'bad', 'me', 'cli', now())",
                    [first])
         both = save_selection(ws, SelectionRule("b", preset="datacomp-clip-score", fraction=0.5))
-        assert alone["selected"] == 6 and both["selected"] == 5, "the label rule applies after the preset"
+        assert alone["selected"] == 7 and both["selected"] == 6, "the label rule applies after the preset"
         with pytest.raises(ValueError, match="no score named"):
             save_selection(ws, SelectionRule("c", preset="datacomp-clip-score", preset_score="nsfw"))
+
+
+def test_imported_scores_are_shown_filtered_and_selected_like_altlens_own(tmp_path):
+    from app.curate import Curate
+    from app.handlers import Handlers
+
+    pool = write_datacomp(tmp_path / "pool", sizes=(9, 7))
+    ws_dir = tmp_path / "ws"
+    imported(tmp_path / "pool", ws_dir)
+    b32 = np.concatenate([r["clip_b32_similarity_score"] for r in pool["rows"]])
+    name = "datacomp.clip_b32_similarity_score"
+    cut = float(np.sort(b32)[5])
+    with Workspace(ws_dir) as ws:
+        h = Handlers(ws)
+        c = Curate(h, read_only=False)
+        source = f"imported:{name}"
+        assert source in [v for _, v in c.score_choices()] and c.default_source().startswith("imported:")
+        _, counts, *_ = h.filter(source, cut)
+        assert counts.startswith(f"kept {int((b32 >= cut).sum())} · dropped 5 "), counts
+        assert name in h.threshold_scale(source, source, cut)["note"]
+        tiles, ids, *_ = h.browse("all", 0, source=source, order="score_desc")
+        assert ids[0] == int(np.argmax(b32)) and tiles[0][1].endswith(f"{name} {b32.max():.3f}"), tiles[0]
+        facts = dict(h.sample(3)[2])
+        assert facts[f"{name} (imported)"] == f"{b32[3]:.3f}" and facts["image"] == "not downloaded"
+        preview = c.preview("b32", source, cut, False, "any", 0, "hybrid")[0]
+        assert preview.endswith(f"→ {int((b32 >= cut).sum())} selected"), preview
+    subset = subset_of(ws_dir, "b32", tmp_path / "out", "--min-score", f"{name}={cut}")
+    assert np.array_equal(subset, as_pairs([u for u, v in zip(pool["uids"], b32) if v >= cut]))
+    bad = run_cli("select", "-w", str(ws_dir), "--name", "x", "--min-score", "no-equals-sign", check=False)
+    assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr and "Traceback" not in bad.stderr
+    unknown = run_cli("select", "-w", str(ws_dir), "--name", "x", "--min-score", "nsfw=0.5", check=False)
+    assert unknown.returncode != 0 and "no score named 'nsfw'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    assert f"{name}: 16 samples" in run_cli("stats", "-w", str(ws_dir)).stdout
+
+
+def test_image_based_preset_keeps_samples_nearest_a_target_centroid(tmp_path):
+    """Vectors drawn around three centres; the targets are images near centre 1, so the preset keeps the
+    English rows whose nearest centre (largest inner product) is 1, as hand-computed here."""
+    rng = np.random.default_rng(5)
+    centres = unit(rng, 3, 32)
+    around = rng.integers(0, 3, 30)
+    vecs = centres[around] + 0.35 * unit(rng, 30, 32)
+    vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float16)
+    rows = datacomp_rows(rng, 30, 0)
+    rows["text"][4] = "un chien brun endormi sur le canapé du salon"
+    (tmp_path / "pool" / "metadata").mkdir(parents=True)
+    pq.write_table(pa.table(rows), tmp_path / "pool" / "metadata" / "00000000.parquet")
+    np.savez(tmp_path / "pool" / "metadata" / "00000000.npz", l14_img=vecs, l14_txt=vecs)
+    np.save(tmp_path / "centres.npy", centres)
+    targets = centres[[1, 1]] + 0.1 * unit(rng, 2, 32)
+    np.save(tmp_path / "targets.npy", targets.astype(np.float32))
+    np.save(tmp_path / "picked.npy", np.array([1, 1]))
+    ws = tmp_path / "ws"
+    imported(tmp_path / "pool", ws)
+    nearest = np.argmax(vecs.astype(np.float32) @ centres.T, axis=1)
+    keep = [u for i, u in enumerate(rows["uid"]) if nearest[i] == 1 and i != 4]
+    assert 4 <= len(keep) < 30 and nearest[4] in (0, 1, 2)
+    by_vectors = subset_of(ws, "near1", tmp_path / "a", "--preset", "image-based", "--centroids",
+                           str(tmp_path / "centres.npy"), "--targets", str(tmp_path / "targets.npy"))
+    assert np.array_equal(by_vectors, as_pairs(keep))
+    by_number = subset_of(ws, "near1b", tmp_path / "b", "--preset", "image-based", "--centroids",
+                          str(tmp_path / "centres.npy"), "--targets", str(tmp_path / "picked.npy"))
+    assert np.array_equal(by_number, by_vectors)
+    with Workspace(ws, read_only=True) as w:
+        assert w.scalar("SELECT count(*) FROM centroid_assignments") == 30, "assigned once per centroids file"
+    np.save(tmp_path / "wide.npy", unit(rng, 3, 48))
+    for extra, message in ((["--centroids", str(tmp_path / "wide.npy"), "--targets", str(tmp_path / "picked.npy")],
+                            "[K, 32] float array"),
+                           (["--centroids", str(tmp_path / "centres.npy")], "needs --targets"),
+                           (["--targets", str(tmp_path / "picked.npy")], "needs --centroids")):
+        proc = run_cli("select", "-w", str(ws), "--name", "bad", "--preset", "image-based", *extra, check=False)
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -1,11 +1,16 @@
 """The DataComp baselines as selection presets: preset name -> the steps a selection applies first.
 
 - ``datacomp-clip-score``: the top ``fraction`` (0.3) by a score, the threshold taken over the whole pool as
-  DataComp does (``np.percentile`` with linear interpolation; kept when ``score >= threshold``). The score is
-  the pool's own ViT-L-14 similarity where it was imported, else the workspace model's alt-text cosine.
+  DataComp's ``get_threshold`` does (the scores sorted high to low, the one at position ``int(n * fraction)``;
+  kept when ``score >= threshold``, so ties and that one row stay). The score is the pool's own ViT-L-14
+  similarity where it was imported, else the workspace model's alt-text cosine.
 - ``datacomp-basic``: English, more than 2 words and more than 5 characters, both sides at least 200 px,
   aspect ratio at most 3.
 - ``laion2b``: ViT-B-32 similarity at least 0.28, and English.
+- ``image-based``: English alt-text of more than 1 word and 5 characters whose image's nearest centre (largest
+  inner product, as DataComp assigns them) in a centroids file is one of the target centres: those nearest to
+  a target set's image embeddings (DataComp: ImageNet-1k's training images), or listed by number. Each
+  sample's centre is computed once per centroids file and kept in ``centroid_assignments``.
 
 English is the alt-text's most likely language by py3langid (langid.py's model, shipped in the package),
 computed once per sample and kept in ``caption_languages``. DataComp used fasttext's lid.176 for ``basic``
@@ -14,19 +19,25 @@ from DataComp's own.
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
 from indexer.schema import ALT
 from indexer.store import Workspace
+from indexer.vectors import EmbeddingStore, nearest_centroid
 
-PRESETS = ("datacomp-clip-score", "datacomp-basic", "laion2b")
+IMAGE_BASED = "image-based"
+PRESETS = ("datacomp-clip-score", "datacomp-basic", "laion2b", IMAGE_BASED)
+FILE_FREE_PRESETS = PRESETS[:3]  # what the browser offers: image-based names files on the server
 OWN_COSINE = "altlens.alt_cosine"  # the workspace model's cosine between an image and its alt-text
 L14_SCORE, B32_SCORE = "datacomp.clip_l14_similarity_score", "datacomp.clip_b32_similarity_score"
 LAION_MIN = 0.28
 MIN_SIDE, MAX_ASPECT, MIN_WORDS, MIN_CHARS = 200, 3.0, 2, 5  # basic: > 2 words, > 5 chars
 LANGUAGE_BLOCK = 50_000
+ASSIGN_BLOCK = 200_000  # samples given their nearest centre per transaction
 
 
 def score_names(ws: Workspace) -> list[str]:
@@ -51,18 +62,23 @@ def default_score(ws: Workspace, wanted: str) -> str:
 
 
 def threshold(ws: Workspace, name: str, fraction: float) -> float:
-    """The value the top ``fraction`` of the whole pool reaches (linear interpolation, as np.percentile)."""
+    """The cut of the top ``fraction`` over the whole pool, as DataComp computes it: the scores sorted high to
+    low, the one at position ``int(n * fraction)`` (the last one when that is past the end)."""
     sql, params = score_sql(ws, name)
-    value = ws.scalar(f"SELECT quantile_cont(value, ?) FROM ({sql}) WHERE isfinite(value)", [1 - fraction, *params])
-    if value is None:
+    n = int(ws.scalar(f"SELECT count(*) FROM ({sql}) WHERE isfinite(value)", params))
+    if not n:
         raise ValueError(f"the score {name!r} has no values yet")
-    return float(value)
+    return float(ws.scalar(f"SELECT value FROM ({sql}) WHERE isfinite(value) ORDER BY value DESC LIMIT 1 OFFSET ?",
+                           [*params, min(int(n * fraction), n - 1)]))
 
 
-def preset_steps(ws: Workspace, preset: str, fraction: float = 0.3, score: str | None = None) -> list[tuple]:
+def preset_steps(ws: Workspace, preset: str, fraction: float = 0.3, score: str | None = None,
+                 centroids: str | None = None, targets: str | None = None) -> list[tuple]:
     """The preset as selection steps: (what it removes, SQL condition on ``s``, parameters)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    if preset == IMAGE_BASED:
+        return [english_step(ws), _caption_length_step(1), image_based_step(ws, centroids, targets)]
     if preset == "datacomp-clip-score":
         name = score or default_score(ws, L14_SCORE)
         cut = threshold(ws, name, fraction)
@@ -83,10 +99,10 @@ def english_step(ws: Workspace) -> tuple:
             "s.id IN (SELECT sample_id FROM caption_languages WHERE lang = 'en')", [])
 
 
-def _caption_length_step() -> tuple:
-    return (f"alt-text of {MIN_WORDS} words or fewer, or {MIN_CHARS} characters or fewer",
+def _caption_length_step(words: int = MIN_WORDS) -> tuple:
+    return (f"alt-text of {words} word{'s' if words > 1 else ''} or fewer, or {MIN_CHARS} characters or fewer",
             f"""s.id IN (SELECT sample_id FROM captions WHERE source_kind = '{ALT}' AND length(text) > ?
-                AND len(string_split_regex(trim(text), '\\s+')) > ?)""", [MIN_CHARS, MIN_WORDS])
+                AND len(string_split_regex(trim(text), '\\s+')) > ?)""", [MIN_CHARS, words])
 
 
 def _image_size_step() -> tuple:
@@ -116,3 +132,72 @@ def fill_languages(ws: Workspace, progress: bool = True) -> int:
             done += len(langs)
             bar.update(len(langs))
     return done
+
+
+def load_centroids(path: str | None, dim: int) -> tuple[np.ndarray, str]:
+    """(centres as float32 [K, dim], a name for them: the file's hash) from a ``.npy``; refused in one line
+    when the file is missing, not an array of ``dim``-wide finite rows."""
+    if not path:
+        raise ValueError("--preset image-based needs --centroids FILE.npy (the pool's cluster centres, one per row)")
+    centres = _array(path, "--centroids")
+    if centres.ndim != 2 or centres.shape[1] != dim or not len(centres) or not np.issubdtype(centres.dtype, np.floating):
+        raise ValueError(f"{path}: centroids must be a [K, {dim}] float array (the workspace's vectors are "
+                         f"{dim}-d), got {centres.dtype} {list(centres.shape)}")
+    centres = np.asarray(centres, np.float32)
+    if not np.isfinite(centres).all():
+        raise ValueError(f"{path}: centroids hold NaN or infinite values")
+    return centres, hashlib.sha256(centres.tobytes()).hexdigest()[:16]
+
+
+def target_centres(path: str | None, centres: np.ndarray) -> np.ndarray:
+    """The centres picked: the nearest centre of each row of a float array of target image embeddings, or the
+    centre numbers of a 1-d integer array; sorted, unique."""
+    if not path:
+        raise ValueError("--preset image-based needs --targets FILE.npy: embeddings of the images you want more "
+                         "of (DataComp used ImageNet-1k's training set) or the numbers of the centres to keep")
+    targets = _array(path, "--targets")
+    if targets.ndim == 1 and np.issubdtype(targets.dtype, np.integer):
+        if len(targets) and (targets.min() < 0 or targets.max() >= len(centres)):
+            raise ValueError(f"{path}: centre numbers must lie in 0..{len(centres) - 1}")
+        return np.unique(targets.astype(np.int64))
+    if targets.ndim != 2 or targets.shape[1] != centres.shape[1] or not np.issubdtype(targets.dtype, np.floating):
+        raise ValueError(f"{path}: targets must be [N, {centres.shape[1]}] float embeddings or 1-d centre numbers, "
+                         f"got {targets.dtype} {list(targets.shape)}")
+    if not np.isfinite(targets).all():
+        raise ValueError(f"{path}: targets hold NaN or infinite values")
+    return np.unique(nearest_centroid(targets, centres).astype(np.int64))
+
+
+def image_based_step(ws: Workspace, centroids: str | None, targets: str | None) -> tuple:
+    images = EmbeddingStore(ws, "image").load()
+    if not images.size:
+        raise ValueError("no image embeddings yet; index or import the pool first")
+    centres, name = load_centroids(centroids, images.shape[1])
+    picked = target_centres(targets, centres)
+    assign_centres(ws, images, centres, name)
+    return (f"image nearest a centre other than the {len(picked)} target centres of {len(centres)}",
+            "s.id IN (SELECT sample_id FROM centroid_assignments WHERE centroids = ? AND centroid IN "
+            "(SELECT unnest(?)))", [name, picked.tolist()])
+
+
+def assign_centres(ws: Workspace, images: np.ndarray, centres: np.ndarray, name: str) -> int:
+    """Record each sample's nearest centre (under ``name``) for the rows not yet assigned; returns how many."""
+    done = ws.scalar("SELECT max(sample_id) FROM centroid_assignments WHERE centroids = ?", [name])
+    start = 0 if done is None else int(done) + 1
+    for lo in range(start, len(images), ASSIGN_BLOCK):
+        hi = min(lo + ASSIGN_BLOCK, len(images))
+        nearest = nearest_centroid(images[lo:hi], centres)
+        with ws.transaction() as cur:
+            ws.insert_arrow("centroid_assignments", pa.table({
+                "centroids": pa.repeat(pa.scalar(name), hi - lo),
+                "sample_id": np.arange(lo, hi, dtype=np.int64), "centroid": nearest}), cur=cur)
+    return max(0, len(images) - start)
+
+
+def _array(path: str, flag: str) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise ValueError(f"{flag} {path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{flag} {path}: not a NumPy .npy array ({exc})") from None

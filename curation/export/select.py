@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from curation.export.budget import ALLOCATE, PICK, budget_pick
 from curation.export.presets import PRESETS, preset_steps
+from curation.export.presets import score_sql as imported_score_sql
 from curation.review.concepts import parse_rule, rule_step
 from curation.scores.rewards import active_reward
 from curation.structure.semdedup import removed_ids, require_run
@@ -49,6 +50,9 @@ class SelectionRule:
     preset: str | None = None  # a DataComp baseline applied first (curation/export/presets.py)
     fraction: float = 0.3  # datacomp-clip-score: the share of the whole pool it keeps
     preset_score: str | None = None  # the score a preset ranks or thresholds by (default: the pool's own)
+    centroids: str | None = None  # image-based: a .npy of cluster centres (resolved to an absolute path)
+    targets: str | None = None  # image-based: a .npy of target image embeddings or of centre numbers
+    imported_min: dict = field(default_factory=dict)  # imported score name -> the least value kept
 
     def __post_init__(self):
         if not self.name or len(self.name) > 64 or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -73,6 +77,10 @@ class SelectionRule:
             parse_rule(text)
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; allowed: {', '.join(PRESETS)}")
+        for score, value in self.imported_min.items():
+            if not isinstance(score, str) or not score or len(score) > 200:
+                raise ValueError(f"an imported score is named by 1-200 characters, got {score!r}")
+            float(value)
         if not 0 < self.fraction <= 1:
             raise ValueError(f"--fraction is a share of the pool, above 0 and at most 1, got {self.fraction}")
 
@@ -84,7 +92,12 @@ def _steps(ws: Workspace, rule: SelectionRule) -> list[tuple[str, str, list]]:
                                                          [rule.reward_version]):
         raise ValueError(f"no reward version {rule.reward_version}")
     _require_inputs(ws, rule)
-    steps = preset_steps(ws, rule.preset, rule.fraction, rule.preset_score) if rule.preset else []
+    steps = preset_steps(ws, rule.preset, rule.fraction, rule.preset_score, rule.centroids, rule.targets) \
+        if rule.preset else []
+    for score, value in sorted(rule.imported_min.items()):
+        sql, params = imported_score_sql(ws, score)
+        steps.append((f"{score} below {float(value):g}",
+                      f"s.id IN (SELECT sample_id FROM ({sql}) WHERE value >= ?)", [*params, float(value)]))
     if rule.min_reward is not None:
         steps.append((f"reward below {rule.min_reward:g}",
                       "s.id IN (SELECT sample_id FROM rewards WHERE version = ? AND value >= ?)",
@@ -246,6 +259,8 @@ def load_selection(ws: Workspace, name: str) -> tuple[SelectionRule, list[int]]:
     data = json.loads(row)
     data["clusters_in"], data["clusters_out"] = tuple(data["clusters_in"]), tuple(data["clusters_out"])
     data["concepts"] = tuple(data.get("concepts", ()))
+    known = set(SelectionRule.__dataclass_fields__)
+    data = {k: v for k, v in data.items() if k in known}
     ids = [r[0] for r in ws.rows("SELECT sample_id FROM selection_members WHERE name = ? ORDER BY sample_id", [name])]
     return SelectionRule(**data), ids
 

@@ -5,7 +5,8 @@ gallery page is array work, not joins.
 reward and best clip_score per caption source once; ``effect`` answers a
 threshold and ``page`` a gallery page in milliseconds at a million rows, from
 orders it sorts once. Any stored reward version can be filtered by as
-``reward@N``. ``stamp`` tells a server when to load them again.
+``reward@N``, and any score a pool shipped (``altlens import``) as ``imported:NAME``.
+``stamp`` tells a server when to load them again.
 """
 from __future__ import annotations
 
@@ -13,7 +14,18 @@ import math
 
 import numpy as np
 
-from curation.views.gallery import JOINS, SCORE_SOURCES, Scope, ViewError, active_version_param, score_sql, thumbs_of
+from curation.views.gallery import (
+    IMPORTED,
+    JOINS,
+    SCORE_SOURCES,
+    Scope,
+    ViewError,
+    active_version_param,
+    imported_name,
+    reward_at,
+    score_sql,
+    thumbs_of,
+)
 from indexer.store import Workspace
 
 
@@ -45,11 +57,22 @@ class FilterIndex:
         self._pages: dict[tuple, np.ndarray] = {}
 
     def score(self, source: str) -> np.ndarray:
-        """Per-sample values of ``source``: a caption source, ``reward`` (the active version) or
-        ``reward@N`` (any stored reward version, loaded on first use)."""
+        """Per-sample values of ``source``: a caption source, ``reward`` (the active version), ``reward@N`` (any
+        stored reward version) or ``imported:NAME`` (a score the pool shipped), the last two loaded on first
+        use (NaN where a sample has none)."""
         if source in self.scores:
             return self.scores[source]
-        version = _reward_at(source)
+        name = imported_name(source)
+        if name is not None:
+            if not self.ws.scalar("SELECT count(*) FROM (SELECT 1 FROM imported_scores WHERE name = ? LIMIT 1)",
+                                  [name]):
+                raise ViewError(f"no imported score {name!r}")
+            frame = self.ws.numpy("""SELECT s.id, i.value FROM samples s LEFT JOIN imported_scores i
+                                       ON i.sample_id = s.id AND i.name = ? WHERE s.status = 'ok' ORDER BY s.id""",
+                                    [name])
+            self.scores[source] = _float_array(frame["value"])
+            return self.scores[source]
+        version = reward_at(source)
         if version is None:
             score_sql(source)  # raises with the allowed names
         if not self.ws.scalar("SELECT count(*) FROM reward_versions WHERE version = ?", [version]):
@@ -190,9 +213,21 @@ def stamp(ws: Workspace) -> tuple:
     return tuple(str(ws.get_meta(key)) for key in ("faiss_index", "active_reward", "map", "scored"))
 
 
-def _reward_at(source: str) -> int | None:
-    head, sep, tail = source.partition("@")
-    return int(tail) if head == "reward" and sep and tail.isdigit() else None
+def imported_choices(ws: Workspace) -> list[tuple[str, str]]:
+    """(label, value) for every score the pool shipped, named with its origin."""
+    if not ws.has_table("imported_scores"):
+        return []
+    return [(f"{name} (imported)", IMPORTED + name)
+            for (name,) in ws.rows("SELECT DISTINCT name FROM imported_scores ORDER BY 1")]
+
+
+def default_source(ws: Workspace) -> str:
+    """What the Filter view opens on: the reward once one exists, else a score the pool shipped (an imported
+    pool has no reward yet), else the reward (its empty state says how to make one)."""
+    if ws.scalar("SELECT count(*) FROM reward_versions"):
+        return "reward"
+    imported = imported_choices(ws)
+    return imported[0][1] if imported else "reward"
 
 
 def reward_choices(ws: Workspace) -> list[tuple[str, str]]:
@@ -203,10 +238,13 @@ def reward_choices(ws: Workspace) -> list[tuple[str, str]]:
 
 
 def score_name(ws: Workspace, source: str) -> str:
-    """A filter source in words: ``reward`` and ``reward@N`` name the version and its kind."""
-    if source != "reward" and _reward_at(source) is None:
+    """A filter source in words: ``reward`` and ``reward@N`` name the version and its kind, ``imported:NAME``
+    the pool's score."""
+    if imported_name(source) is not None:
+        return f"{imported_name(source)} (imported)"
+    if source != "reward" and reward_at(source) is None:
         return f"{source} clip_score"
-    version = _reward_at(source) if source != "reward" else active_version_param(ws)
+    version = reward_at(source) if source != "reward" else active_version_param(ws)
     kind = ws.scalar("SELECT kind FROM reward_versions WHERE version = ?", [version])
     return f"reward v{version} ({kind})" if kind else "reward"
 

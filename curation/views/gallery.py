@@ -32,6 +32,25 @@ def score_sql(source: str) -> str:
     return "r.value" if source == "reward" else f"sss.{source}"
 
 
+def reward_at(source: str) -> int | None:
+    head, sep, tail = source.partition("@")
+    return int(tail) if head == "reward" and sep and tail.isdigit() else None
+
+
+IMPORTED = "imported:"  # a filter source naming a score the pool shipped: imported:datacomp.clip_l14_similarity_score
+
+
+def imported_name(source: str) -> str | None:
+    """The imported score a filter source names, or None when it names another kind of score."""
+    return source[len(IMPORTED):] if str(source).startswith(IMPORTED) and len(source) > len(IMPORTED) else None
+
+
+def is_filter_source(source) -> bool:
+    """Whether ``source`` is a kind of score the Filter view and gallery can rank by (not whether it exists)."""
+    source = str(source)
+    return source in SCORE_SOURCES or reward_at(source) is not None or imported_name(source) is not None
+
+
 JOINS = """FROM samples s
            LEFT JOIN rewards r ON r.sample_id = s.id AND r.version = ?
            LEFT JOIN sample_source_scores sss ON sss.sample_id = s.id
@@ -56,7 +75,8 @@ class Scope:
     order: str = "default"
 
     def __post_init__(self):
-        score_sql(self.source)
+        if not is_filter_source(self.source):
+            score_sql(self.source)  # raises with the allowed names
         if self.order not in ("default", "score_asc", "score_desc"):
             raise ViewError(f"unknown order {self.order!r}; allowed: default, score_asc, score_desc")
 
@@ -89,9 +109,10 @@ def gallery_page(ws: Workspace, scope: Scope, page: int = 0, per_page: int = PER
 
 
 def sample_detail(ws: Workspace, sample_id: int) -> dict:
-    """Everything the sample panel shows: fields, every caption with its scores, duplicates, cluster."""
+    """Everything the sample panel shows: fields, every caption with its scores, duplicates, cluster, and the
+    scores the pool shipped (``imported``: name -> value)."""
     rows = ws.dicts("""SELECT s.id, s.uid, s.source, s.key, s.status, s.reason, s.width, s.height, s.url,
-                              s.thumb, s.caption_status, k.cluster, k.distance, ss.agreement, r.value AS reward
+                              s.thumb, s.caption_status, s.image_state, k.cluster, k.distance, ss.agreement, r.value AS reward
                        FROM samples s LEFT JOIN clusters k ON k.sample_id = s.id
                        LEFT JOIN sample_scores ss ON ss.sample_id = s.id
                        LEFT JOIN rewards r ON r.sample_id = s.id AND r.version = ?
@@ -109,6 +130,8 @@ def sample_detail(ws: Workspace, sample_id: int) -> dict:
                                        JOIN samples s ON s.id = d.sample_id
                                        WHERE d.group_id = (SELECT group_id FROM dup_groups WHERE sample_id = ?)
                                        AND d.sample_id <> ? ORDER BY s.id""", [int(sample_id), int(sample_id)])
+    detail["imported"] = dict(ws.rows("SELECT name, value FROM imported_scores WHERE sample_id = ? ORDER BY name",
+                                      [int(sample_id)]))
     return detail
 
 

@@ -21,6 +21,8 @@ def workspace_stats(ws: Workspace) -> dict:
             "SELECT caption_status, count(*) FROM samples GROUP BY 1 ORDER BY 1")),
         "images_not_downloaded": int(ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok' "
                                                "AND image_state = 'not_downloaded'")),
+        "imported_scores": ws.dicts("""SELECT name, count(*) AS samples, min(value) AS min, max(value) AS max
+                                       FROM imported_scores GROUP BY name ORDER BY name"""),
         "shard_errors": ws.dicts("SELECT path, error FROM ingest_files WHERE error IS NOT NULL ORDER BY path"),
         "model": ws.get_meta("model"),
         "index": ws.get_meta("faiss_index"),
@@ -38,4 +40,8 @@ def format_stats(stats: dict) -> str:
         lines.append(f"  {src['source']}: seen {src['seen']}, ok {src['ok']}, failed {src['failed']}")
         lines += [f"      {reason}: {n}" for reason, n in src["failures"].items()]
     lines.append("captions: " + ", ".join(f"{k} {v}" for k, v in stats["captions"].items()))
+    if stats.get("imported_scores"):
+        lines.append("imported scores (select --min-score NAME=VALUE, the Filter view):")
+        lines += [f"  {s['name']}: {s['samples']} samples, {s['min']:.4g} to {s['max']:.4g}"
+                  for s in stats["imported_scores"]]
     return "\n".join(lines)
