@@ -50,20 +50,26 @@ class UserError(ValueError):
 def as_int(value, name: str, lo: int = 0, hi: int = 10**12) -> int:
     try:
         number = int(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{name} must be a whole number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"{name} must be a whole number, got {_shown(value)}") from None
     if not lo <= number <= hi:
-        raise UserError(f"{name} must be between {lo} and {hi}, got {number}")
+        raise UserError(f"{name} must be between {lo} and {hi}, got {_shown(number)}")
     return number
+
+
+def _shown(value) -> str:
+    """A bad value as a message shows it: its repr, cut to 40 characters (a 400-digit number stays one line)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def as_float(value, name: str) -> float:
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{name} must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"{name} must be a finite number, got {_shown(value)}") from None
     if not math.isfinite(number):
-        raise UserError(f"{name} must be finite, got {value!r}")
+        raise UserError(f"{name} must be finite, got {_shown(value)}")
     return number
 
 

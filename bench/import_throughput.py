@@ -1,6 +1,6 @@
 """``altlens import datacomp`` at pool scale: rows/s and peak memory, 512-d and 768-d, one run.
 
-    python bench/import_throughput.py [--rows 1000000] [--per-file 250000] [--dims 512,768] [--keep DIR]
+    python bench/import_throughput.py [--rows 1000000[,250000...]] [--per-file 250000] [--dims 512,768] [--keep DIR]
 
 Writes a synthetic DataComp-layout pool per dimension (float16 npz with l14_img/l14_txt and b32_img/b32_txt,
 parquet with the DataComp columns; clustered unit vectors, 1% near-copies; no images), then imports each in
@@ -78,11 +78,24 @@ def tiny_config(folder: Path, dim: int) -> Path:
 IMPORT = """
 import json, resource, sys
 from curation.pipeline import run_stage
+from indexer import importer
 from indexer.importer import ImportConfig
 from indexer.models import ModelSpec
+peaks = {}
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+compact, rebuild = importer.EmbeddingStore.compact, importer.rebuild_index_if_stale
+def compact_after_rows(self):
+    peaks.setdefault("rows", peak())
+    return compact(self)
+def rebuild_after_compaction(*args, **kw):
+    peaks["compaction"] = peak()
+    return rebuild(*args, **kw)
+importer.EmbeddingStore.compact, importer.rebuild_index_if_stale = compact_after_rows, rebuild_after_compaction
 report = run_stage("import", sys.argv[2], ImportConfig("datacomp", sys.argv[1], ModelSpec(name=sys.argv[3],
                    pretrained="none"), progress=False))
-report["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+report["peak_rss_gb"] = peak()
+report["peaks"] = peaks
 print(json.dumps(report))
 """
 
@@ -93,19 +106,20 @@ def size_gb(path: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--rows", default="1000000", help="rows of the pool; several (250000,1000000) show growth")
     ap.add_argument("--per-file", type=int, default=250_000)
     ap.add_argument("--dims", default="512,768")
     ap.add_argument("--keep", help="work in this folder and keep it (default: a temp folder, removed)")
     args = ap.parse_args()
     work = Path(args.keep or tempfile.mkdtemp(prefix="altlens-import-bench-"))
-    print(f"CPU: {cpu()}; {args.rows:,} rows in files of {args.per_file:,}")
+    sizes = [int(n) for n in str(args.rows).split(",")]
+    print(f"CPU: {cpu()}; {', '.join(f'{n:,}' for n in sizes)} rows in files of {args.per_file:,}")
     try:
-        for dim in [int(d) for d in args.dims.split(",")]:
-            pool, ws = work / f"pool-{dim}", work / f"ws-{dim}"
+        for dim, rows in [(int(d), n) for d in args.dims.split(",") for n in sizes]:
+            pool, ws = work / f"pool-{dim}-{rows}", work / f"ws-{dim}-{rows}"
             shutil.rmtree(ws, ignore_errors=True)
             if not pool.exists():
-                write_pool(pool, args.rows, args.per_file, dim)
+                write_pool(pool, rows, args.per_file, dim)
             proc = subprocess.run([sys.executable, "-c", IMPORT, str(pool), str(ws), str(tiny_config(work, dim))],
                                   capture_output=True, text=True, cwd=ROOT)
             if proc.returncode:
@@ -113,7 +127,9 @@ def main() -> None:
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"{dim}-d: {r['rows']:,} rows in {r['wall_s']:.1f} s (rows {r['rows_s']:.1f} s, compaction "
                   f"{r['compact_s']:.1f} s, FAISS {r['index_s']:.1f} s): {r['rows'] / r['wall_s']:,.0f} rows/s overall, "
-                  f"{r['rows'] / r['rows_s']:,.0f} rows/s before compaction and index; peak RSS {r['peak_rss_gb']:.2f} GB; "
+                  f"{r['rows'] / r['rows_s']:,.0f} rows/s before compaction and index; peak RSS {r['peak_rss_gb']:.2f} GB "
+                  f"(after the rows {r['peaks'].get('rows', 0):.2f} GB, after compaction "
+                  f"{r['peaks'].get('compaction', 0):.2f} GB, the rest is the FAISS build); "
                   f"pool {size_gb(pool):.2f} GB, workspace {size_gb(ws):.2f} GB; statuses {r['statuses']}")
             if not args.keep:
                 shutil.rmtree(pool)

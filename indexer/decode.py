@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from indexer.files import temp_name
@@ -59,13 +60,45 @@ def decode_sample(raw: dict, cfg: DecodeConfig, preprocess=None) -> dict:
         out["status"], out["reason"] = problem
         return out
     width, height = image.info["altlens_size"]
+    rgb, turned = to_rgb(image)
+    if turned:
+        width, height = height, width
     out.update(status="ok", reason=None, width=width, height=height, format=image.format)
-    rgb = image.convert("RGB")
     if cfg.thumb_dir:
         out["thumb"] = write_thumbnail(rgb, Path(cfg.thumb_dir), raw["__uid__"], cfg.thumb_size)
     if preprocess is not None:
         out["pixels"] = preprocess(rgb)
     return out
+
+
+# EXIF orientation -> the turn that shows the picture upright (what ImageOps.exif_transpose applies)
+ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_rgb(image: Image.Image) -> tuple[Image.Image, bool]:
+    """The picture as a person sees it, in 8-bit RGB: EXIF orientation applied (as browsers and trainers do),
+    16-bit grey scaled to 8 bits (Pillow's own conversion clips it, nearly white), 32-bit and float grey
+    stretched over their range. Returns the image and whether its sides swapped."""
+    try:
+        turn = ORIENTATIONS.get(int(image.getexif().get(0x0112, 1) or 1))
+    except (OSError, ValueError, TypeError, SyntaxError):
+        turn = None
+    if image.mode in HIGH_DEPTH:
+        values = np.asarray(image, dtype=np.float64)
+        top = float(np.nanmax(values)) if values.size else 0.0
+        if image.mode == "F" or top > 65535:
+            low = float(np.nanmin(values)) if values.size else 0.0
+            values = (np.nan_to_num(values, nan=low) - low) / ((top - low) or 1.0) * 255
+        elif image.mode != "I" or top > 255:  # 16-bit samples (a 16-bit PNG opens as I;16 or I)
+            values = values * (255 / 65535)
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    if turn is not None:
+        image = image.transpose(turn)
+    return image.convert("RGB"), turn in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270,
+                                          Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90)
 
 
 def _image_bytes(raw: dict) -> tuple[bytes, tuple[str, str] | None]:

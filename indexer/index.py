@@ -78,11 +78,14 @@ class StageTimes:
     write: float = 0.0
     samples: int = 0
     ok: int = 0
+    duplicates: int = 0  # samples kept as duplicate_key: their key was read before in this run
+    already: list = field(default_factory=lambda: [0])  # inputs skipped: their key is in the workspace already
     started: float = field(default_factory=time.perf_counter)
 
     def as_dict(self) -> dict:
         wall = time.perf_counter() - self.started
-        return {"samples": self.samples, "ok": self.ok, "wall_s": round(wall, 3),
+        return {"samples": self.samples, "ok": self.ok, "duplicate_key": self.duplicates,
+                "already_indexed": self.already[0], "wall_s": round(wall, 3),
                 "wait_decode_s": round(self.wait_decode, 3), "embed_s": round(self.embed, 3),
                 "write_s": round(self.write, 3), "samples_per_s": round(self.samples / wall, 2) if wall else 0.0}
 
@@ -105,7 +108,7 @@ def run(ws: Workspace, cfg: IndexConfig) -> dict:
         from indexer.engine_ray import ray_results
         results = ray_results(ws, sources, cfg, decode_cfg, model, writer, run_id, times)
     else:
-        results = _local_results(_new_samples(ws, sources, writer), cfg, decode_cfg, model, times)
+        results = _local_results(_new_samples(ws, sources, writer, times.already), cfg, decode_cfg, model, times)
     for batch, images, texts in results:
         t0 = time.perf_counter()
         writer.add(batch, images, texts)
@@ -113,6 +116,7 @@ def run(ws: Workspace, cfg: IndexConfig) -> dict:
         n = sum(1 for s in batch if "__key__" in s)
         times.samples += n
         times.ok += sum(1 for s in batch if s.get("status") == "ok")
+        times.duplicates += sum(1 for s in batch if s.get("status") == "duplicate_key")
         bar.update(n)
     writer.flush()
     bar.close()
@@ -120,8 +124,20 @@ def run(ws: Workspace, cfg: IndexConfig) -> dict:
         EmbeddingStore(ws, kind).compact()
     rebuild_index_if_stale(ws, cfg.index_type)
     report = times.as_dict()
+    _warn_if_fewer(report)
     _finish_run(ws, run_id, report)
     return report
+
+
+def _warn_if_fewer(report: dict) -> None:
+    """Say so whenever a run adds fewer new samples than it read: keys already in the workspace (a resumed
+    run) are skipped, keys read twice are kept only as duplicate_key records."""
+    if report["duplicate_key"]:
+        log.warning("%d input(s) reused a key read earlier in this run and were recorded as duplicate_key, not "
+                    "indexed ('altlens stats' lists them; each names its file)", report["duplicate_key"])
+    if report["already_indexed"]:
+        log.warning("%d input(s) were skipped: a sample with the same source and key is in the workspace already "
+                    "(a resumed run, or a second input under a name seen before)", report["already_indexed"])
 
 
 def _estimate_total(ws: Workspace, sources: list[Source]) -> int | None:
@@ -144,12 +160,13 @@ def _local_results(stream, cfg: IndexConfig, decode_cfg: DecodeConfig, model, ti
         yield batch, images, texts
 
 
-def _new_samples(ws: Workspace, sources: list[Source], writer: SampleWriter) -> Iterator[dict]:
-    """Raw samples not yet in the workspace, each with its ``__uid__``; shard markers pass through."""
+def _new_samples(ws: Workspace, sources: list[Source], writer: SampleWriter, skipped: list[int]) -> Iterator[dict]:
+    """Raw samples not yet in the workspace, each with its ``__uid__``; shard markers pass through; how many
+    were already there is counted in ``skipped[0]``."""
     for src in sources:
         writer.register_source(src)
         known = {row[0] for row in ws.rows("SELECT key FROM samples WHERE source = ?", [src.name])}
-        yield from keyed(src.read(skip_shard=writer.shard_done), src.name, known, {})
+        yield from keyed(src.read(skip_shard=writer.shard_done), src.name, known, {}, skipped)
 
 
 def _decoded_batches(stream, cfg: IndexConfig, decode_cfg: DecodeConfig, preprocess, times: StageTimes):

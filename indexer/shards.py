@@ -95,8 +95,35 @@ def _finished(sample: dict) -> dict:
     return sample
 
 
+def shard_stem(shard: str) -> str:
+    """A shard's name without its ``.tar``: the prefix of its sample keys. Only the suffix goes, so
+    ``data.a.tar`` and ``data.b.tar`` key their samples apart (cutting at the first dot merged them)."""
+    name = Path(shard).name
+    return name[:-4] if name.lower().endswith(".tar") and len(name) > 4 else name
+
+
 def _shard_key(shard: str, key: str) -> str:
-    return f"{Path(shard).name.split('.')[0]}/{key}"
+    return f"{shard_stem(shard)}/{key}"
+
+
+COMPRESSIONS = ((b"\x1f\x8b", "gzip", "gunzip -k"), (b"BZh", "bzip2", "bunzip2 -k"),
+                (b"\xfd7zXZ\x00", "xz", "unxz -k"), (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"))
+
+
+def compressed_shard(shard: str) -> str | None:
+    """Why a shard cannot be indexed when it is compressed (by its first bytes, whatever its name), else None.
+    altlens reads an image back by seeking to its offset in the shard, which a compressed stream cannot do."""
+    try:
+        with open(text_path(shard), "rb") as fh:
+            head = fh.read(6)
+    except OSError:
+        return None  # the reader records what it cannot open
+    for magic, kind, tool in COMPRESSIONS:
+        if head.startswith(magic):
+            name = Path(shard).name
+            return (f"tar shard {name} is {kind}-compressed: altlens reads each image back by seeking to it in the "
+                    f"shard, which a compressed shard cannot do; unpack it first ({tool} {name}) and index the .tar")
+    return None
 
 
 def _split_member(name: str) -> tuple[str, str]:

@@ -34,7 +34,7 @@ from braceexpand import braceexpand
 
 from indexer.errors import SourceError
 from indexer.paths import MAX_SIDECAR_BYTES, contained, path_text, text_path
-from indexer.shards import IMAGE_EXTS, count_shard_samples, read_shards
+from indexer.shards import IMAGE_EXTS, compressed_shard, count_shard_samples, read_shards
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +79,21 @@ def resolve_source(arg: str, image_column: str | None = None, caption_column: st
     if path.suffix.lower() in TABLE_EXTS:
         if not path.is_file():
             raise SourceError(f"table file {arg!r} does not exist")
+        schema = _parquet_schema(path)
+        if schema is not None:  # checked before the run starts; other tables are checked on their first row
+            _columns(schema.names, image_column, caption_column, path, schema)
         return Source(path_text(str(path.resolve())), "table", path_text(str(path.resolve())),
                       image_column=image_column, caption_column=caption_column, allow_roots=roots)
-    if ".tar" in arg:
+    if ".tar" in arg or arg.lower().endswith(".tgz"):
         shards = sorted({str(Path(p).resolve()) for pattern in braceexpand(arg) for p in _expand_glob(pattern)})
         if not shards:
             raise SourceError(f"no tar shards match {arg!r}")
         missing = [s for s in shards if not Path(s).is_file()]
         if missing:
             raise SourceError(f"tar shard {missing[0]!r} does not exist")
+        for shard in shards:
+            if (why := compressed_shard(shard)) is not None:
+                raise SourceError(why)
         return Source(path_text(str(Path(shards[0]).parent)), "wds", path_text(arg), shards=tuple(shards))
     if not path.exists():
         raise SourceError(f"source {arg!r} does not exist")
@@ -115,7 +121,12 @@ def read_folder(src: Source, skip_shard) -> Iterator[dict]:
             full = Path(dirpath) / name
             sample = {"__key__": path_text(str(full.relative_to(root).with_suffix(""))), "__source__": src.name,
                       "ext": ext.lower()}
-            target = full.resolve()
+            target, problem = resolved(full)
+            if problem:
+                sample["__path__"] = path_text(str(full))
+                sample["__error__"] = ("unreadable", f"{path_text(str(full))}: {problem}")
+                yield sample
+                continue
             if not contained(target, roots):
                 sample["__error__"] = ("outside_source", f"{path_text(str(full))} leads outside the source folder "
                                                          f"(to {path_text(str(target))}); allow it with --allow-root")
@@ -128,10 +139,25 @@ def read_folder(src: Source, skip_shard) -> Iterator[dict]:
             yield sample
 
 
+def resolved(path: Path) -> tuple[Path, str | None]:
+    """``path`` with its links followed, or, where that fails (a symlink loop, a name too long, a folder it may
+    not enter), the path as given and why, in words."""
+    try:
+        return path.resolve(), None
+    except RuntimeError as exc:  # Python 3.11 reports a symlink loop this way
+        return path, f"a symlink loop ({exc})"
+    except OSError as exc:
+        return path, exc.strerror or str(exc)
+
+
 def read_sidecar(path: Path, roots: list[Path]) -> bytes | None:
     """A caption or metadata sidecar: a regular file inside the roots, at most ``MAX_SIDECAR_BYTES`` read."""
     try:
-        if not contained(path.resolve(), roots) or not stat.S_ISREG(os.stat(path).st_mode):
+        target, problem = resolved(path)
+        if problem:
+            log.warning("skipping sidecar %s: %s", path_text(str(path)), problem)
+            return None
+        if not contained(target, roots) or not stat.S_ISREG(os.stat(path).st_mode):
             log.warning("skipping sidecar %s: not a regular file inside the source", path_text(str(path)))
             return None
         with open(path, "rb") as fh:
@@ -152,13 +178,20 @@ def read_table(src: Source, skip_shard) -> Iterator[dict]:
     first = next(rows, None)
     if first is None:
         return
-    columns = list(first[1].keys()) if isinstance(first[1], dict) else []
-    image_col = _pick_column(columns, src.image_column, IMAGE_COLUMNS, "image", path)
-    caption_col = _pick_column(columns, src.caption_column, CAPTION_COLUMNS, "caption", path, required=False)
+    schema = _parquet_schema(path)
+    columns = schema.names if schema is not None else list(first[1].keys()) if isinstance(first[1], dict) else []
+    image_col, caption_col = _columns(columns, src.image_column, src.caption_column, path, schema)
     url_col = next((c for c in URL_COLUMNS if c in columns), None)
     roots = [base.resolve()] + [Path(r) for r in src.allow_roots]
+    damage = []
     for number, row in _chain(first, rows):
+        if isinstance(row, dict) and DAMAGE in row:
+            log.warning("%s", row[DAMAGE])
+            damage.append(row[DAMAGE])
+            continue
         yield _table_sample(src, roots, number, row, image_col, caption_col, url_col)
+    if damage:
+        yield {"__shard_error__": src.location, "source": src.name, "error": "; ".join(damage)[:2000]}
 
 
 def _chain(first, rest):
@@ -171,15 +204,21 @@ def _table_sample(src, roots: list[Path], number, row, image_col, caption_col, u
     if not isinstance(row, dict):
         return {"__key__": key, "__source__": src.name, "__error__": ("bad_row", repr(str(row)[:200]))}
     rel = row.get(image_col)
-    if not rel or not isinstance(rel, str):
+    if rel is not None and not isinstance(rel, str):
+        return {"__key__": key, "__source__": src.name, "__error__": (
+            "bad_row", f"the {image_col!r} column holds a {type(rel).__name__}, not an image path")}
+    if not rel:
         return {"__key__": key, "__source__": src.name, "__error__": ("missing_image", f"row has no {image_col!r}")}
     if "\x00" in rel or any("\ud800" <= ch <= "\udfff" for ch in rel):
         return {"__key__": key, "__source__": src.name,
                 "__error__": ("bad_row", f"the image path {rel[:200]!r} holds a NUL or a lone surrogate")}
     sample = {"__key__": rel, "__source__": src.name, "ext": Path(rel).suffix.lstrip(".").lower()[:16]}
     caption = row.get(caption_col) if caption_col else None
+    if isinstance(caption, (dict, list, bytes)):
+        return {"__key__": rel, "__source__": src.name, "__error__": (
+            "bad_row", f"the {caption_col!r} column holds a {type(caption).__name__}, not text")}
     if caption is not None:
-        sample["txt"] = caption if isinstance(caption, str) else str(caption)
+        sample["txt"] = caption if isinstance(caption, str) else str(caption)  # a number as written
     extra = {k: v for k, v in row.items() if k not in (image_col, caption_col)}
     if url_col and row.get(url_col):
         extra["url"] = row[url_col]
@@ -188,14 +227,38 @@ def _table_sample(src, roots: list[Path], number, row, image_col, caption_col, u
         sample["__error__"] = ("remote_url", "altlens never downloads: fetch the images first (for example with "
                                              "img2dataset) and index the result")
     else:
-        full = (roots[0] / rel).resolve()
-        if contained(full, roots):
+        full, problem = resolved(roots[0] / rel)
+        if problem:
+            sample["__error__"] = ("unreadable", f"{rel[:200]!r}: {problem}")
+        elif contained(full, roots):
             sample["__path__"] = path_text(str(full))
         else:
             sample["__error__"] = ("outside_source", f"{rel[:200]!r} resolves to {path_text(str(full))}, outside the "
                                                      "table's folder; allow it with --allow-root")
     sample["json"] = json.dumps(extra, default=str, ensure_ascii=False).encode("utf-8", "replace")
     return sample
+
+
+def _columns(columns, image_column, caption_column, path: Path, schema=None) -> tuple[str, str | None]:
+    """The image and caption columns of a table (asked for, else the usual names); a parquet caption column
+    that is not text is refused in one line naming its type."""
+    image_col = _pick_column(columns, image_column, IMAGE_COLUMNS, "image", path)
+    caption_col = _pick_column(columns, caption_column, CAPTION_COLUMNS, "caption", path, required=False)
+    if schema is not None and caption_col is not None:
+        import pyarrow.types as types
+        kind = schema.field(caption_col).type
+        if not (types.is_string(kind) or types.is_large_string(kind) or types.is_null(kind)):
+            raise SourceError(f"caption column {caption_col!r} in {path.name} is {kind}, not text; give a text "
+                              "column with --caption-column")
+    return image_col, caption_col
+
+
+def _parquet_schema(path: Path):
+    """A parquet file's Arrow schema (None for other tables)."""
+    if path.suffix.lower() != ".parquet":
+        return None
+    import pyarrow.parquet as pq
+    return pq.ParquetFile(path).schema_arrow
 
 
 def _pick_column(columns, requested, defaults, what, path, required=True):
@@ -226,12 +289,33 @@ def _table_rows(path: Path) -> Iterator[tuple[int, dict | str]]:
         with open(path, newline="", encoding="utf-8", errors="replace") as fh:
             yield from enumerate(csv.DictReader(fh))
     else:
-        import pyarrow.parquet as pq
-        number = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-            for row in batch.to_pylist():
-                yield number, row
-                number += 1
+        yield from _parquet_rows(path)
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict | str]]:
+    """A parquet file's rows a row group at a time, numbered by their place in the file (so a re-run keys them
+    the same). A damaged row group keeps the rows read before the damage and yields a ``__damage__`` note
+    (row group, rows lost, the error) in place of a row; the next row group is read as usual."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    parquet = pq.ParquetFile(path)
+    start = 0
+    for group in range(parquet.metadata.num_row_groups):
+        size = parquet.metadata.row_group(group).num_rows
+        read = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=1024, row_groups=[group]):
+                for row in batch.to_pylist():
+                    yield start + read, row
+                    read += 1
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            yield start + read, {DAMAGE: (f"{path.name} row group {group} (rows {start}-{start + size - 1}) is "
+                                          f"damaged after row {start + read}: {size - read} rows not read "
+                                          f"({str(exc)[:200]})")}
+        start += size
+
+
+DAMAGE = "__damage__"  # a table row standing for the damaged part of a file
 
 
 READERS: dict[str, Callable[[Source, Callable], Iterator[dict]]] = {

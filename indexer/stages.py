@@ -11,9 +11,11 @@ from indexer.decode import DecodeConfig, decode_sample
 from indexer.sources import make_uid
 
 
-def keyed(raws: Iterator[dict], source: str, known: set[str], seen: dict[str, int]) -> Iterator[dict]:
-    """Raw samples of ``source`` with their uid, minus those whose key is ``known``; a key repeated within what
-    ``seen`` has seen becomes ``KEY#dupN`` with a duplicate_key error. Shard markers pass through."""
+def keyed(raws: Iterator[dict], source: str, known: set[str], seen: dict[str, int],
+          skipped: list[int] | None = None) -> Iterator[dict]:
+    """Raw samples of ``source`` with their uid, minus those whose key is ``known`` (counted in ``skipped[0]``);
+    a key repeated within what ``seen`` has seen becomes ``KEY#dupN`` with a duplicate_key error naming the
+    file it came from. Shard markers pass through."""
     for raw in raws:
         if "__key__" not in raw:
             yield raw
@@ -22,9 +24,13 @@ def keyed(raws: Iterator[dict], source: str, known: set[str], seen: dict[str, in
         if key in seen:
             seen[key] += 1
             raw["__key__"] = key = f"{key}#dup{seen[key]}"
-            raw["__error__"] = ("duplicate_key", f"key {raw['__key__'].split('#')[0]!r} appeared before")
+            where = raw.get("__path__")
+            raw["__error__"] = ("duplicate_key", f"key {raw['__key__'].split('#')[0]!r} appeared before"
+                                + (f"; this one is {where}" if where else ""))
         seen.setdefault(key, 0)
         if key in known:
+            if skipped is not None:
+                skipped[0] += 1
             continue
         raw["__uid__"] = make_uid(source, key)
         yield raw

@@ -135,7 +135,7 @@ class Atlas:
             return self.extent
         try:
             x0, x1, y0, y1 = (float(v) for v in box)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise AtlasError("a window is four numbers: x0, x1, y0, y1") from None
         if not all(np.isfinite([x0, x1, y0, y1])) or x1 <= x0 or y1 <= y0:
             raise AtlasError("a window needs x0 < x1 and y0 < y1")
@@ -197,7 +197,7 @@ class Atlas:
             try:
                 px = np.asarray(lasso["x"], dtype=np.float64)
                 py = np.asarray(lasso["y"], dtype=np.float64)
-            except (TypeError, KeyError, ValueError):
+            except (TypeError, KeyError, ValueError, OverflowError):
                 raise AtlasError("a lasso is {'x': [...], 'y': [...]} in map coordinates") from None
             if len(px) < 3 or len(px) != len(py) or not np.isfinite(px).all() or not np.isfinite(py).all():
                 raise AtlasError("a lasso needs at least three finite corners")

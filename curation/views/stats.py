@@ -40,6 +40,9 @@ def format_stats(stats: dict) -> str:
         lines.append(f"  {src['source']}: seen {src['seen']}, ok {src['ok']}, failed {src['failed']}")
         lines += [f"      {reason}: {n}" for reason, n in src["failures"].items()]
     lines.append("captions: " + ", ".join(f"{k} {v}" for k, v in stats["captions"].items()))
+    if stats.get("shard_errors"):
+        lines.append("damaged inputs (what was read before the damage is kept):")
+        lines += [f"  {e['error']}" for e in stats["shard_errors"]]
     if stats.get("imported_scores"):
         lines.append("imported scores (select --min-score NAME=VALUE, the Filter view):")
         lines += [f"  {s['name']}: {s['samples']} samples, {s['min']:.4g} to {s['max']:.4g}"
