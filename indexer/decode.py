@@ -44,7 +44,7 @@ class DecodeConfig:
 
 def decode_sample(raw: dict, cfg: DecodeConfig, preprocess=None) -> dict:
     """Return the sample dict with ``status``, ``reason``, caption fields, and ``pixels`` when ok."""
-    out = {k: v for k, v in raw.items() if k not in ("image", "txt", "json")}
+    out = {k: v for k, v in raw.items() if k not in ("image", "txt", "json", "__extra_images__")}
     out.update(caption_fields(raw.get("txt")))
     out.update(meta_fields(raw.get("json"), raw.get("url.txt")))
     if "__error__" in raw:
@@ -63,7 +63,10 @@ def decode_sample(raw: dict, cfg: DecodeConfig, preprocess=None) -> dict:
     rgb, turned = to_rgb(image)
     if turned:
         width, height = height, width
-    out.update(status="ok", reason=None, width=width, height=height, format=image.format)
+    extra = raw.get("__extra_images__")
+    out.update(status="ok", reason=f"also held {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}: another "
+                                   "image member of this key, not indexed" if extra else None,
+               width=width, height=height, format=image.format)
     if cfg.thumb_dir:
         out["thumb"] = write_thumbnail(rgb, Path(cfg.thumb_dir), raw["__uid__"], cfg.thumb_size)
     if preprocess is not None:

@@ -133,7 +133,10 @@ def _split_member(name: str) -> tuple[str, str]:
 
 
 def _add_member(sample: dict, tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str) -> None:
-    if ext in IMAGE_EXTS and "image" not in sample:
+    if ext in IMAGE_EXTS and "image" in sample:  # a second image of one key: recorded, not indexed
+        sample.setdefault("__extra_images__", []).append(path_text(member.name)[:200])
+        return
+    if ext in IMAGE_EXTS:
         if member.size > MAX_FILE_BYTES:
             sample["__error__"] = ("too_large", f"image member is {member.size} bytes (limit {MAX_FILE_BYTES})")
             return

@@ -217,3 +217,17 @@ def test_huge_numbers_from_the_browser_get_one_line(demo_ws):
                 atlas.window(box)
         with pytest.raises(AtlasError):
             atlas.region(lasso={"x": [0, 10 ** 400, 1], "y": [0, 1, 2]})
+
+
+# ---------------------------------------------------------------- 9: records that name what they dropped
+
+def test_a_second_image_member_of_a_shard_sample_is_recorded(tmp_path):
+    (a, first, caption), (_, second, _) = good_samples(2, seed=9)
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        add_member(tar, f"{a}.jpg", first)
+        add_member(tar, f"{a}.JPG", second)
+        add_member(tar, f"{a}.txt", caption.encode())
+    index(tmp_path / "ws", tmp_path / "s.tar")
+    ((key, status, reason),) = rows(tmp_path / "ws")
+    assert key == f"s/{a}" and status == "ok"
+    assert reason and f"{a}.JPG" in reason and "not indexed" in reason, reason
