@@ -67,19 +67,16 @@ class FilterIndex:
             if not self.ws.scalar("SELECT count(*) FROM (SELECT 1 FROM imported_scores WHERE name = ? LIMIT 1)",
                                   [name]):
                 raise ViewError(f"no imported score {name!r}")
-            frame = self.ws.numpy("""SELECT s.id, i.value FROM samples s LEFT JOIN imported_scores i
-                                       ON i.sample_id = s.id AND i.name = ? WHERE s.status = 'ok' ORDER BY s.id""",
-                                    [name])
-            self.scores[source] = _float_array(frame["value"])
-            return self.scores[source]
-        version = reward_at(source)
-        if version is None:
-            score_sql(source)  # raises with the allowed names
-        if not self.ws.scalar("SELECT count(*) FROM reward_versions WHERE version = ?", [version]):
-            raise ViewError(f"no reward version {version}")
-        frame = self.ws.numpy("""SELECT s.id, r.value FROM samples s LEFT JOIN rewards r
-                                   ON r.sample_id = s.id AND r.version = ? WHERE s.status = 'ok' ORDER BY s.id""",
-                                [version])
+            table, column = "imported_scores i ON i.sample_id = s.id AND i.name = ?", "i.value"
+        else:
+            name = reward_at(source)
+            if name is None:
+                score_sql(source)  # raises with the allowed names
+            if not self.ws.scalar("SELECT count(*) FROM reward_versions WHERE version = ?", [name]):
+                raise ViewError(f"no reward version {name}")
+            table, column = "rewards r ON r.sample_id = s.id AND r.version = ?", "r.value"
+        frame = self.ws.numpy(f"SELECT s.id, {column} AS value FROM samples s LEFT JOIN {table} "
+                              "WHERE s.status = 'ok' ORDER BY s.id", [name])
         self.scores[source] = _float_array(frame["value"])
         return self.scores[source]
 
