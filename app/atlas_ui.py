@@ -26,8 +26,8 @@ import anyio
 import gradio as gr
 
 from app.curate import Curate
-from app.curate_ui import SamplePanel, _who, legend
-from app.handlers import Handlers, UserError, as_int
+from app.curate_ui import SamplePanel, _session, _who, legend
+from app.handlers import HEAVY, Handlers, UserError, as_int
 from curation.export.select import POLICIES
 from curation.views.atlas import COLOURINGS, Atlas, region_summary
 from curation.views.gallery import PER_PAGE, SCORE_SOURCES
@@ -177,11 +177,12 @@ def map_tab(h: Handlers, c: Curate, friendly) -> dict:
     panel = SamplePanel(c, friendly, "map")
     page_out = [gallery, tile_ids, page_text, page]
 
-    def on_region(evt: gr.EventData, src):
-        ids, text = friendly(m.region)(getattr(evt, "_data", None))
+    def on_region(evt: gr.EventData, src, request: gr.Request):
+        ids, text = friendly(h.turns.run)(_session(request) or "", "map region", friendly(m.region),
+                                          getattr(evt, "_data", None))
         return (ids, text, text, *friendly(m.page)(ids, 0, src))
     atlas.region(on_region, [source], [region_ids, picked, info, *page_out], api_name="map_region",
-                 show_progress="hidden")
+                 show_progress="hidden", **HEAVY)
     for button, step in ((prev_btn, -1), (next_btn, 1)):
         button.click(lambda ids, p, s, step=step: friendly(m.page)(ids, max(0, int(p or 0) + step), s),
                      [region_ids, page, source], page_out, show_progress="hidden")

@@ -8,7 +8,8 @@ import numpy as np
 
 from app.charts import histograms
 from app.curate import Curate
-from app.handlers import UserError, as_int
+from app.curate_ui import _session
+from app.handlers import HEAVY, UserError, as_int
 from curation.review import concepts
 
 QUEUE = 20
@@ -172,4 +173,7 @@ def concepts_tab(c: Curate, friendly, who) -> None:
         def act(n, i, t, p, request: gr.Request, present=present):
             return friendly(desk.tag)(n, i, t, p, present, who(request))
         button.click(act, [chosen, ids, notes, pos], [pos, card, progress], trigger_mode="once")
-    train.click(lambda n: (*friendly(desk.train)(n), friendly(desk.listing)()), [chosen], [result, hist, table])
+    def train_concept(n, request: gr.Request):
+        trained = friendly(c.h.turns.run)(_session(request) or "", "concept training", friendly(desk.train), n)
+        return (*trained, friendly(desk.listing)())
+    train.click(train_concept, [chosen], [result, hist, table], **HEAVY)

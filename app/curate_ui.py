@@ -11,7 +11,7 @@ import gradio as gr
 
 from app.card import SCROLL_TO
 from app.curate import ACTIONS, NO_PRESET, QUEUES, Curate
-from app.handlers import CAPTION_COLUMNS, as_int
+from app.handlers import CAPTION_COLUMNS, HEAVY, as_int
 from curation.export.budget import ALLOCATE, PICK
 from curation.export.formats import format_names
 from curation.export.presets import FILE_FREE_PRESETS
@@ -183,17 +183,19 @@ def review_tab(c: Curate, friendly, clusters: list[str], filters: dict) -> dict:
             raise gr.Error("no sample on screen; start a queue first")
         return friendly(c.write_caption)(i[p], text, _who(request), "review"), ""
     caption_btn.click(write, [ids, pos, caption], [image, caption], api_name="review_write_caption")
-    train_btn.click(friendly(c.train), [], [reward_note])
+    def train(request: gr.Request):
+        return friendly(c.h.turns.run)(_session(request) or "", "reward training", friendly(c.train))
+    train_btn.click(train, [], [reward_note], **HEAVY)
 
-    def apply(source, threshold):
+    def apply(source, threshold, request: gr.Request):
         """Apply the learned reward; the Filter threshold keeps dropping the share it dropped before."""
         share = friendly(c.h.filter_index.dropped_share)(source, float(threshold))
-        note = friendly(c.apply)()
+        note = friendly(c.h.turns.run)(_session(request) or "", "reward scoring", friendly(c.apply))
         scale = friendly(c.h.threshold_scale)(source, source, threshold, share)
         return (note, gr.Dropdown(choices=c.score_choices()), threshold_slider(scale), scale["note"], source)
     apply_btn.click(apply, [filters["source"], filters["threshold"]],
                     [reward_note, filters["source"], filters["threshold"], filters["scale_note"],
-                     filters["last_source"]])
+                     filters["last_source"]], **HEAVY)
 
     def review_cluster(chosen, request: gr.Request):
         """Another view's "Review this cluster": the Review view, its queue set to that cluster and started."""

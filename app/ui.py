@@ -57,6 +57,8 @@ def friendly(fn):
                 return fn(*args, **kwargs)
         except (UserError, ValueError, LookupError, AltlensError) as exc:
             raise gr.Error(str(exc)[:500]) from None
+        except gr.Error:  # an inner handler's message, already in plain words
+            raise
         except Exception as exc:  # the request boundary: the log keeps the trace, the curator gets one line
             log.exception("%s failed", fn.__name__)
             first = (str(exc).strip().splitlines() or [""])[0][:300]

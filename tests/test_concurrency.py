@@ -134,3 +134,37 @@ def test_read_only_server_beside_a_cli_writer(demo_ws, tmp_path):
     assert answers and not failures, failures[:3]
     with Workspace(root, read_only=True) as ws:
         assert ws.rows("SELECT sample_id, value FROM labels") == [(3, "good")]
+
+
+def _ring(extent, corners: int) -> dict:
+    x0, x1, y0, y1 = extent
+    angle = np.linspace(0, 2 * np.pi, corners, endpoint=False)
+    return {"x": list((x0 + x1) / 2 + 0.4 * (x1 - x0) * np.cos(angle)),
+            "y": list((y0 + y1) / 2 + 0.4 * (y1 - y0) * np.sin(angle))}
+
+
+@pytest.mark.browser
+def test_a_session_firing_forty_lassoes_runs_one_at_a_time_and_another_session_still_gets_in(demo_ws):
+    """Issue 31, finding 8: 200 lassoes from one client held every worker. Now a session's extra heavy requests
+    are refused as they come up (with a line saying why), and a second session's region is answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from browser import QueueSession, event_index
+
+    from curation.views.atlas import Atlas
+    root, _ = demo_ws
+    with Workspace(root, read_only=True) as ws:
+        extent = Atlas(ws).extent
+    with served(root, "--read-only") as url:
+        region = event_index(url, "map_region")
+        first, second = QueueSession(url, region), QueueSession(url, region)
+        heavy = {"lasso": _ring(extent, 5_000)}
+        with ThreadPoolExecutor(16) as pool:
+            sent = list(pool.map(lambda _: first.join(["reward"], heavy), range(40)))
+        own = second.join(["reward"], {"lasso": _ring(extent, 40)})
+        assert second.wait(own, 120) == second.done.get(own) and second.done[own][0], second.errors.get(own)
+        answers = [first.wait(event, 120) for event in sent]
+    assert None not in answers, "every request of the busy session gets an answer"
+    refused = [event for event in sent if not first.done[event][0]]
+    assert 10 <= len(refused) < len(sent), f"{len(refused)} of {len(sent)} refused"
+    assert all("still being worked out" in first.errors[event] for event in refused), first.errors

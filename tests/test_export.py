@@ -180,6 +180,25 @@ def test_augmented_views_can_be_recreated(ws_copy, tmp_path):
     np.testing.assert_allclose(again[0], arrays["image_emb"][1], atol=1e-4)
 
 
+def test_an_export_with_augmentations_lets_go_of_the_workspace_between_samples(ws_copy, tmp_path, monkeypatch):
+    """Each sample's augmented views take a model pass, seconds for a block; the workspace must not stay held
+    through them, or a curator's label click waits for the whole block (issue 31: 76 s)."""
+    import curation.export.export as module
+    seen = {"members": 0, "held": 0}
+    real = module.add_member
+    with Workspace(ws_copy, read_only=True) as ws:
+        def counting(tar, name, data):
+            seen["members"] += 1
+            seen["held"] += ws._con is not None
+            real(tar, name, data)
+        monkeypatch.setattr(module, "add_member", counting)
+        run(ws, ExportConfig("fused-best", str(tmp_path / "aug"), augmentations=2, shard_size=1000, progress=False))
+    per_sample = seen["members"] // len(read_shards(tmp_path / "aug"))
+    assert seen["members"] > 4 * per_sample
+    assert seen["held"] <= per_sample, f"the workspace was held while {seen['held']} of {seen['members']} " \
+                                       "members were written"
+
+
 def test_kill9_during_export_then_rerun_verifies(ws_copy, tmp_path):
     out = tmp_path / "killed"
     exe = str(Path(sys.executable).parent / "altlens")

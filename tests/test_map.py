@@ -95,6 +95,10 @@ def test_regions_answer_over_all_points(atlas):
     assert len(found) > 5 and np.array_equal(found, atlas.ids[truth])
     with pytest.raises(AtlasError, match="three"):
         atlas.region(lasso={"x": [0, 1], "y": [0, 1]})
+    # a lasso of a million corners from a script would hold a worker for minutes: refused in one line
+    many = np.linspace(0, 2 * np.pi, 5_001)
+    with pytest.raises(AtlasError, match="at most 5,000 corners"):
+        atlas.region(lasso={"x": list(cx + w * np.cos(many)), "y": list(cy + h * np.sin(many))})
 
 
 def test_labels_colouring_and_picked_selections(demo_ws, tmp_path):

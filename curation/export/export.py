@@ -120,6 +120,8 @@ def _write_shard(path: Path, source: SampleSource, chunk: list[int], fmt: Export
                     for name, data in fmt.members(source, item):
                         add_member(tar, name, data)
                         members += 1
+                    if source.augmentations:  # a sample's augmented views take a model pass: let writers in
+                        source.ws.release()
     atomic_write(path, write)
     return {"file": path.name, "sha256": file_sha256(path), "samples": len(chunk), "members": members,
             "bytes": path.stat().st_size}

@@ -43,6 +43,9 @@ COLOURINGS = {
 }
 
 
+MAX_CORNERS = 5_000
+
+
 class AtlasError(ValueError):
     """A map request the atlas cannot answer; the message says what is allowed."""
 
@@ -201,6 +204,8 @@ class Atlas:
                 raise AtlasError("a lasso is {'x': [...], 'y': [...]} in map coordinates") from None
             if len(px) < 3 or len(px) != len(py) or not np.isfinite(px).all() or not np.isfinite(py).all():
                 raise AtlasError("a lasso needs at least three finite corners")
+            if len(px) > MAX_CORNERS:  # a hand-drawn lasso has hundreds; each corner costs a pass over the points
+                raise AtlasError(f"a lasso has at most {MAX_CORNERS:,} corners, this one has {len(px):,}")
             near = np.flatnonzero((self.x >= px.min()) & (self.x <= px.max()) &
                                   (self.y >= py.min()) & (self.y <= py.max()))
             inside = np.zeros(len(near), dtype=bool)
