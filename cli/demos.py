@@ -30,6 +30,18 @@ def demo(
         serve(summary["workspace"], announce=typer.echo)
 
 
+def demo_pool(
+    out: str = typer.Argument(..., help="Folder for the pool (metadata/ and shards/ are made in it)."),
+    n: int = typer.Option(400, min=2, help="Rows in the pool."),
+    downloaded: float = typer.Option(0.75, min=0.0, max=1.0, help="Share of rows whose image is in the shards."),
+    seed: int = typer.Option(0),
+):
+    """Write a small pool in DataComp's layout (parquet + npz, img2dataset shards) from the demo world, with the
+    demo CLIP's vectors, to try 'altlens import datacomp' offline (README: Start from DataComp or LAION)."""
+    from demo.pool import write_pool
+    echo_json(write_pool(out, n=n, downloaded=downloaded, seed=seed))
+
+
 def demo_train(
     out_dir: str = typer.Option(None, help="Where to write the checkpoint (default: the shipped location)."),
     steps: int = typer.Option(1200, min=0, help="CLIP training steps (0: keep --init-from, train the captioner only)."),

@@ -21,7 +21,7 @@ COMMANDS = (
     ("label", review.label),
     ("select", deliver.select), ("export", deliver.export), ("verify-export", deliver.verify_export),
     ("serve", web.serve),
-    ("demo", demos.demo), ("demo-train", demos.demo_train),
+    ("demo", demos.demo), ("demo-pool", demos.demo_pool), ("demo-train", demos.demo_train),
 )
 REWARD_COMMANDS = (("train", review.reward_train), ("apply", review.reward_apply))
 CONCEPT_COMMANDS = (("add", review.concept_add), ("tag", review.concept_tag), ("train", review.concept_train),
