@@ -130,7 +130,7 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
 
 
-def concepts_tab(c: Curate, friendly, who) -> None:
+def concepts_tab(c: Curate, friendly, who) -> dict:
     """Concepts: the table of concepts, create one from a prompt, tag from its queue, train, see its scores."""
     desk = ConceptDesk(c)
     gr.Markdown("A **concept** scores something the reward does not cover (a watermark, text in the picture, "
@@ -138,7 +138,7 @@ def concepts_tab(c: Curate, friendly, who) -> None:
                 "(the samples the score is least sure of, mixed with random ones), then train: a classifier on "
                 "the embeddings, with its cross-validated AUROC beside the prompt's. Use it in the Selection "
                 "panel as `name<0.5`. Import a head (e.g. an aesthetic predictor) with `altlens concept import`.")
-    table = gr.Dataframe(value=friendly(desk.listing)(), headers=LISTING, label="Concepts", interactive=False,
+    table = gr.Dataframe(value=friendly(desk.listing), headers=LISTING, label="Concepts", interactive=False,
                          elem_id="concepts-table")
     with gr.Row():
         name = gr.Textbox(label="New concept", max_lines=1, placeholder="watermark", elem_id="concept-name")
@@ -147,7 +147,7 @@ def concepts_tab(c: Curate, friendly, who) -> None:
         create = gr.Button("Add concept / set prompt", elem_id="concept-create")
     made = gr.Textbox(label="", show_label=False, interactive=False, elem_id="concept-made")
     with gr.Row():
-        chosen = gr.Dropdown(friendly(desk.names)(), label="Concept", elem_id="concept-chosen")
+        chosen = gr.Dropdown(friendly(desk.names)(), value=None, label="Concept", elem_id="concept-chosen")
         start = gr.Button("Start its queue", variant="primary", elem_id="concept-start")
     ids, notes, pos = gr.State([]), gr.State([]), gr.State(0)
     progress = gr.Textbox(label="Progress", interactive=False, elem_id="concept-progress")
@@ -177,3 +177,10 @@ def concepts_tab(c: Curate, friendly, who) -> None:
         trained = friendly(c.h.turns.run)(_session(request) or "", "concept training", friendly(desk.train), n)
         return (*trained, friendly(desk.listing)())
     train.click(train_concept, [chosen], [result, hist, table], **HEAVY)
+
+    def refresh(current):
+        """The table and the concept list as the workspace has them now: a concept added, tagged or trained
+        elsewhere (the CLI, another curator) shows when the view is opened, without a server restart."""
+        names = friendly(desk.names)()
+        return friendly(desk.listing)(), gr.Dropdown(choices=names, value=current if current in names else None)
+    return {"refresh": refresh, "inputs": [chosen], "outputs": [table, chosen]}

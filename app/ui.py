@@ -94,8 +94,8 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
                 semantic_tab(c, friendly)
             with gr.Tab("Review", id="review"):
                 review = review_tab(c, friendly, clusters, filters)
-            with gr.Tab("Concepts", id="concepts"):
-                concepts_tab(c, friendly, _who)
+            with gr.Tab("Concepts", id="concepts") as concepts_view:
+                concept_desk = concepts_tab(c, friendly, _who)
             with gr.Tab("Export", id="export") as export_view:
                 export_selection = export_tab(c, friendly)
         app.load(friendly(h.overview), [overview["color_by"]],
@@ -117,6 +117,7 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
         filter_view.select(filters["on_open"], [filters["source"], filters["threshold"], filters["scale_note"]],
                            [filters["threshold"], filters["scale_note"], filters["last_source"]]).then(
             filters["run"], [filters["source"], filters["threshold"]], filters["outputs"])
+        concepts_view.select(concept_desk["refresh"], concept_desk["inputs"], concept_desk["outputs"])
         export_view.select(lambda current: selection_choices(c, current), [export_selection], [export_selection])
     app.altlens_workspace = ws
     app.altlens_handlers = h

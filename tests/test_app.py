@@ -301,6 +301,11 @@ def test_a_concept_is_made_tagged_and_trained_in_a_real_browser(concept_world, t
         visible(page.locator("#concept-hist img")).wait_for()
         assert "v2 trained" in visible(page.locator("#concepts-table")).inner_text()
         page.screenshot(path=shots / "concepts.png", full_page=True)
+        with Workspace(root) as ws:  # a concept added elsewhere shows when the view is opened again (issue 31)
+            concepts.add(ws, "text-in-picture")
+        page.get_by_role("tab", name="Overview").click()
+        page.get_by_role("tab", name="Concepts").click()
+        page.wait_for_function("() => /text-in-picture/.test(document.querySelector('#concepts-table').innerText)")
     with Workspace(root, read_only=True) as ws:
         from_browser = dict(ws.rows("""SELECT sample_id, value FROM labels WHERE kind = 'concept:watermark'
                                        AND view = 'concepts'"""))
