@@ -203,21 +203,59 @@ def _ivf(vectors: np.ndarray, dim: int) -> faiss.Index:
     nlist = max(1, min(int(4 * np.sqrt(n)), n // IVF_POINTS_PER_CELL))
     rows = np.sort(np.random.default_rng(0).permutation(n)[: nlist * IVF_POINTS_PER_CELL])
     sample = np.asarray(vectors[rows], dtype=np.float32)
-    kmeans = faiss.Kmeans(dim, nlist, niter=10, seed=0, spherical=True,
-                          max_points_per_centroid=IVF_POINTS_PER_CELL, min_points_per_centroid=1)
-    kmeans.train(sample)
+    centroids = _cells(sample, nlist)
+    nlist = len(centroids)
     if nlist > 256:
         quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)  # to file rows (see _exact_cells)
         quantizer.hnsw.efSearch = QUANTIZER_EF_ADD
     else:
         quantizer = faiss.IndexFlatIP(dim)
-    quantizer.add(kmeans.centroids)
+    quantizer.add(centroids)
     index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16,
                                           faiss.METRIC_INNER_PRODUCT, False)
     index.own_fields = True
     quantizer.this.disown()
     index.train(sample[:1024])  # the cells are set; this only readies the fp16 codec
     return index
+
+
+def _cells(sample: np.ndarray, nlist: int) -> np.ndarray:
+    """About ``nlist`` cell centres by spherical k-means on ``sample``. Up to 256 cells in one k-means; above,
+    in two levels (FAISS's advice for large inverted files): sqrt(nlist) coarse groups, then each group split
+    into cells in proportion to its rows. Each pass then compares a row with ~2 sqrt(nlist) centres instead of
+    nlist, so 20 iterations cost less than one did. On 250 k clustered 512-d rows (2,000 cells, 2-core EPYC):
+    training 11.2 s -> 1.0 s, recall@10 at the same nprobe 0.918 -> 0.910 (a diffuser set: 0.828 -> 0.805)."""
+    def kmeans(points: np.ndarray, k: int) -> np.ndarray:
+        km = faiss.Kmeans(sample.shape[1], k, niter=20, seed=0, spherical=True, min_points_per_centroid=1,
+                          max_points_per_centroid=max(IVF_POINTS_PER_CELL, -(-len(points) // k)))
+        km.train(points)
+        return km.centroids
+    if nlist <= 256:
+        return kmeans(sample, nlist)
+    groups = int(np.sqrt(nlist))
+    coarse = faiss.IndexFlatIP(sample.shape[1])
+    coarse.add(kmeans(sample, groups))
+    assign = coarse.search(sample, 1)[1][:, 0]
+    sizes = np.bincount(assign, minlength=groups)
+    out = []
+    for group, k in zip(np.flatnonzero(sizes), _shares(nlist, sizes[sizes > 0])):
+        out.append(kmeans(sample[assign == group], int(k)))
+    return np.ascontiguousarray(np.vstack(out), dtype=np.float32)
+
+
+def _shares(total: int, sizes: np.ndarray) -> np.ndarray:
+    """``total`` cells split over groups of ``sizes`` rows in proportion (largest remainders), each group at
+    least one cell and at most one per row; exactly ``total`` when the rows allow it."""
+    raw = total * sizes / sizes.sum()
+    k = np.clip(np.floor(raw).astype(np.int64), 1, sizes)
+    order = np.argsort(-(raw - np.floor(raw)))
+    while k.sum() < min(total, sizes.sum()):
+        grow = [g for g in order if k[g] < sizes[g]]
+        for g in grow[: min(total, sizes.sum()) - k.sum()]:
+            k[g] += 1
+    while k.sum() > total and (k > 1).any():
+        k[np.argmax(k)] -= 1
+    return k
 
 
 def _exact_cells(index: faiss.Index) -> None:
