@@ -16,9 +16,9 @@ install: $(STAMP)
 
 # Peer tools the tests check altlens against, with their real output (kept out of altlens's own dependencies).
 PEERS := $(VENV)/peers
-$(PEERS)/.installed: $(STAMP)
+$(PEERS)/.installed: $(STAMP) Makefile
 	$(PY) -m pip install --quiet --no-deps --upgrade --target $(PEERS) clip-retrieval==2.45.0 all_clip==1.3.0 fire==0.7.1 \
-	  termcolor==3.3.0 clip-anytorch==2.6.0 embedding-reader==1.8.1 'setuptools<70'
+	  termcolor==3.3.0 clip-anytorch==2.6.0 embedding-reader==1.8.1 autofaiss==2.18.0 'setuptools<70'
 	touch $@
 
 peers: $(PEERS)/.installed
