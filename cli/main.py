@@ -66,11 +66,11 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own message
+    except Exception as exc:  # usage errors (a missing option, a bad value) carry their own message
         import click
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        if isinstance(exc, (click.ClickException, typer.TyperException)) and hasattr(exc, "show"):
+            exc.show()  # typer vendors its own click: its usage errors are TyperExceptions, not click's
+            sys.exit(getattr(exc, "exit_code", 2))
         raise
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -231,3 +231,13 @@ def test_a_second_image_member_of_a_shard_sample_is_recorded(tmp_path):
     ((key, status, reason),) = rows(tmp_path / "ws")
     assert key == f"s/{a}" and status == "ok"
     assert reason and f"{a}.JPG" in reason and "not indexed" in reason, reason
+
+
+@pytest.mark.parametrize("args, message", [
+    (["index", "some-folder"], "Missing option '--workspace'"),
+    (["index", "-w", "ws", "--batch-size", "many", "some-folder"], "Invalid value for '--batch-size'"),
+])
+def test_a_usage_mistake_is_a_usage_line_not_a_traceback(tmp_path, args, message):
+    """typer vendors its own click, whose usage errors are not click's: they once escaped as a full traceback."""
+    proc = run_cli(*args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-800:]
