@@ -7,7 +7,9 @@ import typer
 
 WORKSPACE = typer.Option(..., "--workspace", "-w", help="Workspace directory.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
-PRECISION = typer.Option("fp32", help="fp32, bf16 (weights cast once; CPU or GPU) or fp16 (GPU).")
+PRECISION = typer.Option("fp32", help="fp32, bf16 (weights cast once; CPU or GPU), fp16 (GPU), or auto: bf16 "
+                         "where the CPU computes it (amx_bf16, avx512_bf16) or on CUDA, checked against fp32 "
+                         "at load (cosine >= 0.99, else fp32), fp32 elsewhere.")
 
 
 def echo_json(report) -> None:

@@ -197,7 +197,7 @@ def stream_blocks(ws: Workspace, items: list, decode, decode_kwargs: dict, actor
     ds = ds.map_batches(
         actor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus, num_cpus=0 if gpus else 1,
         fn_constructor_kwargs={"record": ws.get_meta("model"), "config": _config(model.name), "device": model.device,
-                               "precision": model.spec.precision, "staging": str(staging), "threads": threads,
+                               "precision": model.precision, "staging": str(staging), "threads": threads,
                                "kill": os.environ.get(KILL_ENV), **actor_kwargs},
         max_restarts=-1, max_task_retries=-1)
     ws.release()

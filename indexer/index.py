@@ -123,7 +123,7 @@ def run(ws: Workspace, cfg: IndexConfig) -> dict:
     for kind in ("image", "text"):
         EmbeddingStore(ws, kind).compact()
     rebuild_index_if_stale(ws, cfg.index_type)
-    report = times.as_dict()
+    report = times.as_dict() | {"precision": model.precision}
     _warn_if_fewer(report)
     _finish_run(ws, run_id, report)
     return report

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "MobileCLIP2-S0"
 DEFAULT_PRETRAINED = "dfndr2b"
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTO_MIN_COSINE = 0.99  # auto keeps a faster precision only if it agrees this well with fp32 on its probe
 # weights are cast to this once at load, not run under autocast: on this project's CPU autocast re-cast every
 # weight on every call (1.8 M page faults per 128 pairs) and ran 2.4x slower than bf16 weights
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -121,13 +122,22 @@ def _register_hf_style(config: Path) -> str:
     return name
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (Linux flags; elsewhere assumed yes)."""
+def cpu_has_bf16(unknown: bool = True) -> bool:
+    """Whether this CPU computes bf16 natively (Linux flags; where they cannot be read, ``unknown``)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return True
+        return unknown
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def auto_precision(device: str, has_bf16: bool | None = None) -> str:
+    """What ``--precision auto`` tries: on CUDA bf16 (fp16 where the GPU lacks it); on a CPU bf16 when it
+    computes bf16 (amx_bf16 or avx512_bf16; on AMX Xeons bf16 weights ran ViT-B-32 about 2x fp32, on CPUs
+    without them about 8x slower), else fp32. ``has_bf16`` overrides the CPU's flags (tests)."""
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if (cpu_has_bf16(unknown=False) if has_bf16 is None else has_bf16) else "fp32"
 
 
 def pick_device(device: str) -> str:
@@ -170,15 +180,19 @@ class EmbeddingModel:
         self.spec = spec = spec.normalized()
         self.name = resolve_name(spec)
         self.device = pick_device(spec.device)
-        self.dtype = DTYPES[spec.precision]
+        self.precision = auto_precision(self.device) if spec.precision == "auto" else spec.precision
+        self.dtype = DTYPES[self.precision]
         if self.dtype is torch.float16 and self.device != "cuda":
             raise ModelError("--precision fp16 is for GPUs; on a CPU use bf16")
-        if self.dtype is torch.bfloat16 and self.device == "cpu" and not cpu_has_bf16():
+        if spec.precision == "bf16" and self.device == "cpu" and not cpu_has_bf16():
             log.warning("this CPU has no bf16 instructions (avx512_bf16 or amx_bf16): bf16 weights run several "
                         "times slower than fp32 here (ViT-B-32: 2 vs 17 img/s on such a CPU); use fp32")
         self.model, self.preprocess = self._build()
-        self.model.eval().to(self.device, dtype=self.dtype)
         self.tokenizer = open_clip.get_tokenizer(self.name)
+        if spec.precision == "auto" and self.precision != "fp32":
+            self._check_against_fp32()
+        else:
+            self.model.eval().to(self.device, dtype=self.dtype)
         self.dim = int(self.encode_texts(["a"]).shape[1])
         self.model_id = self._model_id()
 
@@ -207,6 +221,31 @@ class EmbeddingModel:
             from timm.utils import reparameterize_model
             model = reparameterize_model(model)
         return model, preprocess
+
+    def _check_against_fp32(self) -> None:
+        """``--precision auto``: embed a probe (a drawn picture through the model's own preprocessing, and a
+        few captions) in fp32, then with a copy of the weights cast to the chosen precision; below cosine
+        AUTO_MIN_COSINE on any of them, keep the fp32 weights (never cast back: that would round them) and say
+        so in one line."""
+        import copy
+
+        from PIL import Image, ImageDraw
+        chosen, self.precision, self.dtype = self.precision, "fp32", torch.float32
+        self.model.eval().to(self.device, dtype=torch.float32)
+        picture = Image.new("RGB", (224, 224), (120, 160, 200))
+        ImageDraw.Draw(picture).ellipse((40, 60, 170, 190), fill=(220, 80, 40))
+        pixels = torch.stack([self.preprocess(picture), self.preprocess(picture.rotate(90))])
+        texts = ["a photo of a dog on a beach", "a red chair next to a window", "two people walking in snow"]
+        reference = np.concatenate([self.encode_images(pixels), self.encode_texts(texts)])
+        full = self.model
+        self.model, self.precision, self.dtype = copy.deepcopy(full).to(dtype=DTYPES[chosen]), chosen, DTYPES[chosen]
+        probe = np.concatenate([self.encode_images(pixels), self.encode_texts(texts)])
+        agreement = float((reference * probe).sum(axis=1).min())
+        if agreement >= AUTO_MIN_COSINE:
+            return
+        log.warning("--precision auto: %s agrees with fp32 only to cosine %.4f on this model (under %.2f); "
+                    "running in fp32", chosen, agreement, AUTO_MIN_COSINE)  # NaN lands here too
+        self.model, self.precision, self.dtype = full, "fp32", torch.float32
 
     def _model_id(self) -> str:
         if self.spec.checkpoint:

@@ -329,3 +329,34 @@ def test_bf16_casts_the_weights_once_and_stays_close_to_fp32():
         assert (a * b).sum(1).min() >= 0.99
     with pytest.raises(ModelError, match="fp16 is for GPUs"):
         load_model(ModelSpec(checkpoint=weights, precision="fp16", device="cpu"))
+
+
+def test_precision_auto_picks_by_the_cpu_and_falls_back_to_fp32_when_it_disagrees(monkeypatch, caplog):
+    """--precision auto: fp32 on a CPU without bf16 instructions, bf16 on one with them (flags simulated),
+    checked against fp32 at load; a forced disagreement keeps fp32 with one warning line."""
+    import logging
+
+    import torch
+
+    import indexer.models as models
+    from demo import MODEL_DIR
+    assert models.auto_precision("cpu", has_bf16=False) == "fp32"
+    assert models.auto_precision("cpu", has_bf16=True) == "bf16"
+    weights = str(MODEL_DIR / "altlens-demo-clip.safetensors")
+    spec = models.ModelSpec(checkpoint=weights, precision="auto", device="cpu")
+
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda unknown=True: False)
+    plain = models.load_model(spec)
+    assert plain.precision == "fp32" and {p.dtype for p in plain.model.parameters()} == {torch.float32}
+
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda unknown=True: True)
+    fast = models.load_model(spec)
+    assert fast.precision == "bf16" and {p.dtype for p in fast.model.parameters()} == {torch.bfloat16}
+    assert (fast.encode_texts(["a red circle"]) * plain.encode_texts(["a red circle"])).sum() >= 0.99
+
+    monkeypatch.setattr(models, "AUTO_MIN_COSINE", 1.01)  # no precision but fp32 itself could pass
+    with caplog.at_level(logging.WARNING, logger="indexer.models"):
+        kept = models.load_model(spec)
+    assert kept.precision == "fp32" and {p.dtype for p in kept.model.parameters()} == {torch.float32}
+    assert any("running in fp32" in r.getMessage() for r in caplog.records)
+    np.testing.assert_allclose(kept.encode_texts(["a red circle"]), plain.encode_texts(["a red circle"]), atol=1e-6)
