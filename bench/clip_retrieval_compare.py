@@ -1,6 +1,6 @@
 """altlens index against clip-retrieval's ``clip_inference`` on the same shard with the same weights, one run.
 
-    pip install --no-deps --target DIR clip-retrieval all_clip fire clip-anytorch 'setuptools<70'
+    pip install --no-deps --target DIR clip-retrieval all_clip fire termcolor clip-anytorch 'setuptools<70'
     python bench/clip_retrieval_compare.py --lib DIR [--n 512] [--model ViT-B-32] [--batch-size 64]
 
 Both read two WebDataset tars of N/2 demo JPEGs each (256 px) with alt-texts and embed images and captions with the
@@ -40,7 +40,7 @@ def clip_inference(shim: Path):
     spec = importlib.util.find_spec("clip_retrieval")
     if spec is None:
         raise SystemExit("clip-retrieval is not installed: pip install --no-deps --target DIR clip-retrieval all_clip "
-                         "fire clip-anytorch 'setuptools<70', then pass --lib DIR")
+                         "fire termcolor clip-anytorch 'setuptools<70', then pass --lib DIR")
     (shim / "clip_retrieval").mkdir(parents=True)
     (shim / "clip_retrieval" / "__init__.py").write_text(
         f"__path__.append({list(spec.submodule_search_locations)[0]!r})\n")
