@@ -182,6 +182,8 @@ class Handlers:
         counts = [[f"status: {k}", v] for k, v in stats["by_status"].items()]
         counts += [[f"source: {s['source']}", f"{s['seen']} seen, {s['ok']} ok, {s['failed']} failed"]
                    for s in stats["by_source"]]
+        if stats.get("images_not_downloaded"):
+            counts.append(["ok, no image at hand (imported, url kept)", stats["images_not_downloaded"]])
         counts += [[f"captions: {k}", v] for k, v in stats["captions"].items()]
         table = [[c["cluster"], c["size"], " ".join(c["terms"]), _fmt(c["reward"].get("alt", {}).get("mean")),
                   _fmt(c["reward"].get("syn", {}).get("mean")), _fmt(c["reward"].get("fused", {}).get("mean")),

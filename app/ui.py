@@ -39,7 +39,8 @@ from indexer.store import Workspace
 log = logging.getLogger(__name__)
 
 CSS = """.tile-gallery img, .big-sample img { image-rendering: pixelated; }
-.big-sample img { width: 100% !important; height: 100% !important; object-fit: contain; }""" + CARD_CSS
+.big-sample img { width: 100% !important; height: 100% !important; object-fit: contain; }
+#overview-clusters th *, #overview-clusters td * { word-break: normal !important; overflow-wrap: normal !important; }""" + CARD_CSS
 
 
 SERVER_LOCK_WAIT_S = 120.0  # a request waits this long for a CLI command to let go of the workspace
@@ -136,7 +137,8 @@ def _overview_tab(h: Handlers) -> dict:
             clusters = gr.Dataframe(headers=["cluster", "size", "top terms", "alt", "syn", "fused", "flagged",
                                              "image diversity", "syn/alt diversity"],
                                     label="Clusters (click a row to browse it)", interactive=False, wrap=True,
-                                    elem_id="overview-clusters")
+                                    elem_id="overview-clusters",  # headers never break inside a word
+                                    column_widths=["80px", "56px", "220px", "64px", "64px", "68px", "76px", "92px", "100px"])
     legend(("alt / syn / fused", "clip_score", "reward", "flagged", "image diversity", "syn/alt diversity"))
     color_by.change(friendly(h.map_picture), [color_by], [picture])
     return {"counts": counts, "hist": hist, "map": picture, "clusters": clusters, "color_by": color_by}
