@@ -26,7 +26,7 @@ import pyarrow as pa
 from PIL import Image
 from tqdm import tqdm
 
-from curation.scores.rewards import reward_values
+from curation.scores.rewards import active_reward
 from curation.structure.clusters import ok_embeddings
 from indexer.store import Workspace, now
 
@@ -192,16 +192,22 @@ def local_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def find_duplicates(ws: Workspace, cfg: DupConfig = DupConfig()) -> dict:
-    """Compute and store duplicate groups; return counts."""
+    """Compute and store duplicate groups; return counts. Per row it holds numpy arrays only (ids, vectors,
+    cluster labels); Python objects exist for the pairs found and the samples in them."""
     ids, vectors = ok_embeddings(ws)
-    meta = {r[0]: (r[1], r[2]) for r in ws.rows("SELECT id, sha256, thumb FROM samples WHERE status = 'ok'")}
     labels, centroids = map_clusters(ws, ids)
+    same = ws.numpy("""SELECT first_id, id FROM (
+                           SELECT id, min(id) OVER (PARTITION BY sha256) AS first_id FROM samples
+                           WHERE status = 'ok' AND sha256 IS NOT NULL)
+                       WHERE id <> first_id ORDER BY id""")
     ws.release()  # the candidate search is the long part
-    pairs = [(a, b, 1.0, "sha256") for a, b in _same_bytes(meta)]
+    pairs = [(int(a), int(b), 1.0, "sha256") for a, b in zip(same["first_id"], same["id"])]
+    candidates = list(candidate_pairs(ids, vectors, cfg, labels, centroids))
+    thumbs = _thumbs(ws, {x for a, b, _ in candidates for x in (a, b)})
     prints: dict[int, np.ndarray | None] = {}
-    for a, b, sim in candidate_pairs(ids, vectors, cfg, labels, centroids):
-        fa = prints.setdefault(a, fingerprint(ws.thumbs_dir / meta[a][1]) if meta[a][1] else None)
-        fb = prints.setdefault(b, fingerprint(ws.thumbs_dir / meta[b][1]) if meta[b][1] else None)
+    for a, b, sim in candidates:
+        fa = prints.setdefault(a, fingerprint(ws.thumbs_dir / thumbs[a]) if thumbs.get(a) else None)
+        fb = prints.setdefault(b, fingerprint(ws.thumbs_dir / thumbs[b]) if thumbs.get(b) else None)
         if fa is not None and fb is not None and local_difference(fa, fb) <= cfg.max_local_diff:
             pairs.append((a, b, sim, "embedding+pixels"))
     groups = _union_find(pairs)
@@ -216,29 +222,27 @@ def find_duplicates(ws: Workspace, cfg: DupConfig = DupConfig()) -> dict:
     return {"pairs": len(pairs), "groups": n_groups, "duplicates_to_drop": len(rows["sample_id"]) - n_groups}
 
 
+def _thumbs(ws: Workspace, ids: set[int]) -> dict[int, str | None]:
+    """The thumbnail of each of ``ids`` (the samples in candidate pairs, not the pool)."""
+    if not ids:
+        return {}
+    return dict(ws.rows("SELECT id, thumb FROM samples WHERE id IN (SELECT unnest(?::BIGINT[]))", [sorted(ids)]))
+
+
 def map_clusters(ws: Workspace, ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The map's cluster of each of ``ids`` and its centroids (None, None before ``altlens map``, or when the map
-    does not cover every id)."""
-    cluster = dict(ws.rows("SELECT sample_id, cluster FROM clusters"))
-    if not cluster or any(int(i) not in cluster for i in ids):
+    does not cover every id). Read as two arrays and matched by a sorted search, not a dict per row."""
+    got = ws.numpy("SELECT sample_id, cluster FROM clusters ORDER BY sample_id")
+    known = np.asarray(got["sample_id"], dtype=np.int64)
+    ids = np.asarray(ids, dtype=np.int64)
+    if not len(known):
+        return None, None
+    at = np.minimum(np.searchsorted(known, ids), len(known) - 1)
+    if not np.array_equal(known[at], ids):
         return None, None
     path = ws.root / "index" / "centroids.npy"
     centroids = np.load(path) if path.is_file() else None
-    return np.array([cluster[int(i)] for i in ids], dtype=np.int64), centroids
-
-
-def _same_bytes(meta: dict) -> list[tuple[int, int]]:
-    first: dict[str, int] = {}
-    pairs = []
-    for sid in sorted(meta):
-        digest = meta[sid][0]
-        if digest is None:
-            continue
-        if digest in first:
-            pairs.append((first[digest], sid))
-        else:
-            first[digest] = sid
-    return pairs
+    return np.asarray(got["cluster"], dtype=np.int64)[at], centroids
 
 
 def _union_find(pairs) -> dict[int, list[int]]:
@@ -259,13 +263,22 @@ def _union_find(pairs) -> dict[int, list[int]]:
     return groups
 
 
+def _rewards_of(ws: Workspace, ids: list[int]) -> dict[int, float]:
+    """The active reward of each of ``ids`` (the samples in duplicate groups; empty before any reward)."""
+    version = active_reward(ws)
+    if version is None or not ids:
+        return {}
+    return dict(ws.rows("SELECT sample_id, value FROM rewards WHERE version = ? AND sample_id IN "
+                        "(SELECT unnest(?::BIGINT[]))", [version, sorted(ids)]))
+
+
 def _group_rows(ws: Workspace, groups: dict[int, list[int]], pairs) -> dict[str, list]:
     best_sim: dict[int, tuple[float, str]] = {}
     for a, b, sim, method in pairs:
         for x in (a, b):
             if sim > best_sim.get(x, (-1.0, ""))[0]:
                 best_sim[x] = (sim, method)
-    reward = reward_values(ws)
+    reward = _rewards_of(ws, [m for members in groups.values() for m in members])
     rows: dict[str, list] = {"sample_id": [], "group_id": [], "representative": [], "similarity": [], "method": []}
     for gid, members in groups.items():
         rep = max(members, key=lambda m: (reward.get(m) or 0.0, -m))
