@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from curation.export.budget import ALLOCATE, PICK, budget_pick
@@ -212,9 +213,9 @@ def save_selection(ws: Workspace, rule: SelectionRule, replace: bool = True) -> 
     where, params = _where(ws, rule)
     sql, params = _ids_sql(where, params, rule)
     _refuse_overwrite(ws, rule.name, replace)
-    ids = sorted(r[0] for r in ws.rows(sql, params))
+    ids = np.sort(np.asarray(next(iter(ws.numpy(sql, params).values())), dtype=np.int64))  # an array, not rows
     if rule.budget is not None:
-        ids, _ = budget_pick(ws, ids, rule.budget, rule.allocate, rule.pick)
+        ids, _ = budget_pick(ws, ids.tolist(), rule.budget, rule.allocate, rule.pick)
     return _store(ws, rule, ids)
 
 
@@ -237,7 +238,10 @@ def _refuse_overwrite(ws: Workspace, name: str, replace: bool) -> None:
         raise SelectionExists(name, json.loads(before)["selected"])
 
 
-def _store(ws: Workspace, rule: SelectionRule, ids: list[int]) -> dict:
+def _store(ws: Workspace, rule: SelectionRule, ids) -> dict:
+    """Write the selection and its members (sorted ids, as one Arrow column: the name is a one-entry
+    dictionary, so a selection of millions holds no Python object per member)."""
+    ids = np.asarray(ids, dtype=np.int64)
     before = ws.scalar("SELECT counts FROM selections WHERE name = ?", [rule.name])
     total_ok = int(ws.scalar("SELECT count(*) FROM samples WHERE status = 'ok'"))
     counts = {"selected": len(ids), "ok_samples": total_ok, "share": round(len(ids) / total_ok, 4) if total_ok else 0}
@@ -246,8 +250,9 @@ def _store(ws: Workspace, rule: SelectionRule, ids: list[int]) -> dict:
         cur.execute("DELETE FROM selections WHERE name = ?", [rule.name])
         cur.execute("INSERT INTO selections VALUES (?, ?, ?, ?)",
                     [rule.name, json.dumps(asdict(rule), sort_keys=True), json.dumps(counts), now()])
-        if ids:
-            ws.insert_arrow("selection_members", pa.table({"name": [rule.name] * len(ids), "sample_id": ids}), cur=cur)
+        if len(ids):
+            names = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(ids), np.int32)), pa.array([rule.name]))
+            ws.insert_arrow("selection_members", pa.table({"name": names, "sample_id": ids}), cur=cur)
     return {"name": rule.name, **counts, "replaced": json.loads(before)["selected"] if before else None}
 
 
