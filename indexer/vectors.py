@@ -33,9 +33,6 @@ IVF_NPROBE = 32
 TEXT_NPROBE = 256
 IVF_POINTS_PER_CELL = 40  # k-means trains on this many rows per cell
 ADD_BLOCK = 200_000  # rows converted to float32 at a time while building
-# the beam of the graph over the cell centres that files rows into cells (4x faster than 128 on 300k rows, same
-# recall); queries scan the centres exactly
-QUANTIZER_EF_ADD = 24
 FLAT_MAX = 100_000
 
 
@@ -149,8 +146,9 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str = "auto", progre
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     dim = vectors.shape[1]
     kind = choose_index_kind(len(vectors), kind)
+    route = None
     if kind == "ivf":
-        index = _ivf(vectors, dim)
+        index, route = _ivf(vectors, dim)
     elif kind == "flat":
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     else:  # the store holds fp16 vectors, so fp16 in the graph loses nothing and halves its memory
@@ -160,9 +158,12 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str = "auto", progre
     from tqdm import tqdm
     for start in tqdm(range(0, len(vectors), ADD_BLOCK), desc=f"{kind} index", unit="block",
                       disable=not progress or len(vectors) <= ADD_BLOCK):
-        index.add_with_ids(_block(vectors, start, start + ADD_BLOCK), ids[start:start + ADD_BLOCK])
-    if kind == "ivf":
-        _exact_cells(index)
+        block = _block(vectors, start, start + ADD_BLOCK)
+        if route is None:
+            index.add_with_ids(block, ids[start:start + ADD_BLOCK])
+        else:
+            from faiss.contrib.ivf_tools import add_preassigned
+            add_preassigned(index, block, route(block), np.ascontiguousarray(ids[start:start + ADD_BLOCK]))
     return tune(index)
 
 
@@ -195,32 +196,59 @@ def _block(vectors: np.ndarray, start: int, stop: int) -> np.ndarray:
     return np.ascontiguousarray(vectors[start:stop], dtype=np.float32)
 
 
-def _ivf(vectors: np.ndarray, dim: int) -> faiss.Index:
-    """An empty, trained inverted file: about 4 sqrt(n) cells from spherical k-means on a sample (so building
-    costs grow linearly with the rows), vectors kept as fp16, a small HNSW graph over the cell centres to file
-    the rows into cells."""
+def _ivf(vectors: np.ndarray, dim: int):
+    """An empty, trained inverted file and the function that files rows into its cells (None: the quantizer
+    does): about 4 sqrt(n) cells from spherical k-means on a sample (so building costs grow linearly with the
+    rows), vectors kept as fp16, the cell centres searched exactly by queries."""
     n = len(vectors)
     nlist = max(1, min(int(4 * np.sqrt(n)), n // IVF_POINTS_PER_CELL))
     rows = np.sort(np.random.default_rng(0).permutation(n)[: nlist * IVF_POINTS_PER_CELL])
     sample = np.asarray(vectors[rows], dtype=np.float32)
-    centroids = _cells(sample, nlist)
-    nlist = len(centroids)
-    if nlist > 256:
-        quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)  # to file rows (see _exact_cells)
-        quantizer.hnsw.efSearch = QUANTIZER_EF_ADD
-    else:
-        quantizer = faiss.IndexFlatIP(dim)
+    centroids, coarse, group_of = _cells(sample, nlist)
+    quantizer = faiss.IndexFlatIP(dim)
     quantizer.add(centroids)
-    index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16,
+    index = faiss.IndexIVFScalarQuantizer(quantizer, dim, len(centroids), faiss.ScalarQuantizer.QT_fp16,
                                           faiss.METRIC_INNER_PRODUCT, False)
     index.own_fields = True
     quantizer.this.disown()
     index.train(sample[:1024])  # the cells are set; this only readies the fp16 codec
-    return index
+    return index, (None if coarse is None else _router(centroids, coarse, group_of))
 
 
-def _cells(sample: np.ndarray, nlist: int) -> np.ndarray:
-    """About ``nlist`` cell centres by spherical k-means on ``sample``. Up to 256 cells in one k-means; above,
+# a row is filed into the best cell of its 6 nearest coarse groups. On 250 k 512-d rows (2,000 cells, 2-core
+# EPYC) the whole build took 5.1 s against 8.9 s with an HNSW graph over the centres filing rows (clustered rows,
+# recall@10 0.910 both; a diffuser set 0.798 against 0.807; 3 groups: 3.9 s, 0.784)
+ROUTE_GROUPS = 6
+
+
+def _router(centroids: np.ndarray, coarse: np.ndarray, group_of: np.ndarray):
+    """Rows -> their cell, through the two levels the cells were trained in: the ROUTE_GROUPS nearest coarse
+    groups of a row, then the nearest cell among theirs (about 4 sqrt(nlist) dot products a row instead of
+    nlist; exact whenever the nearest cell lies in one of those groups)."""
+    groups = faiss.IndexFlatIP(coarse.shape[1])
+    groups.add(coarse)
+    cells_of = [np.flatnonzero(group_of == g) for g in range(len(coarse))]
+
+    def route(x: np.ndarray) -> np.ndarray:
+        _, near = groups.search(x, min(ROUTE_GROUPS, len(coarse)))
+        best = np.full(len(x), -np.inf, dtype=np.float32)
+        cell = np.zeros(len(x), dtype=np.int64)
+        for g, cells in enumerate(cells_of):
+            rows = np.flatnonzero((near == g).any(axis=1))
+            if not len(rows) or not len(cells):
+                continue
+            sims = x[rows] @ centroids[cells].T
+            pick = sims.argmax(axis=1)
+            value = sims[np.arange(len(rows)), pick]
+            better = value > best[rows]
+            best[rows[better]], cell[rows[better]] = value[better], cells[pick[better]]
+        return cell
+    return route
+
+
+def _cells(sample: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """About ``nlist`` cell centres by spherical k-means on ``sample``, with the coarse centres and each
+    cell's coarse group when trained in two levels (else None, None). Up to 256 cells in one k-means; above,
     in two levels (FAISS's advice for large inverted files): sqrt(nlist) coarse groups, then each group split
     into cells in proportion to its rows. Each pass then compares a row with ~2 sqrt(nlist) centres instead of
     nlist, so 20 iterations cost less than one did. On 250 k clustered 512-d rows (2,000 cells, 2-core EPYC):
@@ -231,16 +259,19 @@ def _cells(sample: np.ndarray, nlist: int) -> np.ndarray:
         km.train(points)
         return km.centroids
     if nlist <= 256:
-        return kmeans(sample, nlist)
+        return kmeans(sample, nlist), None, None
     groups = int(np.sqrt(nlist))
     coarse = faiss.IndexFlatIP(sample.shape[1])
-    coarse.add(kmeans(sample, groups))
+    coarse_centres = kmeans(sample, groups)
+    coarse.add(coarse_centres)
     assign = coarse.search(sample, 1)[1][:, 0]
     sizes = np.bincount(assign, minlength=groups)
-    out = []
+    out, group_of = [], []
     for group, k in zip(np.flatnonzero(sizes), _shares(nlist, sizes[sizes > 0])):
         out.append(kmeans(sample[assign == group], int(k)))
-    return np.ascontiguousarray(np.vstack(out), dtype=np.float32)
+        group_of.append(np.full(int(k), group))
+    return (np.ascontiguousarray(np.vstack(out), dtype=np.float32), coarse_centres,
+            np.concatenate(group_of))
 
 
 def _shares(total: int, sizes: np.ndarray) -> np.ndarray:
@@ -256,20 +287,6 @@ def _shares(total: int, sizes: np.ndarray) -> np.ndarray:
     while k.sum() > total and (k > 1).any():
         k[np.argmax(k)] -= 1
     return k
-
-
-def _exact_cells(index: faiss.Index) -> None:
-    """Once every row is filed, queries choose their cells by an exact scan of the centres (a few thousand
-    dot products): a graph over the centres misses cells for a query far from all of them, as a text query
-    is."""
-    quantizer = faiss.downcast_index(index.quantizer)
-    if isinstance(quantizer, faiss.IndexFlatIP):
-        return
-    flat = faiss.IndexFlatIP(index.d)
-    flat.add(quantizer.reconstruct_n(0, quantizer.ntotal))
-    index.quantizer = flat
-    index.own_fields = True
-    flat.this.disown()
 
 
 def tune(index: faiss.Index) -> faiss.Index:

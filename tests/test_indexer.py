@@ -196,7 +196,7 @@ def test_index_kinds_find_exact_neighbours(kind):
 
 
 def test_inverted_file_routes_by_a_graph_and_reads_back_with_its_breadth(tmp_path):
-    """Above 256 cells the inverted file files its rows through an HNSW graph over the cell centres, then
+    """Above 256 cells the inverted file trains its cells in two levels and files its rows through them, then
     keeps the centres for an exact scan by queries; written and read back, it keeps its ids and search
     breadth, finds a row's neighbours, and finds the exact top 10 of queries that sit away from every row
     (text against images) by scanning more cells."""
