@@ -106,13 +106,25 @@ def export(
     echo_json({"files": len(manifest["files"]), "samples": manifest["samples"], "out": out})
 
 
-def verify_export(out: str = typer.Argument(..., help="An export folder.")):
+def verify_export(out: str = typer.Argument(..., help="An export folder."),
+                  workspace: str = typer.Option(None, "--workspace", "-w", help="The workspace it was exported "
+                                                "from: also re-embed a few captions with its model and check "
+                                                "each exported text vector is its own caption's.")):
     """Re-read an export: checksums, counts and members; exits non-zero naming the bad shard."""
     from curation.export.policy import ExportError
     from curation.export.verify import verify_export
 
     try:
-        echo_json(verify_export(out))
+        if workspace is None:
+            echo_json(verify_export(out))
+        else:
+            from indexer.models import open_workspace_model
+            from indexer.store import Workspace
+            with Workspace(workspace, read_only=True) as ws:
+                if ws.get_meta("model") is None:
+                    raise ExportError(f"workspace {workspace} holds no model to check the text vectors with")
+                model = open_workspace_model(ws, None)
+            echo_json(verify_export(out, model))
     except ExportError as exc:
         typer.echo(f"altlens: export is bad: {exc}", err=True)
         raise typer.Exit(1)

@@ -223,3 +223,28 @@ def test_verify_names_the_bad_shard(ws_copy, tmp_path):
     shard.write_bytes(bytes(data))
     proc = run_cli("verify-export", str(tmp_path / "v"), check=False)
     assert proc.returncode != 0 and shard.name in proc.stderr
+
+
+def test_verify_export_with_the_workspace_catches_text_vectors_that_are_not_their_captions(demo_ws, tmp_path):
+    """Issue 31, finding 1: the wrong vectors once reached text_emb and verify-export passed. With the
+    workspace, it re-embeds exported captions (datacompdr and clip-retrieval) and names a vector that is
+    another text's; an export of a store whose text rows were shuffled fails, checksums and all intact."""
+    root = writable_copy(demo_ws, tmp_path / "good")
+    with Workspace(root) as ws:
+        save_selection(ws, SelectionRule(name="some", caption_policy="hybrid", per_cluster_k=4))
+    for fmt in ("datacompdr", "clip-retrieval"):
+        export(root, ExportConfig("some", str(tmp_path / fmt), format=fmt, progress=False))
+        report = json.loads(run_cli("verify-export", str(tmp_path / fmt), "-w", str(root)).stdout)
+        assert report["text_vectors_checked"] >= 20, report
+    with Workspace(root, read_only=True) as ws:
+        chunks = sorted(ws.emb_dir("text").glob("*.npy"))
+    for chunk in chunks:  # every text row now holds another row's vector, as the concurrent saves left them
+        rows = np.load(chunk, mmap_mode="r+")
+        rows[:] = np.roll(np.asarray(rows), 1, axis=0)
+        rows.flush()
+        del rows
+    for fmt in ("datacompdr", "clip-retrieval"):
+        export(root, ExportConfig("some", str(tmp_path / f"bad-{fmt}"), format=fmt, progress=False))
+        assert run_cli("verify-export", str(tmp_path / f"bad-{fmt}")).returncode == 0, "checksums still agree"
+        proc = run_cli("verify-export", str(tmp_path / f"bad-{fmt}"), "-w", str(root), check=False)
+        assert proc.returncode == 1 and "is not its caption's" in proc.stderr, proc.stderr[-600:]

@@ -13,8 +13,14 @@ from curation.export.policy import ExportError
 from indexer.files import file_sha256
 
 
-def verify_export(out: str | Path) -> dict:
-    """Re-read every file the manifest lists: checksums, sample counts, and per-sample members for shards."""
+TEXT_CHECK_SAMPLES = 64
+TEXT_MIN_COSINE = 0.99
+
+
+def verify_export(out: str | Path, model=None) -> dict:
+    """Re-read every file the manifest lists: checksums, sample counts, and per-sample members for shards.
+    With ``model`` (the workspace's embedding model), also re-embed the captions of up to
+    TEXT_CHECK_SAMPLES exported samples and require each exported text vector to be its own caption's."""
     out = Path(out)
     manifest_path = out / "manifest.json"
     if not manifest_path.exists():
@@ -38,7 +44,71 @@ def verify_export(out: str | Path) -> dict:
         _verify_parts(out, manifest["files"])
     if total != manifest["samples"]:
         raise ExportError(f"the manifest lists {total} samples in its files, the plan {manifest['samples']}")
-    return {"files": len(manifest["files"]), "samples": total, "format": manifest["format"]}
+    report = {"files": len(manifest["files"]), "samples": total, "format": manifest["format"]}
+    if model is not None:
+        report["text_vectors_checked"] = check_text_vectors(out, manifest, model)
+    return report
+
+
+def check_text_vectors(out: Path, manifest: dict, model) -> int:
+    """Each exported text vector of a few samples against its caption embedded again by ``model``; a vector
+    that is another text's (a corrupted store) is named with its sample. Returns how many were checked."""
+    if manifest.get("embedding_model") != model.model_id:
+        raise ExportError(f"the export's vectors come from {manifest.get('embedding_model')}, the workspace's model "
+                          f"is {model.model_id}: check it with the workspace it was exported from")
+    pairs = _text_pairs(out, manifest)
+    if not pairs:
+        return 0
+    names, texts, vectors = zip(*pairs)
+    again = model.encode_texts(list(texts))
+    stored = np.asarray(vectors, np.float32)
+    stored /= np.maximum(np.linalg.norm(stored, axis=1, keepdims=True), 1e-12)
+    cosine = (again * stored).sum(axis=1)
+    worst = int(np.argmin(cosine))
+    if not cosine[worst] >= TEXT_MIN_COSINE:
+        raise ExportError(f"{names[worst]}: its text vector is not its caption's (cosine {cosine[worst]:.3f} to the "
+                          f"caption embedded again; {int((cosine < TEXT_MIN_COSINE).sum())} of {len(cosine)} "
+                          "checked are off)")
+    return len(cosine)
+
+
+def _text_pairs(out: Path, manifest: dict) -> list[tuple[str, str, np.ndarray]]:
+    """(where, caption, exported vector) for up to TEXT_CHECK_SAMPLES samples of the export's first file that
+    carries text vectors: clip-retrieval parts (text_emb row i is metadata caption i) and datacompdr shards
+    (text_emb row 0 is the .txt caption when there is one, rows 1.. the syn_text list)."""
+    pairs: list[tuple[str, str, np.ndarray]] = []
+    if manifest["format"] == "clip-retrieval":
+        import pyarrow.parquet as pq
+        part = next((e["file"] for e in manifest["files"] if e["file"].startswith("text_emb/")), None)
+        if part is None:
+            return []
+        vectors = np.load(out / part, mmap_mode="r", allow_pickle=False)
+        meta = out / part.replace("text_emb/text_emb_", "metadata/metadata_").replace(".npy", ".parquet")
+        table = pq.read_table(meta, columns=["uid", "caption"]).slice(0, TEXT_CHECK_SAMPLES).to_pylist()
+        return [(f"{part} row {i} (uid {r['uid']})", r["caption"], np.asarray(vectors[i]))
+                for i, r in enumerate(table) if r["caption"]]
+    if manifest["format"] != "datacompdr":
+        return []
+    shard = next((out / e["file"] for e in manifest["files"] if e["file"].endswith(".tar")), None)
+    if shard is None:
+        return []
+    members: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if ext in ("txt", "npz", "syn.json"):
+                members.setdefault(key, {})[ext] = tar.extractfile(member).read()
+            if len(members) > TEXT_CHECK_SAMPLES:
+                break
+    for key, got in list(members.items())[:TEXT_CHECK_SAMPLES]:
+        if not {"txt", "npz", "syn.json"} <= set(got):
+            continue
+        rows = np.load(io.BytesIO(got["npz"]), allow_pickle=False)["text_emb"]
+        texts = [got["txt"].decode("utf-8", "replace")] + json.loads(got["syn.json"]).get("syn_text", [])
+        for i, (text, vector) in enumerate(zip(texts, rows)):
+            if text and i < len(rows):
+                pairs.append((f"{shard.name} sample {key} caption {i}", text, vector))
+    return pairs
 
 
 def _verify_subset(path: Path) -> None:
