@@ -27,7 +27,8 @@ import gradio as gr
 
 from app.curate import Curate
 from app.curate_ui import SamplePanel, _session, _who, legend
-from app.handlers import HEAVY, Handlers, UserError, as_int
+from app.handlers import Handlers, UserError, as_int
+from app.turns import HEAVY
 from curation.export.select import POLICIES
 from curation.views.atlas import COLOURINGS, Atlas, region_summary
 from curation.views.gallery import PER_PAGE, SCORE_SOURCES

@@ -9,7 +9,8 @@ import numpy as np
 from app.charts import histograms
 from app.curate import Curate
 from app.curate_ui import _session
-from app.handlers import HEAVY, UserError, as_int
+from app.handlers import UserError, as_int
+from app.turns import HEAVY
 from curation.review import concepts
 
 QUEUE = 20

@@ -11,7 +11,8 @@ import gradio as gr
 
 from app.card import SCROLL_TO
 from app.curate import ACTIONS, NO_PRESET, QUEUES, Curate
-from app.handlers import CAPTION_COLUMNS, HEAVY, as_int
+from app.handlers import CAPTION_COLUMNS, as_int
+from app.turns import HEAVY
 from curation.export.budget import ALLOCATE, PICK
 from curation.export.formats import format_names
 from curation.export.presets import FILE_FREE_PRESETS

@@ -7,12 +7,12 @@ notice; no stack trace reaches the browser.
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 from dataclasses import dataclass
 
 from app import charts
 from app.card import card_html, lost_text
+from app.turns import Turns
 from curation.review.labels import history as label_history
 from curation.review.labels import labels_of
 from curation.structure.defaults import DefaultsQuery, find_default, mined_axes, parse_axis, suggest
@@ -78,38 +78,6 @@ def one_of(value, allowed, name: str) -> str:
     if value not in allowed:
         raise UserError(f"unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
     return value
-
-
-# Event settings for the handlers that can take seconds (a map region, training a reward or a concept): their
-# own pool of workers, so every other view (pages, the Review queue, labels) keeps its workers whatever the
-# heavy handlers are asked. The pool is wide on purpose: Turns below refuses a session's extra requests as they
-# come up, which only helps if they come up at once instead of waiting in line behind each other.
-HEAVY = {"concurrency_limit": 16, "concurrency_id": "heavy"}
-
-
-class Turns:
-    """Heavy work taken in turns. Each browser session runs one heavy job at a time: a request sent while that
-    session's last one still runs or waits is refused in one line. At most ``slots`` jobs compute at once, and
-    as each session has at most one of them waiting, a second curator waits for one job, not for the hundreds a
-    first one (a script, a stuck page) sent before."""
-
-    def __init__(self, slots: int = 2):
-        self._lock = threading.Lock()
-        self._busy: set[str] = set()
-        self._slots = threading.Semaphore(slots)
-
-    def run(self, who: str, what: str, fn, *args):
-        with self._lock:
-            if who in self._busy:
-                raise UserError(f"your last {what} is still being worked out; this one was not started "
-                                "(send it again once that shows)")
-            self._busy.add(who)
-        try:
-            with self._slots:
-                return fn(*args)
-        finally:
-            with self._lock:
-                self._busy.discard(who)
 
 
 PLACEHOLDER = Path(__file__).with_name("placeholder.png")  # the tile of a sample with no image at hand

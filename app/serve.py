@@ -159,22 +159,13 @@ def make_server_app(workspace: str, read_only: bool, credentials):
     return api
 
 
-def bound_torch_threads() -> int:
-    """Give the server's model work (text search, contrast, concept prompts) half the cores, at least one.
-    A curator often runs a CLI job beside the server; torch's threads, one per core by default, then contend
-    with the job's at every operation: on 2 cores beside ``altlens score``, text search p95 went from 6.5 ms
-    quiet to 274 ms with two threads, 14.8 ms with one (bench/search_beside_job.py)."""
-    import torch
-    threads = max(1, (os.cpu_count() or 2) // 2)
-    torch.set_num_threads(threads)
-    return threads
-
-
 def serve(workspace: str, host: str = "127.0.0.1", port: int = 7860, auth: str | None = None,
           auth_file: str | None = None, read_only: bool = False, allow_unauthenticated_writes: bool = False,
           announce=log.info) -> None:
     """Check the port, build the app and serve it until interrupted; ``announce`` gets the address line."""
     import uvicorn
+
+    from indexer.models import bound_torch_threads
     bound_torch_threads()
     credentials = read_auth(auth, auth_file)
     check_port(host, port)

@@ -366,3 +366,13 @@ def _register_stored_config(ws, record: dict) -> None:
     config = ws.model_dir / f"{record['name']}.json"
     if record["name"] not in open_clip.list_models() and config.is_file():
         open_clip.add_model_config(config)
+
+
+def bound_torch_threads() -> int:
+    """Give a server's model work (text search, contrast, concept prompts) half the cores, at least one.
+    A curator often runs a CLI job beside the server; torch's threads, one per core by default, then contend
+    with the job's at every operation: on 2 cores beside ``altlens score``, text search p95 went from 6.5 ms
+    quiet to 274 ms with two threads, 14.8 ms with one (bench/search_beside_job.py)."""
+    threads = max(1, (os.cpu_count() or 2) // 2)
+    torch.set_num_threads(threads)
+    return threads
