@@ -19,7 +19,7 @@ def index(
     precision: str = PRECISION,
     device: str = DEVICE,
     workers: int = typer.Option(2, min=1, help="Decode threads."),
-    index_type: str = typer.Option("auto", help="FAISS index: auto (flat up to 100k, else ivf), flat, hnsw, ivf."),
+    index_type: str = typer.Option("auto", help="FAISS index: auto (flat up to 100k, ivf up to 2 M, else ivfpq), flat, hnsw, ivf, ivfpq."),
     image_column: Optional[str] = typer.Option(None, help="Table column with image paths."),
     caption_column: Optional[str] = typer.Option(None, help="Table column with captions."),
     allow_root: List[str] = typer.Option(None, help="A folder outside the source that table rows and symlinks "
@@ -56,7 +56,7 @@ def import_(
     checkpoint: Optional[str] = typer.Option(None, help="Or its local weights (.safetensors or a state dict)."),
     precision: str = PRECISION,
     device: str = DEVICE,
-    index_type: str = typer.Option("auto", help="FAISS index: auto (flat up to 100k, else ivf), flat, hnsw, ivf."),
+    index_type: str = typer.Option("auto", help="FAISS index: auto (flat up to 100k, ivf up to 2 M, else ivfpq), flat, hnsw, ivf, ivfpq."),
     commit_every: int = typer.Option(65536, min=1, help="Rows per atomic commit (what a crash can cost)."),
     images: List[str] = typer.Option(None, help="img2dataset tar shards of the pool's images (globs, {a..b}; "
                                                 "repeatable): joined to the rows by the uid in each .json, after a "

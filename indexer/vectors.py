@@ -20,7 +20,7 @@ from indexer.store import Workspace, write_lock
 
 log = logging.getLogger(__name__)
 
-INDEX_KINDS = ("auto", "flat", "hnsw", "ivf")
+INDEX_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 HNSW_EF_SEARCH = 256
 # A text query lands away from every image (CLIP's modality gap). A graph search then needs a far wider beam
 # (bench/growth.py's 300k clustered 512-d rows: HNSW recall@10 0.23 at efSearch 256, 0.87 at 4096, 24 ms a
@@ -34,6 +34,16 @@ TEXT_NPROBE = 256
 IVF_POINTS_PER_CELL = 40  # k-means trains on this many rows per cell
 ADD_BLOCK = 200_000  # rows converted to float32 at a time while building
 FLAT_MAX = 100_000
+# Above this many rows the inverted file keeps product-quantised codes (dim/4 bytes a row: 128 at 512-d, against
+# 1,024 for fp16) and every search re-ranks its candidates exactly from the workspace's memory-mapped float16
+# store, so neither the index's memory nor its file grows by a copy of the vectors (12.8 M rows at 512-d: 1.6 GB
+# instead of 13). On 300 k clustered 512-d rows (bench/growth.py's kind) re-ranking 400 candidates gave recall@10
+# 0.998 for image queries and 1.0 for text-like ones (200: 0.95 / 1.0; 100: 0.87 / 1.0).
+IVFPQ_MIN = 2_000_000
+PQ_BYTES_PER_DIM = 0.25
+PQ_TRAIN_ROWS = 65_536
+RERANK_MIN = 400  # candidates re-ranked per query: at least this many, and 8 per neighbour asked for
+RERANK_PER_HIT = 8
 
 
 class EmbeddingStore:
@@ -137,18 +147,19 @@ def choose_index_kind(n: int, requested: str = "auto") -> str:
         raise ValueError(f"unknown index type {requested!r}; allowed: {', '.join(INDEX_KINDS)}")
     if requested != "auto":
         return requested
-    return "flat" if n <= FLAT_MAX else "ivf"
+    return "flat" if n <= FLAT_MAX else "ivf" if n <= IVFPQ_MIN else "ivfpq"
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str = "auto", progress: bool = False) -> faiss.Index:
     """Inner-product index over L2-normalised ``vectors`` (float16 or float32, possibly memory-mapped) keyed by
-    ``ids``: exact up to 100k rows, an inverted file above."""
+    ``ids``: exact up to 100k rows, an inverted file above (with product-quantised codes above 2 M rows, whose
+    searches re-rank from the stored vectors: see ``search``)."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     dim = vectors.shape[1]
     kind = choose_index_kind(len(vectors), kind)
     route = None
-    if kind == "ivf":
-        index, route = _ivf(vectors, dim)
+    if kind in ("ivf", "ivfpq"):
+        index, route = _ivf(vectors, dim, compact=kind == "ivfpq")
     elif kind == "flat":
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     else:  # the store holds fp16 vectors, so fp16 in the graph loses nothing and halves its memory
@@ -196,10 +207,11 @@ def _block(vectors: np.ndarray, start: int, stop: int) -> np.ndarray:
     return np.ascontiguousarray(vectors[start:stop], dtype=np.float32)
 
 
-def _ivf(vectors: np.ndarray, dim: int):
+def _ivf(vectors: np.ndarray, dim: int, compact: bool = False):
     """An empty, trained inverted file and the function that files rows into its cells (None: the quantizer
     does): about 4 sqrt(n) cells from spherical k-means on a sample (so building costs grow linearly with the
-    rows), vectors kept as fp16, the cell centres searched exactly by queries."""
+    rows), vectors kept as fp16 (``compact``: as product-quantised codes of dim/4 bytes), the cell centres
+    searched exactly by queries."""
     n = len(vectors)
     nlist = max(1, min(int(4 * np.sqrt(n)), n // IVF_POINTS_PER_CELL))
     rows = np.sort(np.random.default_rng(0).permutation(n)[: nlist * IVF_POINTS_PER_CELL])
@@ -207,11 +219,16 @@ def _ivf(vectors: np.ndarray, dim: int):
     centroids, coarse, group_of = _cells(sample, nlist)
     quantizer = faiss.IndexFlatIP(dim)
     quantizer.add(centroids)
-    index = faiss.IndexIVFScalarQuantizer(quantizer, dim, len(centroids), faiss.ScalarQuantizer.QT_fp16,
-                                          faiss.METRIC_INNER_PRODUCT, False)
+    if compact:
+        index = faiss.IndexIVFPQ(quantizer, dim, len(centroids), _pq_subspaces(dim), 8, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, len(centroids), faiss.ScalarQuantizer.QT_fp16,
+                                              faiss.METRIC_INNER_PRODUCT, False)
     index.own_fields = True
     quantizer.this.disown()
-    index.train(sample[:1024])  # the cells are set; this only readies the fp16 codec
+    # the cells are set; this only readies the codec (fp16 needs no data; the product quantiser's 256 codes per
+    # subspace train on up to 65,536 rows)
+    index.train(sample[:PQ_TRAIN_ROWS if compact else 1024])
     return index, (None if coarse is None else _router(centroids, coarse, group_of))
 
 
@@ -219,6 +236,12 @@ def _ivf(vectors: np.ndarray, dim: int):
 # EPYC) the whole build took 5.1 s against 8.9 s with an HNSW graph over the centres filing rows (clustered rows,
 # recall@10 0.910 both; a diffuser set 0.798 against 0.807; 3 groups: 3.9 s, 0.784)
 ROUTE_GROUPS = 6
+
+
+def _pq_subspaces(dim: int) -> int:
+    """Subspaces of the product quantiser: dim/4 (one byte each) or the nearest count that divides ``dim``."""
+    want = max(1, int(dim * PQ_BYTES_PER_DIM))
+    return next(m for m in range(want, 0, -1) if dim % m == 0)
 
 
 def _router(centroids: np.ndarray, coarse: np.ndarray, group_of: np.ndarray):
@@ -301,14 +324,26 @@ def tune(index: faiss.Index) -> faiss.Index:
 
 
 def write_index(index: faiss.Index, path: Path) -> None:
-    data = faiss.serialize_index(index)
-    atomic_write(path, lambda fh: fh.write(data.tobytes()))
+    """Write ``index`` atomically, streamed to the file (no copy of it in memory)."""
+    atomic_write(path, lambda fh: faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write)))
 
 
-def read_index(path: Path) -> faiss.Index:
+def read_index(path: Path, mmap: bool = True) -> faiss.Index:
+    """The index at ``path``, tuned for search. ``mmap``: its inverted lists stay in the file, mapped into
+    memory, so a server's own memory does not grow with the rows (the OS keeps the cells queries touch in its
+    page cache and may drop them); the file is replaced by rename, so a mapped index is never rewritten under
+    a reader."""
     if not path.exists():
         raise FileNotFoundError(f"no FAISS index at {path}; run 'altlens index' on the workspace first")
-    return tune(faiss.read_index(str(path)))
+    return tune(faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0))
+
+
+def reranks(index: faiss.Index) -> bool:
+    """Whether ``index`` holds lossy codes whose searches re-rank from the stored vectors (``search``)."""
+    try:
+        return isinstance(faiss.downcast_index(faiss.extract_index_ivf(index)), faiss.IndexIVFPQ)
+    except RuntimeError:  # not an inverted file
+        return False
 
 
 def index_ids(index: faiss.Index) -> np.ndarray:
@@ -320,11 +355,38 @@ def index_ids(index: faiss.Index) -> np.ndarray:
                            for i in range(invlists.nlist)] or [np.zeros(0, np.int64)])
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int, cross_modal: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index, queries: np.ndarray, k: int, cross_modal: bool = False,
+           vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores, ids) per query row; missing neighbours have id -1. ``cross_modal``: the queries come
     from the other tower (text against images, or images against captions) and sit away from every row, so
-    the search is wider (HNSW's beam, the inverted file's cells)."""
+    the search is wider (HNSW's beam, the inverted file's cells). ``vectors``: the rows the index was built
+    from, ``vectors[id]`` each id's (the workspace's memory-mapped store); an index of product-quantised codes
+    needs them, and its answer is the exact top ``k`` of its wider candidate list."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if reranks(index):
+        if vectors is None:
+            raise ValueError("this index holds compressed codes; searching it needs the stored vectors to re-rank")
+        wide = max(RERANK_MIN, RERANK_PER_HIT * k)
+        return rerank(vectors, queries, _search(index, queries, wide, cross_modal)[1], k)
+    return _search(index, queries, k, cross_modal)
+
+
+def rerank(vectors: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top ``k`` (scores, ids) of each query among its ``candidates`` (ids, -1 for none), scored
+    against ``vectors[id]`` read in id order (a few hundred rows of a memory-mapped store)."""
+    scores = np.full((len(queries), k), -np.finfo(np.float32).max, dtype=np.float32)
+    ids = np.full((len(queries), k), -1, dtype=np.int64)
+    for row, (query, found) in enumerate(zip(queries, candidates)):
+        found = np.unique(found[found >= 0])
+        if not len(found):
+            continue
+        exact = np.asarray(vectors[found], dtype=np.float32) @ query
+        best = np.argsort(-exact, kind="stable")[:k]
+        scores[row, :len(best)], ids[row, :len(best)] = exact[best], found[best]
+    return scores, ids
+
+
+def _search(index: faiss.Index, queries: np.ndarray, k: int, cross_modal: bool) -> tuple[np.ndarray, np.ndarray]:
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
     if cross_modal and hasattr(inner, "hnsw"):
         params = faiss.SearchParametersHNSW()

@@ -360,3 +360,39 @@ def test_precision_auto_picks_by_the_cpu_and_falls_back_to_fp32_when_it_disagree
     assert kept.precision == "fp32" and {p.dtype for p in kept.model.parameters()} == {torch.float32}
     assert any("running in fp32" in r.getMessage() for r in caplog.records)
     np.testing.assert_allclose(kept.encode_texts(["a red circle"]), plain.encode_texts(["a red circle"]), atol=1e-6)
+
+
+def test_memory_mapped_and_compressed_indexes_answer_as_the_loaded_exact_one(tmp_path):
+    """Issue 29: the index a server reads is memory-mapped and gives the same neighbours and scores as the
+    same file loaded into memory; the compressed kind (product-quantised codes, re-ranked from the stored
+    vectors) is several times smaller on disk, refuses to search without those vectors, and with them finds
+    the exact top 10 of row queries and of queries away from every row (as text is from images)."""
+    from indexer.vectors import build_index, read_index, reranks, search, write_index
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(40, 32)).astype(np.float32)
+    vecs = centres[rng.integers(0, 40, 12_000)] + 0.7 * rng.normal(size=(12_000, 32))
+    vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float16)
+    ids = np.arange(12_000)  # the store's row of each id, as a workspace's sample ids are
+    exact_of = lambda q: np.argsort(-(q @ vecs.astype(np.float32).T), axis=1)[:, :10]
+    rows = vecs[rng.integers(0, 12_000, 50)].astype(np.float32)
+    away = rng.normal(size=(20, 32)).astype(np.float32)
+    away /= np.linalg.norm(away, axis=1, keepdims=True)
+    sizes = {}
+    for kind in ("ivf", "ivfpq"):
+        path = tmp_path / f"{kind}.faiss"
+        write_index(build_index(vecs, ids, kind), path)
+        sizes[kind] = path.stat().st_size
+        mapped, loaded = read_index(path), read_index(path, mmap=False)
+        assert reranks(mapped) == (kind == "ivfpq")
+        for queries, cross in ((rows, False), (away, True)):
+            a = search(mapped, queries, 10, cross, vectors=vecs)
+            b = search(loaded, queries, 10, cross, vectors=vecs)
+            assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0])
+            recall = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(exact_of(queries), a[1])])
+            assert recall >= 0.95, (kind, cross, recall)
+            if kind == "ivfpq":  # re-ranked scores are the exact cosines of the rows returned
+                exact = np.einsum("qd,qkd->qk", queries, vecs[a[1]].astype(np.float32))
+                assert np.allclose(a[0], exact, atol=1e-5)
+    with pytest.raises(ValueError, match="stored vectors"):
+        search(read_index(tmp_path / "ivfpq.faiss"), rows, 10)
+    assert sizes["ivfpq"] * 3 < sizes["ivf"], sizes

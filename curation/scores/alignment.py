@@ -45,14 +45,14 @@ def cycle_scores(images: np.ndarray, texts: np.ndarray, ok_ids: np.ndarray, pool
     text_vecs = np.asarray(texts[pool_ids], dtype=np.float32)
     image_vecs = np.asarray(images[ok_ids], dtype=np.float32)
     caption_index = build_index(text_vecs, np.arange(len(pool_ids)))
-    _, top2 = search(caption_index, image_vecs, min(2, len(pool_ids)), cross_modal=True)
+    _, top2 = search(caption_index, image_vecs, min(2, len(pool_ids)), cross_modal=True, vectors=text_vecs)
     own = pool_samples[np.clip(top2, 0, None)] == ok_ids[:, None]
     rows, ranks = np.nonzero(own & (top2 >= 0))
     if not len(rows):
         return out
     candidates = top2[rows, ranks]
     image_index = build_index(image_vecs, ok_ids)
-    _, back = search(image_index, text_vecs[candidates], min(k, len(ok_ids)), cross_modal=True)
+    _, back = search(image_index, text_vecs[candidates], min(k, len(ok_ids)), cross_modal=True, vectors=images)
     returned = (back == ok_ids[rows][:, None]).any(1)
     out[candidates[returned]] = np.where(ranks[returned] == 0, 1.0, 0.5)
     return out

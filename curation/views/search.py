@@ -5,7 +5,7 @@ import numpy as np
 
 from indexer.models import ModelSpec, open_workspace_model
 from indexer.store import Workspace
-from indexer.vectors import EmbeddingStore, read_index, search
+from indexer.vectors import EmbeddingStore, read_index, reranks, search
 
 
 class Searcher:
@@ -13,7 +13,9 @@ class Searcher:
 
     def __init__(self, ws: Workspace, device: str = "auto", model=None):
         self.ws = ws
-        self.index = read_index(ws.index_path)
+        self.index = read_index(ws.index_path)  # memory-mapped
+        # an index of compressed codes re-ranks from the image store (memory-mapped too)
+        self._rerank_from = EmbeddingStore(ws, "image").load() if reranks(self.index) else None
         self._model = model
         self._device = device
 
@@ -38,7 +40,7 @@ class Searcher:
         return [h for h in hits if h["id"] != sample_id][:k]
 
     def _hits(self, query: np.ndarray, k: int, cross_modal: bool = False) -> list[dict]:
-        scores, ids = search(self.index, query, k, cross_modal)
+        scores, ids = search(self.index, query, k, cross_modal, vectors=self._rerank_from)
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
         if not found:
             return []
