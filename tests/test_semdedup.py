@@ -143,3 +143,55 @@ def test_groups_largest_first_and_a_curator_overrules_the_kept_member(reduce_wor
         with pytest.raises(ValueError, match="in no semantic-duplicate group"):
             singles = before - {m["id"] for g in groups(ws, 0.05, limit=10**6)["page"] for m in g["members"]}
             overrule(ws, min(singles), 0.05)
+
+
+def _walk(parent: dict[int, int]) -> dict[int, int]:
+    """Each member's root by walking its duplicate_of chain one step at a time (the rule, written plainly)."""
+    out = {}
+    for start in parent:
+        node = start
+        while node in parent:
+            node = parent[node]
+        out[start] = node
+    return out
+
+
+def test_groups_follow_chains_with_arrays_not_a_python_object_per_member(tmp_path):
+    """Issue 29: the selection's semantic-dedup step resolves every removed sample's kept root in numpy (pointer
+    doubling over the duplicate_of chains). On 128 k members in chains up to 7 long (as central/reward keep
+    orders make them) the roots equal a plain walk's, an overrule moves the kept member, and finding what to
+    drop holds well under one Python object per member: a dict per member costs over 100 bytes each."""
+    import tracemalloc
+
+    import pyarrow as pa
+
+    from curation.structure.semdedup import _at_eps, overrule, removed_ids
+    rng = np.random.default_rng(0)
+    n = 160_000
+    ids = np.arange(n, dtype=np.int64)
+    is_root = np.zeros(n, bool)  # runs of 2 to 8 consecutive ids form a group; each id points at the one before
+    starts = np.cumsum(rng.integers(2, 9, n))
+    is_root[0], is_root[starts[starts < n]] = True, True
+    parent = ids - 1
+    members = ids[~is_root]
+    dup_of = parent[~is_root]
+    with Workspace(tmp_path / "ws", create=True) as ws:
+        ws.insert_arrow("semdedup", pa.table({
+            "sample_id": members, "cluster": np.zeros(len(members), np.int32), "rank": np.zeros(len(members), np.int32),
+            "max_sim": np.ones(len(members)), "duplicate_of": dup_of, "keep": ["central"] * len(members)}))
+        ws.set_meta("semdedup", {"keep": "central"})
+        expected = _walk(dict(zip(members.tolist(), dup_of.tolist())))
+        g = _at_eps(ws, 0.05)
+        assert np.array_equal(g.members, members)
+        assert np.array_equal(g.roots, np.array([expected[m] for m in members.tolist()]))
+        tracemalloc.start()
+        dropped = removed_ids(ws, 0.05)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert isinstance(dropped, np.ndarray) and np.array_equal(dropped, members)
+        assert peak / len(members) < 100, f"{peak / len(members):.0f} bytes per member"
+        member = int(members[5])
+        root = expected[member]
+        assert overrule(ws, member, 0.05)["group"] == root
+        after = removed_ids(ws, 0.05)
+        assert member not in set(after.tolist()) and root in set(after.tolist()) and len(after) == len(members)

@@ -198,47 +198,71 @@ def require_run(ws: Workspace, keep: str) -> None:
                          f"'altlens semdedup --keep {keep}' first")
 
 
-def _at_eps(ws: Workspace, eps: float) -> tuple[dict[int, int], dict[int, int]]:
-    """At ``eps``: each removed sample -> the kept root of its group (following ``duplicate_of``), and the
-    overrides that apply (kept-instead root -> the member the curator keeps; the latest per group)."""
-    rows = ws.rows("SELECT sample_id, duplicate_of FROM semdedup WHERE max_sim >= ?", [1 - float(eps)])
-    parent = {int(a): int(b) for a, b in rows}
-    root: dict[int, int] = {}
-    for start in parent:
-        path, node = [], start
-        while node in parent and node not in root and len(path) <= len(parent):
-            path.append(node)
-            node = parent[node]
-        top = root.get(node, node)
-        for member in path:
-            root[member] = top
-    chosen: dict[int, int] = {}
+class Groups:
+    """The semantic-duplicate groups at one eps, as arrays (no Python object per member): ``members`` (every
+    removed sample, sorted) and ``roots`` (the kept root each one's ``duplicate_of`` chain ends at), plus
+    ``chosen``, the curator's overrides that apply (root -> the member kept instead; a few, from the UI)."""
+
+    def __init__(self, members: np.ndarray, roots: np.ndarray, chosen: dict[int, int]):
+        self.members, self.roots, self.chosen = members, roots, chosen
+
+    def root_of(self, sample: int) -> int | None:
+        """The root of the group ``sample`` is in (itself for a root), None when it is in none."""
+        at = int(np.searchsorted(self.members, sample))
+        if at < len(self.members) and self.members[at] == sample:
+            return int(self.roots[at])
+        return sample if len(self.roots) and bool((self.roots == sample).any()) else None
+
+
+def _at_eps(ws: Workspace, eps: float) -> Groups:
+    """At ``eps``: each removed sample and the kept root of its group (following ``duplicate_of`` by pointer
+    doubling: log2 of the longest chain passes over the arrays), and the overrides that apply (the latest per
+    group)."""
+    rows = ws.numpy("SELECT sample_id, duplicate_of FROM semdedup WHERE max_sim >= ? ORDER BY sample_id",
+                    [1 - float(eps)])
+    members = np.asarray(rows["sample_id"], dtype=np.int64)
+    roots = np.asarray(rows["duplicate_of"], dtype=np.int64)
+    at = np.searchsorted(members, roots)
+    inside = at < len(members)
+    inside[inside] = members[at[inside]] == roots[inside]
+    up = np.where(inside, at, -1)  # where each member's pointer lands among the members (-1: on a root)
+    for _ in range(int(np.log2(max(len(members), 1))) + 2):  # a cycle (never written) stops here
+        moving = up >= 0
+        if not moving.any():
+            break
+        roots = np.where(moving, roots[np.where(moving, up, 0)], roots)
+        up = np.where(moving, up[np.where(moving, up, 0)], -1)
+    groups = Groups(members, roots, {})
     for keep, _ in ws.rows("SELECT keep_id, id FROM semdedup_overrides ORDER BY id"):
-        if int(keep) in root:
-            chosen[root[int(keep)]] = int(keep)  # later rows win
-        elif int(keep) in chosen:
-            del chosen[int(keep)]  # the policy's own choice again
-    return root, chosen
+        at = int(np.searchsorted(members, int(keep)))
+        if at < len(members) and members[at] == int(keep):
+            groups.chosen[int(roots[at])] = int(keep)  # later rows win
+        elif int(keep) in groups.chosen:
+            del groups.chosen[int(keep)]  # the policy's own choice again
+    return groups
 
 
-def removed_ids(ws: Workspace, eps: float) -> list[int]:
-    """The samples a selection at ``eps`` drops: every group member but the kept one, where the kept one is the
-    policy's choice unless a curator overruled it."""
-    root, chosen = _at_eps(ws, eps)
-    dropped = [s for s, r in root.items() if chosen.get(r) != s]
-    dropped += list(chosen)  # the policy's choice gives way
-    return sorted(dropped)
+def removed_ids(ws: Workspace, eps: float) -> np.ndarray:
+    """The samples a selection at ``eps`` drops, sorted: every group member but the kept one, where the kept one
+    is the policy's choice unless a curator overruled it."""
+    g = _at_eps(ws, eps)
+    if not g.chosen:
+        return g.members
+    instead = np.array(sorted(g.chosen.items()), dtype=np.int64).reshape(-1, 2)
+    at = np.searchsorted(instead[:, 0], g.roots).clip(0, len(instead) - 1)
+    kept_instead = (instead[at, 0] == g.roots) & (instead[at, 1] == g.members)
+    return np.union1d(g.members[~kept_instead], instead[:, 0])  # the policy's choice gives way
 
 
 def groups(ws: Workspace, eps: float, limit: int = 20, offset: int = 0, only: int | None = None) -> dict:
     """Groups at ``eps``, largest first: each with its kept member (marked ``overruled`` when a curator chose
     it), the others, and every member's alt-text and reward. ``only``: just the group of that root."""
-    root, chosen = _at_eps(ws, eps)
-    members: dict[int, list[int]] = {}
-    for s, r in root.items():
-        members.setdefault(r, [r]).append(s)
-    order = sorted(members, key=lambda r: (-len(members[r]), r))
-    page = [only] if only is not None and only in members else [] if only is not None else order[offset:offset + limit]
+    g = _at_eps(ws, eps)
+    names, sizes = np.unique(g.roots, return_counts=True)
+    order = names[np.lexsort((names, -sizes))]
+    page = ([only] if only in set(names.tolist()) else []) if only is not None else \
+        [int(r) for r in order[offset:offset + limit]]
+    members = {r: [r] + g.members[g.roots == r].tolist() for r in page}
     ids = [i for r in page for i in members[r]]
     version = active_reward(ws)
     info = {r["id"]: r for r in ws.dicts("""SELECT s.id, s.uid, s.thumb, c.text AS alt, w.value AS reward, d.max_sim
@@ -249,23 +273,23 @@ def groups(ws: Workspace, eps: float, limit: int = 20, offset: int = 0, only: in
                         WHERE list_contains(?, s.id)""", [version if version is not None else -1, ids])}
     out = []
     for r in page:
-        kept = chosen.get(r, r)
+        kept = g.chosen.get(r, r)
         rows = sorted(members[r], key=lambda i: (i != kept, -(info.get(i, {}).get("reward") or -1e9), i))
-        out.append({"group": r, "size": len(rows), "kept": kept, "overruled": r in chosen,
+        out.append({"group": r, "size": len(rows), "kept": kept, "overruled": r in g.chosen,
                     "members": [{**info.get(i, {"id": i}), "kept": i == kept} for i in rows]})
     meta = ws.get_meta("semdedup") or {}
-    return {"eps": eps, "keep": meta.get("keep"), "groups": len(order), "in_groups": sum(len(m) for m in members.values()),
+    return {"eps": eps, "keep": meta.get("keep"), "groups": len(names), "in_groups": int(len(g.members) + len(names)),
             "page": out}
 
 
 def overrule(ws: Workspace, keep_id: int, eps: float, who: str = "local") -> dict:
     """Keep ``keep_id`` instead of the member its group's policy kept (at ``eps``); recorded with history, and
     applied by every selection whose eps puts ``keep_id`` in a group."""
-    root, chosen = _at_eps(ws, eps)
+    g = _at_eps(ws, eps)
     keep_id = int(keep_id)
-    group = root.get(keep_id, keep_id if keep_id in set(root.values()) else None)
+    group = g.root_of(keep_id)
     if group is None:
         raise ValueError(f"sample {keep_id} is in no semantic-duplicate group at eps {eps:g}")
     ws.execute("INSERT INTO semdedup_overrides VALUES (nextval('semdedup_override_ids'), ?, ?, ?, ?, ?)",
                [keep_id, group, float(eps), who[:64], now()])
-    return {"group": group, "kept": keep_id, "instead_of": chosen.get(group, group)}
+    return {"group": group, "kept": keep_id, "instead_of": g.chosen.get(group, group)}
