@@ -48,7 +48,7 @@ def test_selection_rules_are_validated_and_saved(ws_copy):
             SelectionRule(**bad)
     with Workspace(ws_copy, read_only=True) as ws:
         rule, ids = load_selection(ws, "clean")
-        assert rule.caption_policy == "hybrid" and ids
+        assert rule.caption_policy == "hybrid" and len(ids)
         version = ws.get_meta("active_reward")
         low = ws.scalar("SELECT min(value) FROM rewards WHERE version = ? AND list_contains(?, sample_id)", [version, ids])
         assert low >= 0.5

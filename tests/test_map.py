@@ -113,7 +113,7 @@ def test_labels_colouring_and_picked_selections(demo_ws, tmp_path):
         assert sum(1 for v in current(ws, "tag").values() if v == "beach scene") == 10
         result = save_picked(ws, "corner", ids, "map box", "best")
         rule, members = load_selection(ws, "corner")
-        assert result["selected"] == 30 and members == sorted(ids) and rule.picked == "map box"
+        assert result["selected"] == 30 and members.tolist() == sorted(ids) and rule.picked == "map box"
         with pytest.raises(SelectionExists):
             save_picked(ws, "corner", ids[:5], "map box", "best")
         assert save_picked(ws, "corner", ids[:5], "map box", "best", replace=True)["replaced"] == 30
@@ -229,7 +229,7 @@ def test_map_box_and_lasso_open_exactly_the_server_region_then_label_and_save(de
         assert current(ws).get(first) == "bad"
         assert ws.scalar("SELECT view FROM labels WHERE sample_id = ? ORDER BY id DESC LIMIT 1", [first]) == "map"
         _, members = load_selection(ws, "lassoed")
-    assert members == lasso and first in members
+    assert members.tolist() == lasso and first in members
     # the caption written in the browser is what the export's best policy writes for that sample
     with Workspace(root) as ws:
         export_webdataset(ws, "lassoed")

@@ -12,6 +12,7 @@ import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from curation.export.formats import ExportFormat, add_member, canonical_json, export_format
@@ -44,14 +45,13 @@ def run(ws: Workspace, cfg: ExportConfig) -> dict:
     """Write (or finish writing) the export of a saved selection of ``ws`` (read only); returns the manifest."""
     out = Path(cfg.out)
     fmt = export_format(cfg.format)
-    rule, ids = load_selection(ws, cfg.selection)
-    if not ids:
+    rule, _ = load_selection(ws, cfg.selection)
+    ordered = members_by_uid(ws, cfg.selection)
+    if not len(ordered):
         raise ExportError(f"selection {cfg.selection!r} holds no samples; nothing to export")
     if fmt.sharded:
-        _require_images(ws, cfg.selection, ids)
+        _require_images(ws, cfg.selection)
     source = SampleSource(ws, rule.caption_policy, cfg.augmentations, cfg.keep_repeats)
-    uid_of = dict(ws.rows("SELECT id, uid FROM samples WHERE list_contains(?, id)", [ids]))
-    ordered = sorted(ids, key=lambda i: uid_of[i])
     plan = {"selection": cfg.selection, "rule": asdict(rule), "format": cfg.format,
             "shard_size": cfg.shard_size, "augmentations": cfg.augmentations, "keep_repeats": cfg.keep_repeats,
             "samples": len(ordered),
@@ -65,10 +65,16 @@ def run(ws: Workspace, cfg: ExportConfig) -> dict:
     return manifest
 
 
-def _require_images(ws: Workspace, selection: str, ids: list[int]) -> None:
+def members_by_uid(ws: Workspace, selection: str) -> np.ndarray:
+    """A saved selection's sample ids in the order exports write them (by uid), as one int64 array."""
+    return np.asarray(ws.numpy("""SELECT s.id FROM selection_members m JOIN samples s ON s.id = m.sample_id
+                                  WHERE m.name = ? ORDER BY s.uid""", [selection])["id"], dtype=np.int64)
+
+
+def _require_images(ws: Workspace, selection: str) -> None:
     """Shards carry each sample's image: a selection with imported rows never downloaded cannot be written."""
-    missing = int(ws.scalar("SELECT count(*) FROM samples WHERE list_contains(?, id) AND image_state IS NOT NULL",
-                            [ids]))
+    missing = int(ws.scalar("""SELECT count(*) FROM samples WHERE image_state IS NOT NULL
+                               AND id IN (SELECT sample_id FROM selection_members WHERE name = ?)""", [selection]))
     if missing:
         raise ExportError(f"{missing} samples of selection {selection!r} have no image at hand (imported, not "
                           "downloaded): export it as datacomp-subset, uids or parquet, or download the images "
@@ -85,7 +91,7 @@ def _check_plan(out: Path, plan: dict) -> None:
     atomic_write(path, lambda fh: fh.write(canonical_json(plan)))
 
 
-def _write_shards(out: Path, source: SampleSource, ordered: list[int], cfg: ExportConfig,
+def _write_shards(out: Path, source: SampleSource, ordered: np.ndarray, cfg: ExportConfig,
                   fmt: ExportFormat) -> list[dict]:
     files = []
     bar = tqdm(total=len(ordered), desc=f"export {cfg.format}", unit="sample", disable=not cfg.progress)
@@ -107,7 +113,7 @@ def _write_shards(out: Path, source: SampleSource, ordered: list[int], cfg: Expo
     return files
 
 
-def _write_shard(path: Path, source: SampleSource, chunk: list[int], fmt: ExportFormat) -> dict:
+def _write_shard(path: Path, source: SampleSource, chunk: np.ndarray, fmt: ExportFormat) -> dict:
     members = 0
 
     def write(fh) -> None:

@@ -106,7 +106,7 @@ def webdataset_members(source: SampleSource, item: dict) -> list[tuple[str, byte
                    (f"{s['uid']}.json", canonical_json(meta))])
 
 
-def write_parquet(out: Path, source: SampleSource, ordered: list[int]) -> list[dict]:
+def write_parquet(out: Path, source: SampleSource, ordered: np.ndarray) -> list[dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
     rows = []
@@ -124,7 +124,7 @@ def write_parquet(out: Path, source: SampleSource, ordered: list[int]) -> list[d
     return [{"file": "samples.parquet", "sha256": file_sha256(out / "samples.parquet"), "samples": len(rows)}]
 
 
-def write_uids(out: Path, source: SampleSource, ordered: list[int]) -> list[dict]:
+def write_uids(out: Path, source: SampleSource, ordered: np.ndarray) -> list[dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
     uids = sorted(r[0] for r in source.ws.rows("SELECT uid FROM samples WHERE list_contains(?, id)", [ordered]))
@@ -136,7 +136,7 @@ def write_uids(out: Path, source: SampleSource, ordered: list[int]) -> list[dict
 SUBSET_DTYPE = np.dtype("u8,u8")
 
 
-def write_datacomp_subset(out: Path, source: SampleSource, ordered: list[int]) -> list[dict]:
+def write_datacomp_subset(out: Path, source: SampleSource, ordered: np.ndarray) -> list[dict]:
     """``subset.npy``: each selected uid as (upper 64 bits, lower 64 bits), sorted, computed in DuckDB (no
     Python object per row). A uid that is not 32 hex digits cannot be in a DataComp subset and is refused."""
     ws = source.ws
@@ -156,7 +156,7 @@ def write_datacomp_subset(out: Path, source: SampleSource, ordered: list[int]) -
 CLIP_RETRIEVAL_PART_ROWS = 1_000_000  # rows per part, as LAION's parts (about 1 M rows each)
 
 
-def write_clip_retrieval(out: Path, source: SampleSource, ordered: list[int]) -> list[dict]:
+def write_clip_retrieval(out: Path, source: SampleSource, ordered: np.ndarray) -> list[dict]:
     """clip-retrieval's ``inference`` layout: ``img_emb/img_emb_{N}.npy``, ``text_emb/text_emb_{N}.npy`` (float16,
     L2-normalised: the image and the main caption by the selection's policy) and ``metadata/metadata_{N}.parquet``
     (``image_path``, ``caption``, ``uid``, ``url``, ``key``, ``sha256``, ``reward``), row i of the three one sample;

@@ -46,7 +46,9 @@ class SampleSource:
         self.chooser = load_chooser(ws) if policy == "best" else None
         self._augmenter = None
 
-    def rows(self, ids: list[int]) -> list[dict]:
+    def rows(self, ids) -> list[dict]:
+        """The export rows of a block of ``ids`` (a few hundred; a list or an array), in that order."""
+        ids = [int(i) for i in ids]
         samples = {r["id"]: r for r in self.ws.dicts(
             """SELECT s.*, r.value AS reward, ss.agreement FROM samples s
                LEFT JOIN rewards r ON r.sample_id = s.id AND r.version = ?

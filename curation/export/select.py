@@ -256,7 +256,8 @@ def _store(ws: Workspace, rule: SelectionRule, ids) -> dict:
     return {"name": rule.name, **counts, "replaced": json.loads(before)["selected"] if before else None}
 
 
-def load_selection(ws: Workspace, name: str) -> tuple[SelectionRule, list[int]]:
+def load_selection(ws: Workspace, name: str) -> tuple[SelectionRule, np.ndarray]:
+    """A saved selection's rule and its members' ids (sorted, one int64 array)."""
     row = ws.scalar("SELECT rule FROM selections WHERE name = ?", [name])
     if row is None:
         names = sorted(selection_names(ws))
@@ -266,8 +267,8 @@ def load_selection(ws: Workspace, name: str) -> tuple[SelectionRule, list[int]]:
     data["concepts"] = tuple(data.get("concepts", ()))
     known = set(SelectionRule.__dataclass_fields__)
     data = {k: v for k, v in data.items() if k in known}
-    ids = [r[0] for r in ws.rows("SELECT sample_id FROM selection_members WHERE name = ? ORDER BY sample_id", [name])]
-    return SelectionRule(**data), ids
+    ids = ws.numpy("SELECT sample_id FROM selection_members WHERE name = ? ORDER BY sample_id", [name])["sample_id"]
+    return SelectionRule(**data), np.asarray(ids, dtype=np.int64)
 
 
 def selection_names(ws: Workspace) -> list[str]:
