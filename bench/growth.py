@@ -1,6 +1,7 @@
 """How a workspace's costs grow with its size: batch stages, interactive queries and memory at 100k .. 3M rows.
 
     python bench/growth.py [--sizes 100000,300000,1000000,3000000] [--repeats 20]
+    python bench/growth.py --input datacomp [--sizes 1000000,3000000] [--keep DIR]   (bench/growth_datacomp.py)
 
 Each size runs in its own process (so peak memory is that size's): it builds a
 synthetic workspace (bench/ui_latency.py's: clustered embeddings, shared
@@ -184,10 +185,17 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,300000,1000000,3000000")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--model", default="ViT-B-32", help="open_clip config whose random weights define the space")
+    ap.add_argument("--input", choices=("synthetic", "datacomp"), default="synthetic",
+                    help="datacomp: a DataComp-layout pool through import, map, semdedup, a preset and a subset "
+                         "export, then the served queries (bench/growth_datacomp.py)")
+    ap.add_argument("--keep", help="datacomp: work in this folder and keep the pools and workspaces")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--phase", choices=("batch", "serve"), help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.input == "datacomp":
+        from bench.growth_datacomp import main as datacomp_main
+        return datacomp_main([int(s) for s in args.sizes.split(",")], args.repeats, args.keep)
     if args.one:
         result = (batch_phase(args.one, args.model, Path(args.dir)) if args.phase == "batch"
                   else serve_phase(args.one, args.repeats, Path(args.dir)))
