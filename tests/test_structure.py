@@ -187,3 +187,28 @@ def test_cluster_local_duplicate_search_keeps_the_global_search_recall(demo_ws, 
     assert confirmed and confirmed <= set(local)
     with pytest.raises(ValueError, match="altlens map"):
         dup.candidate_pairs(ids, vectors, dup.DupConfig(search="clusters"))
+
+
+@pytest.mark.parametrize("search", ["global", "clusters"])
+def test_a_crowd_of_copies_stays_one_group_with_bounded_candidates(search):
+    """400 copies of one picture (cosine > 0.99 to each other) among 600 unrelated rows: each row proposes at
+    most MAX_CANDIDATES pairs in each cell it searches (the list no longer grows with the square of the crowd:
+    all 79,800 pairs before), the copies still form one group, and no unrelated row is paired."""
+    from curation.structure.duplicates import MAX_CANDIDATES, DupConfig, _union_find, candidate_pairs
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=64)
+    crowd = base + 0.05 * rng.normal(size=(400, 64))
+    others = rng.normal(size=(600, 64))
+    vectors = np.vstack([crowd, others]).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(1000) + 10
+    labels = np.r_[np.zeros(400, np.int64), rng.integers(1, 4, 600)]
+    centroids = np.stack([vectors[labels == c].mean(0) for c in range(4)])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    cfg = DupConfig(search=search, cell_size=128)
+    pairs = candidate_pairs(ids, vectors, cfg, labels, centroids, progress=False)
+    cells = 1 if search == "global" else cfg.probes + 1  # the cluster-local search: per cell a row probes
+    assert len(pairs) <= 400 * MAX_CANDIDATES * cells < 400 * 399 / 2, len(pairs)
+    assert all(a < b and a - 10 < 400 and b - 10 < 400 for a, b, _ in pairs), "only the copies pair"
+    groups = _union_find(pairs)
+    assert [sorted(m) for m in groups.values()] == [list(range(10, 410))]

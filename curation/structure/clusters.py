@@ -45,7 +45,7 @@ def default_k(n: int) -> int:
 
 
 def ok_embeddings(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.array([r[0] for r in ws.rows("SELECT id FROM samples WHERE status = 'ok' ORDER BY id")], dtype=np.int64)
+    ids = np.asarray(ws.numpy("SELECT id FROM samples WHERE status = 'ok' ORDER BY id")["id"], dtype=np.int64)
     vectors = EmbeddingStore(ws, "image").load()
     return ids, np.ascontiguousarray(vectors[ids], dtype=np.float32)
 

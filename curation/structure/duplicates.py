@@ -33,6 +33,11 @@ from indexer.store import Workspace, now
 log = logging.getLogger(__name__)
 
 RANGE_SEARCH_MAX = 100_000
+# a row's candidates are its most similar rows above the threshold, at most this many in each cell it searches:
+# copies of one picture still join through union-find, and a pool whose rows sit close together (one product
+# shot many times, or bench/growth.py's synthetic clusters at cosine ~0.89) cannot make the pair list grow with
+# the square of a cell (300 k such rows ran a 24 GB machine out of memory)
+MAX_CANDIDATES = 16
 NEAR_CLUSTERS = 8  # clusters whose cells a row may probe: its own and the 7 nearest
 
 
@@ -82,9 +87,11 @@ def candidate_pairs(ids: np.ndarray, vectors: np.ndarray, cfg: DupConfig, labels
 def _global(vectors: np.ndarray, cfg: DupConfig) -> list[tuple[int, int, float]]:
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
-    lims, sims, nbrs = index.range_search(vectors, cfg.threshold)
-    return [(i, int(j), float(s)) for i in range(len(vectors))
-            for j, s in zip(nbrs[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]]) if j > i]
+    sims, nbrs = index.search(vectors, min(MAX_CANDIDATES + 1, len(vectors)))  # the row itself comes back too
+    rows, cols = np.nonzero((sims >= cfg.threshold) & (nbrs >= 0) & (nbrs != np.arange(len(vectors))[:, None]))
+    a, b = np.minimum(rows, nbrs[rows, cols]), np.maximum(rows, nbrs[rows, cols])
+    _, first = np.unique(a * len(vectors) + b, return_index=True)
+    return [(int(a[k]), int(b[k]), float(sims[rows[k], cols[k]])) for k in np.sort(first)]
 
 
 def cells_of(vectors: np.ndarray, labels: np.ndarray, cfg: DupConfig,
@@ -163,8 +170,9 @@ def _cluster_local(vectors, labels, cfg: DupConfig, progress: bool) -> list[tupl
             continue
         m = by_cell[cell_starts[j]:cell_starts[j + 1]]
         sims = vectors[q] @ vectors[m].T
+        np.putmask(sims, q[:, None] == m[None, :], -np.inf)  # a row is not its own candidate
         hit = np.flatnonzero(sims.max(axis=1) >= cfg.threshold)  # candidates are rare: scan only their rows
-        qi, mi = np.nonzero(sims[hit] >= cfg.threshold)
+        qi, mi = _best_above(sims[hit], cfg.threshold)
         qi = hit[qi]
         keep = q[qi] != m[mi]
         a, b = q[qi[keep]], m[mi[keep]]
@@ -174,6 +182,15 @@ def _cluster_local(vectors, labels, cfg: DupConfig, progress: bool) -> list[tupl
     rows = np.concatenate(found)
     _, first = np.unique(rows[:, 0] * n + rows[:, 1], return_index=True)
     return [(int(a), int(b), float(s)) for a, b, s in rows[np.sort(first)]]
+
+
+def _best_above(sims: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) of each row's at most MAX_CANDIDATES highest entries that reach ``threshold``."""
+    if sims.shape[1] > MAX_CANDIDATES:
+        top = np.argpartition(-sims, MAX_CANDIDATES - 1, axis=1)[:, :MAX_CANDIDATES]
+        rows, k = np.nonzero(np.take_along_axis(sims, top, axis=1) >= threshold)
+        return rows, top[rows, k]
+    return np.nonzero(sims >= threshold)
 
 
 def fingerprint(path) -> np.ndarray | None:
@@ -200,9 +217,15 @@ def find_duplicates(ws: Workspace, cfg: DupConfig = DupConfig()) -> dict:
                            SELECT id, min(id) OVER (PARTITION BY sha256) AS first_id FROM samples
                            WHERE status = 'ok' AND sha256 IS NOT NULL)
                        WHERE id <> first_id ORDER BY id""")
+    # the pixel test decides, so only samples with a thumbnail can be embedding candidates (an imported pool's
+    # rows without images have none: their copies are found by sha256 and by semdedup)
+    pictured = np.isin(ids, ws.numpy("SELECT id FROM samples WHERE status = 'ok' AND thumb IS NOT NULL")["id"])
     ws.release()  # the candidate search is the long part
     pairs = [(int(a), int(b), 1.0, "sha256") for a, b in zip(same["first_id"], same["id"])]
-    candidates = list(candidate_pairs(ids, vectors, cfg, labels, centroids))
+    if not pictured.all():
+        ids, vectors = ids[pictured], vectors[pictured]
+        labels = None if labels is None else labels[pictured]
+    candidates = list(candidate_pairs(ids, vectors, cfg, labels, centroids)) if len(ids) > 1 else []
     thumbs = _thumbs(ws, {x for a, b, _ in candidates for x in (a, b)})
     prints: dict[int, np.ndarray | None] = {}
     for a, b, sim in candidates:
