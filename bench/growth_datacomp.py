@@ -93,7 +93,7 @@ def phase(name: str, n: int, work: Path, repeats: int) -> dict:
 def serve(n: int, root: Path, repeats: int) -> dict:
     """The interactive queries on the workspace opened read-only, as a server opens it."""
     from app.handlers import Handlers
-    from bench.growth import recall_at_10
+    from bench.recall import recall_at_10
     from bench.ui_latency import timed
     from curation.views.filter import default_source
     from indexer.store import Workspace
