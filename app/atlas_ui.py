@@ -27,7 +27,7 @@ import gradio as gr
 
 from app.curate import Curate
 from app.curate_ui import SamplePanel, _session, _who, legend
-from app.handlers import Handlers, UserError, as_int
+from app.handlers import Handlers, UserError, as_int, from_page_box, to_page_box
 from app.turns import HEAVY
 from curation.export.select import POLICIES
 from curation.views.atlas import COLOURINGS, Atlas, region_summary
@@ -159,7 +159,7 @@ def map_tab(h: Handlers, c: Curate, friendly) -> dict:
     info = gr.Textbox(label="Selected region", interactive=False, elem_id="atlas-region")
     with gr.Row():
         source = gr.Dropdown(list(SCORE_SOURCES), value="reward", label="Score on tiles", scale=1)
-        page = gr.Number(value=0, precision=0, label="Page (from 0)", minimum=0, scale=1)
+        page = gr.Number(value=1, precision=0, label="Page", minimum=1, scale=1)
         prev_btn, next_btn = gr.Button("◀ previous", scale=1), gr.Button("next ▶", scale=1)
     page_text = gr.Textbox(show_label=False, interactive=False, elem_id="atlas-page")
     gallery = gr.Gallery(label="Samples in the region", columns=8, height=420, allow_preview=False,
@@ -181,13 +181,15 @@ def map_tab(h: Handlers, c: Curate, friendly) -> dict:
     def on_region(evt: gr.EventData, src, request: gr.Request):
         ids, text = friendly(h.turns.run)(_session(request) or "", "map region", friendly(m.region),
                                           getattr(evt, "_data", None))
-        return (ids, text, text, *friendly(m.page)(ids, 0, src))
+        return (ids, text, text, *to_page_box(friendly(m.page)(ids, 0, src)))
     atlas.region(on_region, [source], [region_ids, picked, info, *page_out], api_name="map_region",
                  show_progress="hidden", **HEAVY)
     for button, step in ((prev_btn, -1), (next_btn, 1)):
-        button.click(lambda ids, p, s, step=step: friendly(m.page)(ids, max(0, int(p or 0) + step), s),
-                     [region_ids, page, source], page_out, show_progress="hidden")
-    source.change(lambda ids, p, s: friendly(m.page)(ids, p, s), [region_ids, page, source], page_out)
+        button.click(lambda ids, p, s, step=step: to_page_box(friendly(m.page)(
+            ids, max(0, friendly(from_page_box)(p) + step), s)), [region_ids, page, source], page_out,
+            show_progress="hidden")
+    source.change(lambda ids, p, s: to_page_box(friendly(m.page)(ids, friendly(from_page_box)(p), s)),
+                  [region_ids, page, source], page_out)
 
     panel.open_ids(gallery, tile_ids)
 

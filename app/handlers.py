@@ -64,6 +64,16 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def from_page_box(value) -> int:
+    """The page a page box asks for, counted from 0 (the box counts from 1, as "page 1 of N" does)."""
+    return max(0, as_int(value or 1, "page", 1, 10**9) - 1)
+
+
+def to_page_box(result: tuple) -> tuple:
+    """A paging handler's (..., page) result with the page counted from 1, as the page box shows it."""
+    return (*result[:-1], int(result[-1]) + 1)
+
+
 def as_float(value, name: str) -> float:
     try:
         number = float(value)

@@ -28,7 +28,7 @@ from app.curate_ui import (
     selection_panel,
     threshold_slider,
 )
-from app.handlers import Handlers, UserError
+from app.handlers import Handlers, UserError, from_page_box, to_page_box
 from app.semantic_ui import semantic_tab
 from curation.views.filter import imported_choices
 from curation.views.gallery import COMPARE_SORTS, SCORE_SOURCES
@@ -106,7 +106,7 @@ def build_app(workspace: str, read_only: bool = False) -> gr.Blocks:
             row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
             cluster = str(table.iloc[row, 0]) if hasattr(table, "iloc") else str(table[row][0])
             tiles, ids, text, page = friendly(h.browse)(cluster, 0)
-            return gr.Tabs(selected="browser"), cluster, tiles, ids, text, page
+            return gr.Tabs(selected="browser"), cluster, tiles, ids, text, page + 1  # the box counts from 1
         overview["clusters"].select(open_cluster, [overview["clusters"]],
                                     [tabs, browser["cluster"], browser["gallery"], tile_ids, browser["info"],
                                      browser["page"]])
@@ -150,7 +150,7 @@ def _browser_tab(h: Handlers, c: Curate, clusters: list[str], tile_ids: gr.State
         source = gr.Dropdown([*SCORE_SOURCES, *(v for _, v in imported_choices(h.ws))], value="reward",
                              label="Score shown")
         order = gr.Dropdown(["default", "score_asc", "score_desc"], value="default", label="Order")
-        page = gr.Number(value=0, precision=0, label="Page (from 0)", minimum=0)
+        page = gr.Number(value=1, precision=0, label="Page", minimum=1)
     with gr.Row():
         prev_btn, next_btn, show_btn = gr.Button("◀ previous"), gr.Button("next ▶"), gr.Button("Show", variant="primary")
         review_btn = gr.Button("Review this cluster", elem_id="browser-review-cluster")
@@ -160,12 +160,12 @@ def _browser_tab(h: Handlers, c: Curate, clusters: list[str], tile_ids: gr.State
     panel = SamplePanel(c, friendly, "browser")
     outputs = [gallery, tile_ids, info, page]
 
-    def show(c, p, s, o):
-        return friendly(h.browse)(c, p, s, None, o)
+    def show(c, p, s, o, step=0):  # p: the page box's number, counted from 1
+        return to_page_box(friendly(h.browse)(c, max(0, friendly(from_page_box)(p) + step), s, None, o))
     show_btn.click(show, [cluster, page, source, order], outputs)
-    cluster.change(lambda c, s, o: show(c, 0, s, o), [cluster, source, order], outputs)
-    prev_btn.click(lambda c, p, s, o: show(c, max(0, int(p or 0) - 1), s, o), [cluster, page, source, order], outputs)
-    next_btn.click(lambda c, p, s, o: show(c, int(p or 0) + 1, s, o), [cluster, page, source, order], outputs)
+    cluster.change(lambda c, s, o: show(c, 1, s, o), [cluster, source, order], outputs)
+    prev_btn.click(lambda c, p, s, o: show(c, p, s, o, -1), [cluster, page, source, order], outputs)
+    next_btn.click(lambda c, p, s, o: show(c, p, s, o, 1), [cluster, page, source, order], outputs)
 
     panel.open_ids(gallery, tile_ids)
     return {"cluster": cluster, "gallery": gallery, "info": info, "page": page, "review": review_btn}
@@ -174,7 +174,7 @@ def _browser_tab(h: Handlers, c: Curate, clusters: list[str], tile_ids: gr.State
 def _compare_tab(h: Handlers, c: Curate) -> None:
     with gr.Row():
         sort = gr.Dropdown(list(COMPARE_SORTS), value="syn_minus_alt", label="Sort by gap")
-        page = gr.Number(value=0, precision=0, label="Page", minimum=0)
+        page = gr.Number(value=1, precision=0, label="Page", minimum=1)
         go = gr.Button("Compare", variant="primary")
     table = gr.Dataframe(headers=["id", "alt-text", "alt", "best synthetic", "syn", "fused", "fused score",
                                   "syn − alt", "fused − alt"],
@@ -183,8 +183,10 @@ def _compare_tab(h: Handlers, c: Curate) -> None:
                          column_widths=["6%", "19%", "6%", "19%", "6%", "19%", "7%", "9%", "9%"])
     legend(("alt / syn / fused", "clip_score"))
     SamplePanel(c, friendly, "compare").open_rows(table)
-    go.click(friendly(h.compare), [sort, page], [table])
-    sort.change(friendly(h.compare), [sort, page], [table])
+    def compare(sort_by, p):  # p: the page box's number, counted from 1
+        return friendly(h.compare)(sort_by, friendly(from_page_box)(p))
+    go.click(compare, [sort, page], [table])
+    sort.change(compare, [sort, page], [table])
 
 
 def _filter_tab(h: Handlers, c: Curate) -> dict:
@@ -201,7 +203,7 @@ def _filter_tab(h: Handlers, c: Curate) -> dict:
         per_cluster = gr.Dataframe(headers=["cluster", "size", "dropped", "dropped share"],
                                    label="Effect per cluster", interactive=False)
     with gr.Row():
-        strip_page = gr.Number(value=0, precision=0, label="Strip page (12 tiles each)", minimum=0, scale=1)
+        strip_page = gr.Number(value=1, precision=0, label="Strip page (12 tiles each)", minimum=1, scale=1)
         prev_btn = gr.Button("◀ previous 12", scale=1, elem_id="filter-prev")
         next_btn = gr.Button("next 12 ▶", scale=1, elem_id="filter-next")
     below = gr.Gallery(label="Dropped, lowest first (click a tile for its card)", columns=6, height=420,
@@ -215,11 +217,11 @@ def _filter_tab(h: Handlers, c: Curate) -> dict:
 
     def run(src, t):
         """A new threshold or score: everything again, the strips from their first page."""
-        return (*friendly(h.filter)(src, t), 0)
+        return (*friendly(h.filter)(src, t), 1)
     for button, step in ((prev_btn, -1), (next_btn, 1)):
-        def move(src, t, p, step=step):
-            p = max(0, int(p or 0) + step)
-            return (*friendly(h.filter)(src, t, p)[3:], p)
+        def move(src, t, p, step=step):  # p: the page box's number, counted from 1
+            p = max(0, friendly(from_page_box)(p) + step)
+            return (*friendly(h.filter)(src, t, p)[3:], p + 1)
         button.click(move, [source, threshold, strip_page], [below, above, strip_page], show_progress="hidden")
     def rescale(new_source, old_source, value):
         scale = friendly(h.threshold_scale)(new_source, old_source, value)

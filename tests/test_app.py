@@ -361,3 +361,12 @@ def test_reduction_views_in_a_real_browser(reduce_world, tmp_path):
     with Workspace(root, read_only=True) as ws:
         assert ws.scalar("SELECT keep_id FROM semdedup_overrides") == other
     assert (shots / "semantic.png").stat().st_size > 10_000
+
+
+def test_page_boxes_count_from_one_like_the_page_text():
+    """Issue 30 point 7: a page box showed 0 beside "page 1 of 2". The boxes count from 1; handlers from 0."""
+    from app.handlers import UserError, from_page_box, to_page_box
+    assert [from_page_box(v) for v in (None, 1, 3, 3.0)] == [0, 0, 2, 2]
+    assert to_page_box(("tiles", "ids", "page 1 of 2", 0)) == ("tiles", "ids", "page 1 of 2", 1)
+    with pytest.raises((UserError, ValueError)):
+        from_page_box(-2)
