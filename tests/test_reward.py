@@ -100,8 +100,16 @@ def test_chooser_refuses_with_too_few_preferences(demo_copy):
     with Workspace(demo_copy) as ws:
         for sample_id in range(5):
             add_label(ws, sample_id, "preference", "fused")
-        with pytest.raises(ValueError, match="need at least 12 best-caption preferences"):
+        with pytest.raises(ValueError, match="need at least 12 best-caption preferences") as refused:
             train_chooser(ws)
+    # in words, not a Python dict (issue 30 point 7)
+    assert str(refused.value).endswith("have 0 alt-text, 0 synthetic, 5 fused") and "{" not in str(refused.value)
+
+
+def test_reward_kinds_read_as_words():
+    from curation.scores.rewards import kind_text
+    assert kind_text("learned:2026-12-07T01:16:20.586770") == "learned, trained 2026-12-07 01:16"
+    assert kind_text("clip_score:alt") == "clip_score of the alt-text" and kind_text(None) == ""
 
 
 def test_best_policy_export_follows_preferences_then_the_chooser(simulated, tmp_path):

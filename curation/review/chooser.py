@@ -31,6 +31,9 @@ def best_of(pool: list[dict]) -> dict | None:
     return max(pool, key=lambda c: c["clip_score"] or 0.0) if pool else None
 
 
+SOURCE_WORDS = {"alt": "alt-text", "syn": "synthetic", "fused": "fused"}
+
+
 def train_chooser(ws: Workspace, folds: int = 5) -> dict:
     """Fit on the current preference labels; refuses with a clear message when there are too few."""
     prefs = current(ws, "preference")
@@ -38,7 +41,8 @@ def train_chooser(ws: Workspace, folds: int = 5) -> dict:
     usable = [s for s in SOURCE_KINDS if counts[s] >= MIN_PER_SOURCE]
     if len(prefs) < MIN_PREFERENCES or len(usable) < 2:
         raise ValueError(f"need at least {MIN_PREFERENCES} best-caption preferences, with {MIN_PER_SOURCE} or more "
-                         f"for two sources, to train a caption chooser; have {counts}")
+                         "for two sources, to train a caption chooser; have "
+                         + ", ".join(f"{counts[s]} {SOURCE_WORDS.get(s, s)}" for s in SOURCE_KINDS))
     ids = sorted(i for i, v in prefs.items() if v in usable)
     feats = features(ws, ids)
     y = np.array([prefs[i] for i in ids])

@@ -16,6 +16,19 @@ from indexer.store import Workspace, now
 ALT_CLIP_REWARD = "clip_score:alt"
 
 
+def kind_text(kind: str | None) -> str:
+    """A reward version's kind in words: ``clip_score:alt`` -> "clip_score of the alt-text", a learned reward's
+    ``learned:<ISO time>`` -> "learned, trained 2026-12-07 01:16"."""
+    if not kind:
+        return ""
+    if kind == ALT_CLIP_REWARD:
+        return "clip_score of the alt-text"
+    head, _, when = kind.partition(":")
+    if head == "learned" and when:
+        return f"learned, trained {when[:16].replace('T', ' ')}"
+    return kind.replace(":", " ")
+
+
 def reward_version(ws: Workspace, kind: str, provenance: dict | None = None, create: bool = True) -> int | None:
     """The version number of a reward kind, created on first use."""
     found = ws.scalar("SELECT max(version) FROM reward_versions WHERE kind = ?", [kind])

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from curation.scores.rewards import kind_text
 from curation.views.gallery import (
     IMPORTED,
     JOINS,
@@ -230,7 +231,7 @@ def default_source(ws: Workspace) -> str:
 def reward_choices(ws: Workspace) -> list[tuple[str, str]]:
     """(label, value) for every stored reward version, the active one marked."""
     active = active_version_param(ws)
-    return [(f"reward v{v}: {kind}" + (" (active)" if v == active else ""), f"reward@{v}")
+    return [(f"reward v{v}: {kind_text(kind)}" + (" (active)" if v == active else ""), f"reward@{v}")
             for v, kind in ws.rows("SELECT version, kind FROM reward_versions ORDER BY version")]
 
 
@@ -243,7 +244,7 @@ def score_name(ws: Workspace, source: str) -> str:
         return f"{source} clip_score"
     version = reward_at(source) if source != "reward" else active_version_param(ws)
     kind = ws.scalar("SELECT kind FROM reward_versions WHERE version = ?", [version])
-    return f"reward v{version} ({kind})" if kind else "reward"
+    return f"reward v{version} ({kind_text(kind)})" if kind else "reward"
 
 
 def _float_array(column) -> np.ndarray:
