@@ -45,9 +45,21 @@ def default_k(n: int) -> int:
 
 
 def ok_embeddings(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
+    """The ok samples' ids and image vectors, still float16: the memory-mapped store itself when every row up to
+    the last is ok (an imported pool), else a float16 copy of the ok rows. Callers convert a block at a time, so
+    a 12.8 M-row pool is never held as float32 (26 GB at 512-d)."""
     ids = np.asarray(ws.numpy("SELECT id FROM samples WHERE status = 'ok' ORDER BY id")["id"], dtype=np.int64)
-    vectors = EmbeddingStore(ws, "image").load()
-    return ids, np.ascontiguousarray(vectors[ids], dtype=np.float32)
+    stored = EmbeddingStore(ws, "image").load()
+    if len(ids) and ids[-1] == len(ids) - 1:
+        return ids, stored[:len(ids)]
+    return ids, stored[ids]
+
+
+BLOCK = 200_000  # rows converted to float32 at a time
+
+
+def as_f32(rows) -> np.ndarray:
+    return np.ascontiguousarray(rows, dtype=np.float32)
 
 
 def kmeans(vectors: np.ndarray, k: int, seed: int, iters: int,
@@ -57,14 +69,21 @@ def kmeans(vectors: np.ndarray, k: int, seed: int, iters: int,
     The best of ``restarts`` runs is kept (as scikit-learn's ``n_init``): on the n=400 demo world a single
     run's NMI against the truth ranged 0.54-0.60 over seeds, the best of 5 0.60-0.65; at 1 M x 512 it took
     33 s instead of 9 s (training is subsampled to 256 points per centroid)."""
-    k = min(k, len(vectors))
+    n = len(vectors)
+    k = min(k, n)
     km = faiss.Kmeans(vectors.shape[1], k, niter=iters, nredo=restarts, seed=seed, spherical=True, verbose=False,
                       max_points_per_centroid=256, min_points_per_centroid=1)
-    km.train(vectors)
+    if n > 256 * k:  # train on the sample FAISS would draw, read from the store alone
+        km.train(as_f32(vectors[np.sort(np.random.default_rng(seed).choice(n, 256 * k, replace=False))]))
+    else:
+        km.train(as_f32(vectors))
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(km.centroids)
-    sims, labels = index.search(vectors, 1)
-    return km.centroids, labels[:, 0].astype(np.int32), (1.0 - sims[:, 0]).astype(np.float64)
+    labels, distance = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.float64)
+    for start in range(0, n, BLOCK):
+        sims, nearest = index.search(as_f32(vectors[start:start + BLOCK]), 1)
+        labels[start:start + BLOCK], distance[start:start + BLOCK] = nearest[:, 0], 1.0 - sims[:, 0]
+    return km.centroids, labels, distance
 
 
 def umap_coords(vectors: np.ndarray, cfg: ClusterConfig, times: dict) -> np.ndarray:
@@ -73,7 +92,7 @@ def umap_coords(vectors: np.ndarray, cfg: ClusterConfig, times: dict) -> np.ndar
     rng = np.random.default_rng(cfg.seed)
     fit = np.sort(rng.choice(n, size=min(n, cfg.fit_max), replace=False))
     t0 = time.perf_counter()
-    fitted = _umap(vectors[fit], cfg.seed)
+    fitted = _umap(as_f32(vectors[fit]), cfg.seed)
     times["umap_fit_s"] = round(time.perf_counter() - t0, 2)
     coords = np.empty((n, 2), dtype=np.float32)
     coords[fit] = fitted
@@ -111,16 +130,16 @@ def place_from_neighbours(vectors, fit, fitted, rest, cfg: ClusterConfig, block:
         dim = vectors.shape[1]
     else:
         pca = faiss.PCAMatrix(vectors.shape[1], dim)
-        pca.train(np.ascontiguousarray(vectors[fit]))
+        pca.train(as_f32(vectors[fit]))
         reduce = pca.apply
-    reduced_fit = reduce(np.ascontiguousarray(vectors[fit]))
+    reduced_fit = reduce(as_f32(vectors[fit]))
     faiss.normalize_L2(reduced_fit)
     index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efSearch = 64
     index.add(reduced_fit)
     out = np.empty((len(rest), 2), dtype=np.float32)
     for start in range(0, len(rest), block):
-        chunk = reduce(np.ascontiguousarray(vectors[rest[start:start + block]]))
+        chunk = reduce(as_f32(vectors[rest[start:start + block]]))
         faiss.normalize_L2(chunk)
         sims, nbrs = index.search(chunk, cfg.neighbours)
         weights = np.maximum(sims, 1e-6) ** 4  # sharpen: the nearest neighbours dominate

@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from curation.scores.rewards import active_reward
-from curation.structure.clusters import ok_embeddings
+from curation.structure.clusters import as_f32, ok_embeddings
 from indexer.store import Workspace, now
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ def candidate_pairs(ids: np.ndarray, vectors: np.ndarray, cfg: DupConfig, labels
 
 
 def _global(vectors: np.ndarray, cfg: DupConfig) -> list[tuple[int, int, float]]:
+    vectors = as_f32(vectors)  # up to 100 k rows
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
     sims, nbrs = index.search(vectors, min(MAX_CANDIDATES + 1, len(vectors)))  # the row itself comes back too
@@ -103,17 +104,18 @@ def cells_of(vectors: np.ndarray, labels: np.ndarray, cfg: DupConfig,
     centres, owner = [], []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
+        rows = as_f32(vectors[members])  # one cluster at a time
         parts = max(1, round(len(members) / cfg.cell_size))
         if parts > 1:
             km = faiss.Kmeans(vectors.shape[1], parts, niter=10, seed=seed + int(c), spherical=True,
                               max_points_per_centroid=256)
-            km.train(vectors[members])
-            sub = km.index.search(vectors[members], 1)[1][:, 0]
+            km.train(rows)
+            sub = km.index.search(rows, 1)[1][:, 0]
         else:
             sub = np.zeros(len(members), dtype=np.int64)
         for s in np.unique(sub):
             cell[members[sub == s]] = len(centres)
-            centre = vectors[members[sub == s]].mean(0)
+            centre = rows[sub == s].mean(0)
             centres.append(centre / max(float(np.linalg.norm(centre)), 1e-12))
             owner.append(int(c))
     return cell, np.asarray(centres, dtype=np.float32), np.asarray(owner, dtype=np.int64)
@@ -143,7 +145,7 @@ def nearest_cells(vectors: np.ndarray, labels: np.ndarray, cell: np.ndarray, cen
         candidates = np.concatenate([cells_in[j] for j in neighbours[i]])
         for begin in range(0, len(rows), 65_536):
             part = rows[begin:begin + 65_536]
-            sims = vectors[part] @ centres[candidates].T
+            sims = as_f32(vectors[part]) @ centres[candidates].T
             sims[cell[part][:, None] == candidates[None, :]] = -np.inf  # the own cell is searched anyway
             top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
             picked = candidates[top]
@@ -169,7 +171,7 @@ def _cluster_local(vectors, labels, cfg: DupConfig, progress: bool) -> list[tupl
         if not len(q):
             continue
         m = by_cell[cell_starts[j]:cell_starts[j + 1]]
-        sims = vectors[q] @ vectors[m].T
+        sims = as_f32(vectors[q]) @ as_f32(vectors[m]).T
         np.putmask(sims, q[:, None] == m[None, :], -np.inf)  # a row is not its own candidate
         hit = np.flatnonzero(sims.max(axis=1) >= cfg.threshold)  # candidates are rare: scan only their rows
         qi, mi = _best_above(sims[hit], cfg.threshold)
