@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from curation.export.formats import ExportFormat, add_member, canonical_json, export_format
 from curation.export.policy import ExportError, SampleSource
-from curation.export.select import load_selection
+from curation.export.select import load_rule
 from indexer.files import atomic_write, file_sha256, sweep_temp
 from indexer.store import Workspace, now
 
@@ -45,7 +45,7 @@ def run(ws: Workspace, cfg: ExportConfig) -> dict:
     """Write (or finish writing) the export of a saved selection of ``ws`` (read only); returns the manifest."""
     out = Path(cfg.out)
     fmt = export_format(cfg.format)
-    rule, _ = load_selection(ws, cfg.selection)
+    rule = load_rule(ws, cfg.selection)
     ordered = members_by_uid(ws, cfg.selection)
     if not len(ordered):
         raise ExportError(f"selection {cfg.selection!r} holds no samples; nothing to export")

@@ -256,8 +256,8 @@ def _store(ws: Workspace, rule: SelectionRule, ids) -> dict:
     return {"name": rule.name, **counts, "replaced": json.loads(before)["selected"] if before else None}
 
 
-def load_selection(ws: Workspace, name: str) -> tuple[SelectionRule, np.ndarray]:
-    """A saved selection's rule and its members' ids (sorted, one int64 array)."""
+def load_rule(ws: Workspace, name: str) -> SelectionRule:
+    """A saved selection's rule."""
     row = ws.scalar("SELECT rule FROM selections WHERE name = ?", [name])
     if row is None:
         names = sorted(selection_names(ws))
@@ -266,9 +266,14 @@ def load_selection(ws: Workspace, name: str) -> tuple[SelectionRule, np.ndarray]
     data["clusters_in"], data["clusters_out"] = tuple(data["clusters_in"]), tuple(data["clusters_out"])
     data["concepts"] = tuple(data.get("concepts", ()))
     known = set(SelectionRule.__dataclass_fields__)
-    data = {k: v for k, v in data.items() if k in known}
+    return SelectionRule(**{k: v for k, v in data.items() if k in known})
+
+
+def load_selection(ws: Workspace, name: str) -> tuple[SelectionRule, np.ndarray]:
+    """A saved selection's rule and its members' ids (sorted, one int64 array)."""
+    rule = load_rule(ws, name)
     ids = ws.numpy("SELECT sample_id FROM selection_members WHERE name = ? ORDER BY sample_id", [name])["sample_id"]
-    return SelectionRule(**data), np.asarray(ids, dtype=np.int64)
+    return rule, np.asarray(ids, dtype=np.int64)
 
 
 def selection_names(ws: Workspace) -> list[str]:

@@ -176,9 +176,8 @@ def _cluster_local(vectors, labels, cfg: DupConfig, progress: bool) -> list[tupl
         hit = np.flatnonzero(sims.max(axis=1) >= cfg.threshold)  # candidates are rare: scan only their rows
         qi, mi = _best_above(sims[hit], cfg.threshold)
         qi = hit[qi]
-        keep = q[qi] != m[mi]
-        a, b = q[qi[keep]], m[mi[keep]]
-        found.append(np.stack([np.minimum(a, b), np.maximum(a, b), sims[qi[keep], mi[keep]]], axis=1))
+        a, b = q[qi], m[mi]
+        found.append(np.stack([np.minimum(a, b), np.maximum(a, b), sims[qi, mi]], axis=1))
     if not found:
         return []
     rows = np.concatenate(found)
