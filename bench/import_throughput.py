@@ -46,7 +46,9 @@ def clustered(rng: np.random.Generator, n: int, dim: int, centres: np.ndarray) -
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16)
 
 
-def write_pool(root: Path, rows: int, per_file: int, dim: int, seed: int = 0) -> None:
+def write_pool(root: Path, rows: int, per_file: int, dim: int, seed: int = 0, keys=("l14", "b32")) -> None:
+    """DataComp-layout parquet + npz files; the npz holds ``{key}_img`` and ``{key}_txt`` for each of ``keys``
+    (the same vectors under each: only the layout matters here)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(300, dim)).astype(np.float32)
     (root / "metadata").mkdir(parents=True)
@@ -64,7 +66,8 @@ def write_pool(root: Path, rows: int, per_file: int, dim: int, seed: int = 0) ->
         pq.write_table(meta, root / "metadata" / f"{number:08d}.parquet")
         image = clustered(rng, n, dim, centres)
         text = clustered(rng, n, dim, centres)
-        np.savez(root / "metadata" / f"{number:08d}.npz", l14_img=image, l14_txt=text, b32_img=image, b32_txt=text)
+        np.savez(root / "metadata" / f"{number:08d}.npz",
+                 **{f"{key}_{kind}": v for key in keys for kind, v in (("img", image), ("txt", text))})
 
 
 def tiny_config(folder: Path, dim: int) -> Path:

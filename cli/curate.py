@@ -90,15 +90,18 @@ def semdedup(
     memory_mb: int = typer.Option(256, min=1, help="Most memory one block of similarities may take."),
     probes: int = typer.Option(0, min=0, help="Also compare each cluster with its nearest N clusters (pairs split "
                                               "by a cluster border; costs 1 + N times as much)."),
+    cell: int = typer.Option(1024, min=2, help="Split a cluster larger than this into cells of about this many "
+                                               "members (keeps the pass linear in the pool)."),
+    cell_probes: int = typer.Option(1, min=0, help="Also compare each cell with its nearest N cells of the same "
+                                                   "cluster."),
 ):
     """Semantic duplicates inside each cluster: stores, for every sample, its highest cosine to a member the keep
     policy prefers, and prints how many each eps would remove ('altlens select --semdedup EPS' applies one)."""
+    from curation.pipeline import run_stage
     from curation.structure.semdedup import SemDedupConfig
-    from curation.structure.semdedup import semdedup as run
-    from indexer.store import Workspace
 
-    with Workspace(workspace) as ws:
-        echo_json(run(ws, SemDedupConfig(keep=keep, seed=seed, memory_mb=memory_mb, probes=probes)))
+    echo_json(run_stage("semdedup", workspace, SemDedupConfig(keep=keep, seed=seed, memory_mb=memory_mb,
+                                                              probes=probes, cell=cell, cell_probes=cell_probes)))
 
 
 def defaults(

@@ -1,7 +1,7 @@
 """The pipeline, written down once: each stage's command, config dataclass and ``run(ws, cfg) -> report``.
 
-``altlens index`` makes a workspace; ``caption`` -> ``fuse`` -> ``score`` -> ``map``
-prepare it for the curator (label, reward, select, export work on top of it).
+``altlens index`` makes a workspace; ``caption`` -> ``fuse`` -> ``score`` -> ``map`` ->
+``semdedup`` prepare it for the curator (label, reward, select, export work on top of it).
 The command line and the demo build both run stages from this list, so the order
 lives here and nowhere else.
 """
@@ -14,6 +14,7 @@ from typing import Any, Callable
 from curation.captions import caption, fuse
 from curation.scores import score
 from curation.structure import map as map_stage
+from curation.structure import semdedup
 from indexer import importer, index
 from indexer.store import Workspace
 
@@ -35,6 +36,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("fuse", fuse.FuseConfig, fuse.run),
     Stage("score", score.ScoreConfig, score.run),
     Stage("map", map_stage.MapConfig, map_stage.run),
+    # after map (it reads the clusters) and score (the caption keep policy reads the active reward)
+    Stage("semdedup", semdedup.SemDedupConfig, semdedup.run),
 )
 
 

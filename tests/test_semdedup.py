@@ -47,6 +47,11 @@ def test_keep_orders():
 def test_caption_policy_keeps_the_best_captioned_member_and_select_applies_any_eps(demo_ws, tmp_path):
     root = writable_copy(demo_ws, tmp_path)
     with Workspace(root) as ws:
+        ok = ws.scalar("SELECT count(*) FROM clusters k JOIN samples s ON s.id = k.sample_id AND s.status = 'ok'")
+        assert ws.get_meta("semdedup")["keep"] == "caption", "the demo runs semdedup (a pipeline stage)"
+        assert ws.scalar("SELECT count(*) FROM semdedup") == ok > 0
+        ws.execute("DELETE FROM semdedup")
+        ws.execute("DELETE FROM meta WHERE key = 'semdedup'")
         with pytest.raises(ValueError, match="no semantic dedup yet"):
             preview_selection(ws, SelectionRule(name="x", semdedup_eps=0.05))
         report = semdedup(ws, SemDedupConfig(keep="caption", memory_mb=1), progress=False)
@@ -195,3 +200,22 @@ def test_groups_follow_chains_with_arrays_not_a_python_object_per_member(tmp_pat
         assert overrule(ws, member, 0.05)["group"] == root
         after = removed_ids(ws, 0.05)
         assert member not in set(after.tolist()) and root in set(after.tolist()) and len(after) == len(members)
+
+
+def test_a_large_cluster_is_split_into_cells_that_cover_it_once_and_keep_near_copies_together():
+    from curation.structure.semdedup import cells
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3000, 32)).astype(np.float32) * 0.35 + 1.0  # one blob, as one map cluster
+    copies = rng.choice(np.arange(1, 3000), 60, replace=False)
+    x[copies] = x[copies - 1] + rng.normal(scale=0.01, size=(60, 32))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assert [(a.tolist(), b.tolist()) for a, b in cells(x[:200], 256, 1, 0)] == [(list(range(200)),) * 2]
+    split = list(cells(x, 256, 1, 0))
+    members = np.concatenate([a for a, _ in split])
+    assert len(split) >= 8 and np.array_equal(np.sort(members), np.arange(3000)), "each row in exactly one cell"
+    assert all(np.isin(a, b).all() and len(b) > len(a) for a, b in split), "a cell is compared with itself and one more"
+    compared_with = {int(i): set(b.tolist()) for a, b in split for i in a}
+    together = np.mean([int(c - 1) in compared_with[int(c)] or int(c) in compared_with[int(c - 1)] for c in copies])
+    assert together >= 0.95, together
+    with pytest.raises(ValueError, match="cell"):
+        SemDedupConfig(cell=1)
