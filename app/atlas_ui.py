@@ -25,6 +25,7 @@ from urllib.parse import quote
 import anyio
 import gradio as gr
 
+from app.concepts_ui import concept_sender
 from app.curate import Curate
 from app.curate_ui import SamplePanel, _session, _who, legend
 from app.handlers import Handlers, UserError, as_int, from_page_box, to_page_box
@@ -175,6 +176,7 @@ def map_tab(h: Handlers, c: Curate, friendly) -> dict:
         replace = gr.Checkbox(label="Replace a selection of that name", value=False, scale=1)
         save_btn = gr.Button("Save selection", variant="primary", scale=1, elem_id="atlas-save")
     done = gr.Textbox(label="Result", interactive=False, elem_id="atlas-result")
+    concept_sender(c, friendly, _who, region_ids, "map", "the region")
     panel = SamplePanel(c, friendly, "map")
     page_out = [gallery, tile_ids, page_text, page]
 

@@ -98,7 +98,9 @@ def card_html(detail: dict, thumb_path: str | None, labels: dict) -> str:
     badges = [f'<span class="al-badge">#{int(detail["id"])}</span>']
     if detail.get("cluster") is not None:
         badges.append(f'<span class="al-badge">cluster {int(detail["cluster"])}</span>')
-    badges.append(f'<span class="al-badge">reward {_num(detail.get("reward"))}</span>')
+    version = detail.get("reward_version")
+    badges.append(f'<span class="al-badge">reward v{int(version)} {_num(detail.get("reward"))}</span>' if version is not None
+                  else '<span class="al-badge">no reward yet</span>')
     if labels.get("alignment"):
         value = escape(labels["alignment"])
         badges.append(f'<span class="al-badge al-{value}">labelled {value}</span>')

@@ -7,13 +7,14 @@ import gradio as gr
 import numpy as np
 
 from app.charts import histograms
-from app.curate import Curate
+from app.curate import CARD_VIEWS, Curate
 from app.curate_ui import _session
-from app.handlers import UserError, as_int
+from app.handlers import UserError, as_int, one_of
 from app.turns import HEAVY
 from curation.review import concepts
 
 QUEUE = 20
+SEND_MAX = 10_000  # samples one "send to concept" may tag: a lasso over a 12.8 M-row map is not a label
 LISTING = ["concept", "prompt", "tagged with", "tagged without", "latest", "CV AUROC", "zero-shot AUROC"]
 
 
@@ -86,6 +87,24 @@ class ConceptDesk:
             concepts.tag(self.ws, name, [ids[pos]], present, who=who or "local", view="concepts")
         return pos + 1, *self.panel(name, ids, notes, pos + 1)
 
+    def send(self, name: str, ids, present: bool, who: str = "local", view: str = "map") -> str:
+        """Tag every sample of what is on screen (a map region, a gallery page, a search result) for the concept,
+        as showing it (``present``) or not."""
+        self.c._writable()
+        name = self._name(name)
+        one_of(view, CARD_VIEWS, "view")
+        ids = [as_int(i, "sample id") for i in (ids or [])]
+        if not ids:
+            raise UserError("nothing to send yet: draw a region, open a page or search first")
+        if len(ids) > SEND_MAX:
+            raise UserError(f"{len(ids):,} samples are more than the {SEND_MAX:,} one send may tag; draw a smaller "
+                            "region")
+        added = concepts.tag(self.ws, name, ids, present, who=who or "local", view=view)
+        tagged = concepts.tags(self.ws, name)
+        with_ = sum(tagged.values())
+        return (f"{added} samples tagged as {'showing' if present else 'not showing'} {name} · {name}: {with_} "
+                f"tagged with, {len(tagged) - with_} without (train it in the Concepts view)")
+
     def train(self, name: str):
         """Train on the tags; (message, score histogram)."""
         self.c._writable()
@@ -129,6 +148,25 @@ class ConceptDesk:
 
 def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
+
+
+def concept_sender(c: Curate, friendly, who, ids: gr.State, view: str, what: str) -> None:
+    """A row under a result list (``ids``: the region, page or hits on screen) that tags all of it for a
+    concept, as positives or negatives; the concept list is read again each time it is opened."""
+    desk = ConceptDesk(c)
+    with gr.Row():
+        chosen = gr.Dropdown(friendly(desk.names)(), value=None, label=f"Send {what} to a concept", scale=2,
+                             elem_id=f"{view}-concept")
+        present = gr.Radio(["shows it", "does not"], value="shows it", label="as", scale=1,
+                           elem_id=f"{view}-concept-as")
+        send = gr.Button("Send to concept", scale=1, elem_id=f"{view}-send-concept")
+    said = gr.Textbox(show_label=False, interactive=False, elem_id=f"{view}-concept-said")
+    chosen.focus(lambda current: gr.Dropdown(choices=friendly(desk.names)(), value=current), [chosen], [chosen],
+                 show_progress="hidden")
+
+    def do_send(name, on_screen, as_what, request: gr.Request):
+        return friendly(desk.send)(name, on_screen, as_what == "shows it", who(request), view)
+    send.click(do_send, [chosen, ids, present], [said], trigger_mode="once")
 
 
 def concepts_tab(c: Curate, friendly, who) -> dict:

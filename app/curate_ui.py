@@ -2,9 +2,11 @@
 a budget and concept rules), Export.
 
 Keys in the Review view: g = good, b = bad, s = skip, 1/2/3 = best caption is
-alt/syn/fused. They are ignored while typing in a text box and whenever the
-Review view is not on screen.
+alt/syn/fused; in the Concepts view's queue g = shows it, b = does not, s = skip.
+They are ignored while typing in a text box and whenever their view is not on
+screen.
 """
+import json
 import re
 
 import gradio as gr
@@ -21,20 +23,24 @@ from curation.views.glossary import CAPTION_SCORES, glossary_markdown
 
 KEYS = {"g": "good", "b": "bad", "s": "skip", "1": "best: alt", "2": "best: syn", "3": "best: fused"}
 BUTTON_IDS = {action: "review-" + action.replace(": ", "-") for action in ACTIONS}
+# the concept queue answers the same keys: g shows it, b does not, s skip
+CONCEPT_KEYS = {"g": "concept-yes", "b": "concept-no", "s": "concept-skip"}
 KEYS_JS = """() => {
   const keys = %s;
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
     const t = e.target;
     if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
-    const id = keys[e.key.toLowerCase()];
-    const el = id && document.getElementById(id);
-    const btn = el && (el.tagName === "BUTTON" ? el : el.querySelector("button"));
-    if (!btn || btn.offsetParent === null) return;  // the Review view is not on screen
-    e.preventDefault();
-    btn.click();
+    for (const id of keys[e.key.toLowerCase()] || []) {
+      const el = document.getElementById(id);
+      const btn = el && (el.tagName === "BUTTON" ? el : el.querySelector("button"));
+      if (!btn || btn.offsetParent === null) continue;  // its view is not on screen
+      e.preventDefault();
+      btn.click();
+      return;
+    }
   });
-}""" % {k: BUTTON_IDS[a] for k, a in KEYS.items()}
+}""" % json.dumps({k: [BUTTON_IDS[a]] + ([CONCEPT_KEYS[k]] if k in CONCEPT_KEYS else []) for k, a in KEYS.items()})
 
 
 def _who(request: gr.Request | None) -> str:

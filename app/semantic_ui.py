@@ -69,11 +69,12 @@ class SemanticDesk:
         tiles, ids, table = [], [], []
         for m in members:
             path = self.h.thumb(m.get("thumb"))
-            mark = "★ kept" if m["kept"] else f"cos {m['max_sim']:.3f}" if m.get("max_sim") is not None else ""
+            mark = "★ kept" if m["kept"] else f"cos {m['cos_to_kept']:.3f} to #{found[0]['kept']}"
             if path:
                 tiles.append((path, f"#{m['id']} · {mark} · reward {fmt_reward(m.get('reward'))}"))
                 ids.append(m["id"])
-            table.append([m["id"], "kept" if m["kept"] else "dropped", fmt_reward(m.get("reward")), m.get("alt") or ""])
+            table.append([m["id"], "kept" if m["kept"] else "dropped", "" if m["kept"] else f"{m['cos_to_kept']:.3f}",
+                          fmt_reward(m.get("reward")), m.get("alt") or ""])
         return tiles, ids, table
 
     def overrule(self, keep, eps, who: str = "local") -> str:
@@ -111,10 +112,10 @@ def semantic_tab(c: Curate, friendly) -> None:
                          wrap=True, elem_id="semantic-groups")
     group = gr.Number(value=None, precision=0, label="Group", interactive=False)
     ids = gr.State([])
-    members = gr.Gallery(label="Members (★ kept; the others with their cosine to the one they duplicate)",
+    members = gr.Gallery(label="Members (★ kept; the others with their cosine to the member kept now)",
                          columns=8, height=260, allow_preview=False, object_fit="contain",
                          elem_id="semantic-members", elem_classes=["tile-gallery"])
-    captions = gr.Dataframe(headers=["sample", "", "reward", "alt-text"], label="Their captions",
+    captions = gr.Dataframe(headers=["sample", "", "cosine to kept", "reward", "alt-text"], label="Their captions",
                             interactive=False, wrap=True, elem_id="semantic-captions")
     with gr.Row():
         keep = gr.Number(value=None, precision=0, label="Keep sample # instead", elem_id="semantic-keep")

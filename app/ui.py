@@ -15,7 +15,7 @@ import gradio as gr
 
 from app.atlas_ui import map_tab, prefetch_js
 from app.card import CARD_CSS
-from app.concepts_ui import concepts_tab
+from app.concepts_ui import concept_sender, concepts_tab
 from app.curate import Curate
 from app.curate_ui import (
     KEYS_JS,
@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 
 CSS = """.tile-gallery img, .big-sample img { image-rendering: pixelated; }
 .big-sample img { width: 100% !important; height: 100% !important; object-fit: contain; }
-#overview-clusters th *, #overview-clusters td * { word-break: normal !important; overflow-wrap: normal !important; }""" + CARD_CSS
+#overview-clusters th *, #overview-clusters td * { word-break: normal !important; overflow-wrap: normal !important; }
+.tile-gallery .caption-label { white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
+  max-width: calc(100% - 2 * var(--block-label-margin)) !important; overflow-wrap: anywhere; }""" + CARD_CSS
 
 
 SERVER_LOCK_WAIT_S = 120.0  # a request waits this long for a CLI command to let go of the workspace
@@ -168,6 +170,7 @@ def _browser_tab(h: Handlers, c: Curate, clusters: list[str], tile_ids: gr.State
     next_btn.click(lambda c, p, s, o: show(c, p, s, o, 1), [cluster, page, source, order], outputs)
 
     panel.open_ids(gallery, tile_ids)
+    concept_sender(c, friendly, _who, tile_ids, "browser", "this page")
     return {"cluster": cluster, "gallery": gallery, "info": info, "page": page, "review": review_btn}
 
 
@@ -282,3 +285,4 @@ def _search_tab(h: Handlers, c: Curate) -> None:
     text.submit(friendly(h.search_text), [text], [results, hits])
     similar.click(friendly(h.search_similar), [sample], [results, hits])
     panel.open_ids(results, hits)
+    concept_sender(c, friendly, _who, hits, "search", "these results")

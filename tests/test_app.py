@@ -142,6 +142,10 @@ def test_every_view_in_a_real_browser(demo_ws, tmp_path):
         page.get_by_role("button", name="Show").click()
         info = page.get_by_label("In view")
         page.wait_for_function("el => /samples · page 1 of/.test(el.value)", arg=info.element_handle())
+        visible(page.locator(".tile-gallery .caption-label")).wait_for()
+        clipped = page.evaluate("""() => [...document.querySelectorAll('.tile-gallery .caption-label')]
+            .filter(e => e.offsetParent && e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)""")
+        assert not clipped, f"tile captions shown in full (score and label): {clipped[:3]}"
         visible(page.locator(".tile-gallery button")).click()
         visible(page.get_by_text("alt-text", exact=True)).wait_for()
         page.wait_for_timeout(300)
@@ -185,7 +189,15 @@ def test_every_view_in_a_real_browser(demo_ws, tmp_path):
         page.get_by_role("button", name="Search", exact=True).click()
         visible(page.locator("button img")).wait_for()
         page.screenshot(path=shots / "search.png", full_page=True)
-    for view in ("overview", "browser", "compare", "filter", "defaults", "search"):
+
+        page.get_by_role("tab", name="Semantic duplicates").click()  # right after the demo build: it ran semdedup
+        page.locator("#semantic-show").click()
+        note = page.locator("#semantic-note textarea")
+        page.wait_for_function("el => /\\d+ groups holding \\d+ samples/.test(el.value)", arg=note.element_handle())
+        visible(page.locator("#semantic-members button img")).wait_for()
+        assert re.search(r"cos \d\.\d{3} to #\d+", visible(page.locator("#semantic-members")).inner_text())
+        page.screenshot(path=shots / "semantic.png", full_page=True)
+    for view in ("overview", "browser", "compare", "filter", "defaults", "search", "semantic"):
         assert (shots / f"{view}.png").stat().st_size > 10_000
     newest = max(root.parent.glob("serve-*.log"), key=lambda p: p.stat().st_mtime).read_text()
     assert "search model ready" in newest, "the server loads the search model before the first search"
@@ -241,13 +253,15 @@ def test_card_escapes_every_caption_and_label():
     evil = '<img src=x onerror="alert(1)">'
     base = {"producer": '"><script>', "clip_score": 0.5, "cycle": 1.0, "contrast": -0.01, "lost_claim": "<b>",
             "lost_to": "<i>"}
-    detail = {"id": 7, "cluster": 2, "reward": 0.4, "captions": [
+    detail = {"id": 7, "cluster": 2, "reward": 0.4, "reward_version": 3, "captions": [
         {"source_kind": "alt", "idx": 0, "text": evil, **base, "exchange": -0.042},
         {"source_kind": "syn", "idx": 0, "text": "a cat", **base}, {"source_kind": "syn", "idx": 1, "text": "a cat",
                                                                     **base}]}
     html = card_html(detail, None, {"alignment": "good", "preference": None, "tags": ["<u>x</u>"]})
     assert "<script" not in html and "<img src=x" not in html and "<b>" not in html and "<u>" not in html
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html and "tag: &lt;u&gt;x&lt;/u&gt;" in html
+    assert "reward v3 0.400" in html, "the card names the active reward version"
+    assert "no reward yet" in card_html({**detail, "reward_version": None, "reward": None}, None, {})
     assert "1 distinct of 2" in html and "(×2)" in html and "labelled good" in html and "fused" in html
     assert html.count("(exchange -0.042)") == 1, "the binding check shows where the caption has exchanges"
 
@@ -288,7 +302,10 @@ def test_a_concept_is_made_tagged_and_trained_in_a_real_browser(concept_world, t
             sample = int(re.search(r"#(\d+)", progress.input_value()).group(1))
             visible(page.locator("#concept-card img")).wait_for()
             seen[sample] = truth[sample]
-            page.locator("#concept-yes" if truth[sample] else "#concept-no").click()
+            if step % 2:  # the queue answers Review's keys too: g shows it, b does not
+                page.keyboard.press("g" if truth[sample] else "b")
+            else:
+                page.locator("#concept-yes" if truth[sample] else "#concept-no").click()
             if any(seen.values()) and not all(seen.values()) and len(seen) >= 4:
                 break
         page.wait_for_function(f"el => el.value.startsWith('sample {len(seen) + 1} of')",

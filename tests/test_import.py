@@ -401,3 +401,26 @@ def test_preset_selection_and_subset_export_hold_no_python_object_per_row(tmp_pa
     kept = [u for u, s in zip(pool["uids"], scores) if s >= cut]
     assert np.array_equal(np.load(tmp_path / "out" / "subset.npy"), as_pairs(kept))
     assert max(peaks.values()) < 60, {k: f"{v:.0f} bytes a row" for k, v in peaks.items()}
+
+
+def test_cluster_summaries_hold_no_python_object_per_row(tmp_path):
+    """Issue 29: ``map``'s cluster summaries read membership as arrays, aggregate scores and flagged shares in
+    DuckDB and count terms on a bounded draw of captions a cluster; before, they held a dict per clustered row,
+    every caption's text and a reward dict (613 traced bytes a row on this pool; 27 now)."""
+    import tracemalloc
+
+    from curation.structure.summaries import cluster_table, summarise_clusters
+    n = 60_000
+    write_datacomp(tmp_path / "pool", sizes=(n // 2, n // 2))
+    with Workspace(tmp_path / "ws", create=True) as ws:
+        importer.run(ws, importer.ImportConfig("datacomp", str(tmp_path / "pool"), tiny_spec(), progress=False))
+        ws.execute("INSERT INTO clusters SELECT id, id % 12, (id * 7919 % 1000) / 1000.0 FROM samples")
+        tracemalloc.start()
+        assert summarise_clusters(ws, max_diversity_rows=200, max_term_texts=200) == 12
+        per_row = tracemalloc.get_traced_memory()[1] / n
+        tracemalloc.stop()
+        table = {r["cluster"]: r for r in cluster_table(ws)}
+        first = ws.numpy("SELECT sample_id FROM clusters WHERE cluster = 3 ORDER BY distance, sample_id LIMIT 6")
+    assert per_row < 60, f"{per_row:.0f} traced bytes a row"
+    assert sum(r["size"] for r in table.values()) == n and table[3]["exemplars"] == first["sample_id"].tolist()
+    assert table[3]["terms"] and table[3]["diversity"]["image"] > 1

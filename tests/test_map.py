@@ -161,9 +161,12 @@ AXES = """() => { const f = document.querySelector('#atlas-root .atlas-plot')._f
 
 @pytest.mark.browser
 def test_map_box_and_lasso_open_exactly_the_server_region_then_label_and_save(demo_ws, tmp_path):
+    from curation.review import concepts
     root = writable_copy(demo_ws, tmp_path)
     shots = tmp_path / "screenshots"
     shots.mkdir()
+    with Workspace(root) as ws:
+        concepts.add(ws, "crowded")
     with Workspace(root, read_only=True) as ws:
         atlas = Atlas(ws)
     with served(root) as url, browser_page(1280, 900) as page:
@@ -224,8 +227,17 @@ def test_map_box_and_lasso_open_exactly_the_server_region_then_label_and_save(de
         page.get_by_role("option", name="best", exact=True).click()
         page.click("#atlas-save")
         page.wait_for_function("() => /saved/.test(document.querySelector('#atlas-result textarea').value)")
+        page.locator("#map-concept input").click()  # the region to a concept, as negatives
+        page.get_by_role("option", name="crowded", exact=True).click()
+        page.get_by_label("does not").check()
+        page.click("#map-send-concept")
+        page.wait_for_function("() => /samples tagged as not showing crowded/.test("
+                               "document.querySelector('#map-concept-said textarea').value)")
+        assert f"{len(lasso)} samples tagged" in page.input_value("#map-concept-said textarea")
         page.screenshot(path=shots / "map-lasso.png", full_page=True)
     with Workspace(root, read_only=True) as ws:
+        assert concepts.tags(ws, "crowded") == {i: False for i in lasso}
+        assert {v for (v,) in ws.rows("SELECT DISTINCT view FROM labels WHERE kind = 'concept:crowded'")} == {"map"}
         assert current(ws).get(first) == "bad"
         assert ws.scalar("SELECT view FROM labels WHERE sample_id = ? ORDER BY id DESC LIMIT 1", [first]) == "map"
         _, members = load_selection(ws, "lassoed")

@@ -140,6 +140,12 @@ def test_groups_largest_first_and_a_curator_overrules_the_kept_member(reduce_wor
                                                           "instead_of": group["kept"]}
         again = [g for g in groups(ws, 0.05, limit=50)["page"] if g["group"] == group["group"]][0]
         assert again["kept"] == other and again["overruled"] and again["size"] == group["size"]
+        from indexer.vectors import EmbeddingStore
+        vectors = np.asarray(EmbeddingStore(ws, "image").load(), np.float32)
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        for m in again["members"]:  # cosines to the member kept now, not to the one the policy kept
+            assert m["cos_to_kept"] == pytest.approx(float(unit[m["id"]] @ unit[other]), abs=1e-3), m
+        assert again["members"][0]["id"] == other and again["members"][0]["cos_to_kept"] == pytest.approx(1, abs=1e-3)
         save_selection(ws, rule, replace=True)
         members2 = {r[0] for r in ws.rows("SELECT sample_id FROM selection_members WHERE name = 'sd'")}
         assert members2 == (members - {group["kept"]}) | {other}, "one swapped for the other, nothing else"

@@ -301,7 +301,9 @@ def removed_ids(ws: Workspace, eps: float) -> np.ndarray:
 
 def groups(ws: Workspace, eps: float, limit: int = 20, offset: int = 0, only: int | None = None) -> dict:
     """Groups at ``eps``, largest first: each with its kept member (marked ``overruled`` when a curator chose
-    it), the others, and every member's alt-text and reward. ``only``: just the group of that root."""
+    it), the others, and every member's alt-text, reward and cosine to the member kept now (``max_sim`` is to
+    the member it was found a duplicate of, which a chain or an overrule can make another). ``only``: just
+    the group of that root."""
     g = _at_eps(ws, eps)
     names, sizes = np.unique(g.roots, return_counts=True)
     order = names[np.lexsort((names, -sizes))]
@@ -316,12 +318,16 @@ def groups(ws: Workspace, eps: float, limit: int = 20, offset: int = 0, only: in
                         LEFT JOIN (SELECT sample_id, arg_min(text, id) AS text FROM captions WHERE source_kind = 'alt'
                                    GROUP BY sample_id) c ON c.sample_id = s.id
                         WHERE list_contains(?, s.id)""", [version if version is not None else -1, ids])}
+    images = EmbeddingStore(ws, "image").load() if ids else None
     out = []
     for r in page:
         kept = g.chosen.get(r, r)
         rows = sorted(members[r], key=lambda i: (i != kept, -(info.get(i, {}).get("reward") or -1e9), i))
+        unit = _unit(images[np.asarray(rows)])
+        to_kept = unit @ unit[0]  # rows[0] is the member kept now: the policy's, or the curator's choice
         out.append({"group": r, "size": len(rows), "kept": kept, "overruled": r in g.chosen,
-                    "members": [{**info.get(i, {"id": i}), "kept": i == kept} for i in rows]})
+                    "members": [{**info.get(i, {"id": i}), "kept": i == kept, "cos_to_kept": round(float(c), 4)}
+                                for i, c in zip(rows, to_kept)]})
     meta = ws.get_meta("semdedup") or {}
     return {"eps": eps, "keep": meta.get("keep"), "groups": len(names), "in_groups": int(len(g.members) + len(names)),
             "page": out}

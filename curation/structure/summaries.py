@@ -13,12 +13,14 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
-from curation.scores.rewards import reward_values
+from curation.scores.rewards import active_reward
 from curation.structure.diversity import vendi
 from indexer.store import Workspace, now
 from indexer.vectors import EmbeddingStore
 
 DEFAULT_FLAG_THRESHOLD = 0.625
+TERM_TEXTS = 5000  # captions a cluster's distinctive terms are counted on (a seeded draw in larger clusters)
+SOURCE_ORDER = ["alt", "syn", "fused"]  # the order a summary lists its caption sources in
 STOP = {"a", "an", "the", "on", "in", "at", "of", "and", "with", "to", "is", "for", "by", "from", "this"}
 
 
@@ -45,44 +47,59 @@ def distinctive_terms(cluster_texts: dict[int, list[str]], top: int = 6) -> dict
     return out
 
 
-def summarise_clusters(ws: Workspace, exemplars: int = 6, max_diversity_rows: int = 2000) -> int:
-    """Compute and store one summary row per cluster; return how many."""
-    clusters = ws.dicts("SELECT sample_id, cluster, distance FROM clusters ORDER BY cluster, distance")
-    if not clusters:
+def summarise_clusters(ws: Workspace, exemplars: int = 6, max_diversity_rows: int = 2000,
+                       max_term_texts: int = TERM_TEXTS) -> int:
+    """Compute and store one summary row per cluster; return how many.
+
+    Nothing here holds an object per sample: membership is two arrays, the score statistics and flagged
+    shares are DuckDB aggregates, and the terms and text diversity read at most ``max_term_texts`` /
+    ``max_diversity_rows`` captions a cluster (every caption of a cluster smaller than that)."""
+    frame = ws.numpy("SELECT sample_id, cluster FROM clusters ORDER BY cluster, distance, sample_id")
+    if not len(frame["sample_id"]):
         raise ValueError("no clusters yet; run 'altlens map' first")
-    by_cluster: dict[int, list[int]] = {}
-    for row in clusters:
-        by_cluster.setdefault(row["cluster"], []).append(row["sample_id"])
-    captions = ws.rows("""SELECT k.cluster, c.source_kind, c.text, c.id, cs.clip_score FROM captions c
-                          JOIN clusters k ON k.sample_id = c.sample_id
-                          LEFT JOIN caption_scores cs ON cs.caption_id = c.id""")
-    texts: dict[int, list[str]] = {c: [] for c in by_cluster}
-    per_source: dict[tuple[int, str], list] = {}
-    for cluster, kind, text, cid, clip in captions:
+    ids, labels = np.asarray(frame["sample_id"], np.int64), np.asarray(frame["cluster"], np.int64)
+    bounds = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1], True])
+    texts: dict[int, list[str]] = {int(c): [] for c in labels[bounds[:-1]]}
+    for cluster, text in ws.rows("""SELECT k.cluster, c.text FROM captions c JOIN clusters k ON k.sample_id = c.sample_id
+                                    QUALIFY row_number() OVER (PARTITION BY k.cluster ORDER BY hash(c.id), c.id) <= ?""",
+                                 [int(max_term_texts)]):
         texts[cluster].append(text)
-        per_source.setdefault((cluster, kind), []).append((cid, clip))
     terms = distinctive_terms(texts)
-    reward = reward_values(ws)
-    threshold = flag_threshold(ws)
+    del texts
+    stats: dict[int, dict] = {}
+    for cluster, kind, mean, std in ws.rows("""SELECT k.cluster, c.source_kind, avg(cs.clip_score), stddev_pop(cs.clip_score)
+                                               FROM captions c JOIN clusters k ON k.sample_id = c.sample_id
+                                               JOIN caption_scores cs ON cs.caption_id = c.id
+                                               WHERE cs.clip_score IS NOT NULL GROUP BY ALL"""):
+        stats.setdefault(cluster, {})[kind] = {"mean": round(float(mean), 4), "std": round(float(std), 4)}
+    drawn = ws.numpy("""SELECT k.cluster, c.source_kind AS kind, c.id FROM captions c
+                        JOIN clusters k ON k.sample_id = c.sample_id
+                        QUALIFY row_number() OVER (PARTITION BY k.cluster, c.source_kind ORDER BY c.id) <= ?
+                        ORDER BY k.cluster, c.source_kind, c.id""", [int(max_diversity_rows)])
+    cut = np.flatnonzero(np.r_[True, (drawn["cluster"][1:] != drawn["cluster"][:-1])
+                               | (drawn["kind"][1:] != drawn["kind"][:-1]), True])
+    text_ids = {(int(drawn["cluster"][a]), str(drawn["kind"][a])): np.asarray(drawn["id"][a:b], np.int64)
+                for a, b in zip(cut[:-1], cut[1:])} if len(drawn["id"]) else {}
+    version = active_reward(ws)
+    flagged = dict(ws.rows("""SELECT k.cluster, avg(CASE WHEN r.value < ? THEN 1.0 ELSE 0.0 END) FROM clusters k
+                              JOIN rewards r ON r.sample_id = k.sample_id AND r.version = ? GROUP BY k.cluster""",
+                           [flag_threshold(ws), version if version is not None else -1]))
     images = EmbeddingStore(ws, "image").load()
     text_vecs = EmbeddingStore(ws, "text").load()
     rng = np.random.default_rng(0)
     rows = []
-    for cluster, members in sorted(by_cluster.items()):
-        sample = members if len(members) <= max_diversity_rows else list(rng.choice(members, max_diversity_rows, False))
-        stats, diversity = {}, {"image": round(vendi(images[sorted(sample)]), 3)}
-        for (c, kind), items in per_source.items():
-            if c != cluster:
-                continue
-            scores = [s for _, s in items if s is not None]
-            if scores:
-                stats[kind] = {"mean": round(float(np.mean(scores)), 4), "std": round(float(np.std(scores)), 4)}
-            ids = [i for i, _ in items][:max_diversity_rows]
-            diversity[kind] = round(vendi(text_vecs[sorted(ids)]), 3)
-        flagged = [reward[m] < threshold for m in members if reward.get(m) is not None]
-        rows.append({"cluster": cluster, "size": len(members), "exemplars": json.dumps(members[:exemplars]),
-                     "terms": json.dumps(terms[cluster]), "reward": json.dumps(stats),
-                     "flagged_share": float(np.mean(flagged)) if flagged else None,
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        cluster, members = int(labels[a]), ids[a:b]
+        sample = members if len(members) <= max_diversity_rows else rng.choice(members, max_diversity_rows, False)
+        diversity = {"image": round(vendi(images[np.sort(sample)]), 3)}
+        kinds = SOURCE_ORDER + sorted({k for c, k in text_ids if c == cluster} - set(SOURCE_ORDER))
+        for kind in kinds:
+            if (cluster, kind) in text_ids:
+                diversity[kind] = round(vendi(text_vecs[text_ids[cluster, kind]]), 3)
+        scores = {k: stats[cluster][k] for k in kinds if k in stats.get(cluster, {})}
+        rows.append({"cluster": cluster, "size": int(len(members)), "exemplars": json.dumps(members[:exemplars].tolist()),
+                     "terms": json.dumps(terms[cluster]), "reward": json.dumps(scores),
+                     "flagged_share": float(flagged[cluster]) if cluster in flagged else None,
                      "diversity": json.dumps(diversity), "computed_at": now()})
     with ws.transaction() as cur:
         cur.execute("DELETE FROM cluster_summaries")

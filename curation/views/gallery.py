@@ -120,6 +120,7 @@ def sample_detail(ws: Workspace, sample_id: int) -> dict:
     if not rows:
         raise ViewError(f"no sample with id {sample_id}")
     detail = rows[0]
+    detail["reward_version"] = active_reward(ws)  # which reward the value is: the card names it
     detail["captions"] = ws.dicts("""SELECT c.source_kind, c.producer, c.idx, c.text, cs.clip_score, cs.cycle,
                                             cc.contrast, cc.exchange, cc.lost_claim, cc.lost_to
                                      FROM captions c LEFT JOIN caption_scores cs ON cs.caption_id = c.id
