@@ -94,6 +94,27 @@ def test_gallery_pages_from_memory_match_the_sql_pages(handlers):
             assert page == 99 or got["items"], scope
 
 
+def test_a_servers_cached_orders_stay_within_their_budget(handlers, monkeypatch):
+    """Issue 29: gallery orders and sorted scores are caches with a bound in bytes and in sources, as int32
+    rows; what they answer does not change when they evict."""
+    from curation.views import filter as filter_view
+    from curation.views.filter import FilterIndex
+    fresh = FilterIndex(handlers.ws)
+    n = len(fresh.ids)
+    monkeypatch.setattr(filter_view, "PAGE_CACHE_BYTES", 3 * 4 * n)  # three orders of every row
+    monkeypatch.setattr(filter_view, "ORDER_SOURCES", 2)
+    want = {}
+    for order in ("default", "score_asc", "score_desc"):
+        for source in ("alt", "syn", "fused", "reward"):
+            want[source, order] = FilterIndex(handlers.ws)._ordered(None, source, order).tolist()
+            got = fresh._ordered(None, source, order)
+            assert got.dtype == np.int32 and got.tolist() == want[source, order]
+            assert sum(r.nbytes for r in fresh._pages.values()) <= 3 * 4 * n
+    for source in ("alt", "syn", "fused", "reward", "alt"):
+        assert fresh.effect(source, 1.0)["kept"] == FilterIndex(handlers.ws).effect(source, 1.0)["kept"]
+        assert len(fresh._orders) <= 2
+
+
 def test_compare_defaults_search_handlers(handlers):
     rows = handlers.compare("syn_minus_alt")
     gaps = [float(r[7]) for r in rows]

@@ -37,6 +37,10 @@ def score_values(ws: Workspace, source: str) -> np.ndarray:
     return np.asarray(rows["v"], dtype=np.float64)
 
 
+PAGE_CACHE_BYTES = 256 * 2**20  # gallery orders a server keeps, all together
+ORDER_SOURCES = 4  # sources whose sorted scores a server keeps (24 bytes a scored row each)
+
+
 class FilterIndex:
     """Per-sample scores and clusters held in memory, so a filter change is array work, not five 1 M-row joins.
 
@@ -51,7 +55,7 @@ class FilterIndex:
         self.ids = np.asarray(frame["id"], dtype=np.int64)
         self.distance = _float_array(frame["distance"])
         cluster = frame["cluster"]
-        self.cluster = np.asarray(cluster.filled(-1) if hasattr(cluster, "filled") else cluster, dtype=np.int64)
+        self.cluster = np.asarray(cluster.filled(-1) if hasattr(cluster, "filled") else cluster, dtype=np.int32)
         self.scores = {name: _float_array(frame[name]) for name in SCORE_SOURCES}
         self._orders: dict[str, dict] = {}
         self._sizes: np.ndarray | None = None
@@ -160,7 +164,8 @@ class FilterIndex:
 
     def _ordered(self, cluster: int | None, source: str, order: str) -> np.ndarray:
         """Rows of a cluster (or all) in a gallery order: by distance to the centre, or by score (missing
-        scores last), ties by id; the last 64 orders are kept."""
+        scores last), ties by id; the last 64 orders are kept, at most ``PAGE_CACHE_BYTES`` of them (an order of
+        every row of a 12.8 M-row pool is 51 MB)."""
         key = (cluster, source if order != "default" else None, order)
         if key not in self._pages:
             rows = np.arange(len(self.ids)) if cluster is None else np.flatnonzero(self.cluster == cluster)
@@ -171,8 +176,10 @@ class FilterIndex:
                 missing = np.isnan(v)
                 v = np.where(missing, 0.0, v if order == "score_asc" else -v)
                 rows = rows[np.lexsort((self.ids[rows], v, missing))]
-            if len(self._pages) >= 64:
-                self._pages.pop(next(iter(self._pages)))
+            rows = rows.astype(np.int32) if len(self.ids) < 2**31 else rows
+            while self._pages and (len(self._pages) >= 64 or
+                                   sum(r.nbytes for r in self._pages.values()) + rows.nbytes > PAGE_CACHE_BYTES):
+                self._pages.pop(next(iter(self._pages)))  # the oldest order goes first
             self._pages[key] = rows
         return self._pages[key]
 
@@ -186,10 +193,15 @@ class FilterIndex:
     def _sorted(self, source: str) -> dict:
         """A source's scored rows sorted by (score, row), and each cluster's scores sorted, made once per
         source (an argsort of the rows) and then only searched."""
-        if source not in self._orders:
+        if source in self._orders:
+            self._orders[source] = self._orders.pop(source)  # the newest used last: the oldest goes first
+        else:
+            while len(self._orders) >= ORDER_SOURCES:
+                self._orders.pop(next(iter(self._orders)))
             score = self.score(source)
             rows = np.flatnonzero(~np.isnan(score))
             order = rows[np.lexsort((rows, score[rows]))]
+            order = order.astype(np.int32) if len(self.ids) < 2**31 else order
             cluster = self.cluster[order]
             clustered = np.flatnonzero(cluster >= 0)
             grouped = clustered[np.argsort(cluster[clustered], kind="stable")]  # by cluster, score order kept
