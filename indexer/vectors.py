@@ -38,10 +38,8 @@ FLAT_MAX = 100_000
 # 1,024 for fp16) and every search re-ranks its candidates exactly from the workspace's memory-mapped float16
 # store, so neither the index's memory nor its file grows by a copy of the vectors (12.8 M rows at 512-d: 1.6 GB
 # instead of 13). On 300 k clustered 512-d rows (bench/growth.py's kind) re-ranking 400 candidates gave recall@10
-# 0.998 for image queries and 1.0 for text-like ones (200: 0.95 / 1.0; 100: 0.87 / 1.0). At 3 M rows of
-# bench/growth_datacomp.py's pool, whose rows of one centre are all about equally near each other, 400 gave
-# image recall 0.90, 1,000 gave 0.972 and 2,000 0.998 (12 and 26 ms a query; nprobe 64 instead of 32 changed
-# nothing): the depth of the re-rank, not the cells visited, is what such flat neighbourhoods need.
+# 0.998 for image queries and 1.0 for text-like ones. At 3 M rows of bench/growth_datacomp.py's flat pool, 400 gave
+# image recall 0.90, 1,000 0.972, 2,000 0.998 (12 / 26 ms a query); nprobe 64 instead of 32 changed nothing.
 IVFPQ_MIN = 2_000_000
 PQ_BYTES_PER_DIM = 0.25
 PQ_TRAIN_ROWS = 65_536
